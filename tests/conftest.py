@@ -1,0 +1,17 @@
+"""Shared fixtures: a temporary run store and a tiny config that trains in about a second."""
+
+import pytest
+
+from vae.config import RunConfig
+from vae.store import RunStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "runs")
+
+
+@pytest.fixture
+def tiny_config():
+    """Real data (the offline digits set), a small MLP, one epoch: fast enough for many tests."""
+    return RunConfig(dataset="digits", hidden_dims=[64], latent_dim=4, epochs=1, batch_size=256, threads=1)

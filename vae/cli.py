@@ -1,0 +1,177 @@
+"""Command line: the same store and files as the app, without the UI.
+
+    python -m vae train --dataset digits --beta 4 --latent-dim 10 --epochs 20
+    python -m vae sweep --betas 0.25 0.5 1 2 4 8 --epochs 5 --jobs 2
+    python -m vae eval RUN_ID --iw-samples 5000
+    python -m vae list
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from vae.config import ConfigError, RunConfig
+from vae.store import RunStore, StoreError
+
+CONFIG_HELP = {
+    "dataset": "data set: digits (offline default), mnist, fashion-mnist, shapes32, shapes64",
+    "data_root": "folder holding MNIST/Fashion-MNIST files (default ./data)",
+    "architecture": "mlp or conv",
+    "hidden_dims": "hidden layer sizes (mlp: the encoder's, mirrored in the decoder; conv: FC size)",
+    "latent_dim": "number of latent dimensions J",
+    "likelihood": "bernoulli (binarised pixels) or gaussian (with its normaliser)",
+    "dynamic_binarization": "draw fresh binary pixels each epoch (bernoulli only)",
+    "gaussian_std": "decoder standard deviation (gaussian; the initial value if learned)",
+    "learn_variance": "learn the gaussian decoder's variance",
+    "objective": "beta (D + βR), capacity (D + γ|R − C|), warmup (β ramps up), free_bits",
+    "beta": "weight β of the KL term",
+    "capacity_max": "capacity objective: final C in nats",
+    "capacity_gamma": "capacity objective: γ",
+    "capacity_steps": "capacity objective: steps over which C rises to its maximum",
+    "warmup_steps": "warm-up objective: steps over which the KL weight rises to β",
+    "free_bits": "free-bits objective: per-dimension KL floor λ in nats",
+    "epochs": "training epochs",
+    "batch_size": "minibatch size",
+    "lr": "Adam learning rate",
+    "seed": "random seed (same seed and config: same numbers)",
+    "threads": "torch threads (0: all cores for train, shared out for sweep)",
+    "device": "auto (CUDA when available), cpu or cuda",
+    "name": "a label for the run",
+}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    defaults = RunConfig()
+    for name, help_text in CONFIG_HELP.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif isinstance(default, list):
+            parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default {default})")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    values = {k: getattr(args, k) for k in CONFIG_HELP if hasattr(args, k)}
+    return RunConfig.from_dict(values).validated()
+
+
+def print_epoch(run_id: str, m: dict) -> None:
+    print(
+        f"{run_id}  epoch {m['epoch']:>3}  R {m['rate']:7.2f}  D {m['distortion']:8.2f}  "
+        f"-ELBO {-m['elbo']:8.2f}  active {m['active_units']:>3}  {m['images_per_s']:8.0f} img/s",
+        flush=True,
+    )
+
+
+def cmd_train(args, store: RunStore) -> int:
+    from vae.worker import StopFlag, run_one
+
+    config = config_from_args(args)
+    run_id = store.create_run(config)
+    print(f"run {run_id}: {config.describe()} -> {store.run_dir(run_id)}", flush=True)
+    stop = StopFlag()
+    stop.install()
+    outcome = run_one(store, run_id, stop, progress=lambda m: print_epoch(run_id, m))
+    status = store.read_status(run_id)
+    print(f"run {run_id} {outcome}{': ' + status['reason'] if status.get('reason') else ''}")
+    if outcome == "finished":
+        print_eval(store.read_eval(run_id))
+    return 0 if outcome == "finished" else 1
+
+
+def cmd_sweep(args, store: RunStore) -> int:
+    from vae.jobs import JobManager
+
+    config = config_from_args(args)
+    manager = JobManager(store, max_concurrent=args.jobs)
+    run_ids = manager.submit_sweep(config, args.betas)
+    print(f"sweep of {len(run_ids)} runs, {args.jobs} at a time: {' '.join(run_ids)}", flush=True)
+    printed = {r: 0 for r in run_ids}
+    try:
+        while True:
+            manager.reconcile()
+            for run_id in run_ids:
+                rows = store.read_metrics(run_id)
+                for m in rows[printed[run_id] :]:
+                    print_epoch(run_id, m)
+                printed[run_id] = len(rows)
+            states = [store.read_status(r)["state"] for r in run_ids]
+            if all(s not in ("queued", "running") for s in states):
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        for run_id in run_ids:
+            try:
+                manager.cancel(run_id)
+            except StoreError:
+                pass
+        manager.wait(run_ids, timeout_s=30)
+        print("sweep cancelled")
+        return 130
+    print_runs(store, run_ids)
+    return 0 if all(s == "finished" for s in states) else 1
+
+
+def cmd_eval(args, store: RunStore) -> int:
+    from vae.evaluate import evaluate_run
+
+    evaluation = evaluate_run(store, args.run_id, iw_samples=args.iw_samples)
+    print_eval(evaluation)
+    return 0
+
+
+def print_eval(evaluation: dict | None) -> None:
+    if not evaluation:
+        return
+    keys = ("elbo", "rate", "distortion", "iwae", "iw_samples", "active_units", "mig")
+    print("  ".join(f"{k} {evaluation[k]:.4g}" for k in keys if evaluation.get(k) is not None))
+
+
+def print_runs(store: RunStore, run_ids: list[str] | None = None) -> None:
+    records = store.list_runs()
+    if run_ids is not None:
+        records = [r for r in records if r.run_id in run_ids]
+    print(f"{'run':22} {'state':11} {'β':>7} {'epoch':>5} {'R':>8} {'D':>9} {'-ELBO':>9}  settings")
+    for r in records:
+        if r.broken:
+            print(f"{r.run_id:22} {'broken':11} {r.broken}")
+            continue
+        m = r.last_metrics
+        nums = "".join(f" {m[k] if k != 'elbo' else -m[k]:>{w}.2f}" for k, w in (("rate", 8), ("distortion", 9), ("elbo", 9))) if m else ""
+        print(f"{r.run_id:22} {r.state:11} {r.config.beta:>7g} {m.get('epoch', 0):>5}{nums}  {r.config.describe()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vae", description="Train and inspect β-VAEs.")
+    parser.add_argument("--store", default=None, help="run store folder (default: checkpoints/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train one run in this process")
+    add_config_arguments(train)
+    sweep = sub.add_parser("sweep", help="train one run per β, in parallel worker processes")
+    add_config_arguments(sweep, skip=("beta",))
+    sweep.add_argument("--betas", type=float, nargs="+", required=True, help="the β values")
+    sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    ev = sub.add_parser("eval", help="evaluate a run on the test split (writes eval.json)")
+    ev.add_argument("run_id")
+    ev.add_argument("--iw-samples", type=int, default=100, help="importance samples k (default 100)")
+    sub.add_parser("list", help="list every run in the store")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    store = RunStore(args.store)
+    commands = {"train": cmd_train, "sweep": cmd_sweep, "eval": cmd_eval, "list": lambda a, s: print_runs(s) or 0}
+    try:
+        return commands[args.command](args, store)
+    except (ConfigError, StoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

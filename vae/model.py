@@ -1,0 +1,114 @@
+"""VAE models: an encoder giving (mu, log sigma^2) and a decoder giving logits.
+
+Two architectures: an MLP (default 784-400-20-400-784) and the small conv net used for β-VAE on
+shapes (4 stride-2 convs of 32 channels at 64x64; 3 at 32x32 and at 28x28, which is padded to 32).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae.likelihood import make_likelihood
+from vae.objective import LOGVAR_MIN, LOGVAR_MAX
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """Shared VAE machinery; subclasses provide `encoder_net` (x -> 2J features) and `decode`."""
+
+    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, likelihood: nn.Module):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.likelihood = likelihood
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder_net(x).chunk(2, dim=-1)
+        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Returns (logits, mu, logvar): one reparameterised sample z per data point."""
+        mu, logvar = self.encode(x)
+        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = mu + eps * torch.exp(0.5 * logvar)
+        return self.decode(z), mu, logvar
+
+
+class MLPVAE(VAE):
+    def __init__(self, image_shape, latent_dim: int, hidden_dims: list[int], likelihood: nn.Module):
+        super().__init__(image_shape, latent_dim, likelihood)
+        n = math.prod(image_shape)
+        self.encoder = _mlp([n, *hidden_dims, 2 * latent_dim])
+        self.decoder = _mlp([latent_dim, *reversed(hidden_dims), n])
+
+    def encoder_net(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.flatten(start_dim=-3))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).unflatten(-1, self.image_shape)
+
+
+class ConvVAE(VAE):
+    """Higgins/Burgess β-VAE conv net: k4 s2 convs of 32 channels down to 4x4, an FC, then back."""
+
+    channels = 32
+
+    def __init__(self, image_shape, latent_dim: int, hidden_dim: int, likelihood: nn.Module):
+        super().__init__(image_shape, latent_dim, likelihood)
+        c, h, w = image_shape
+        if h != w or h not in (28, 32, 64):
+            raise ValueError(f"conv VAE needs 28x28, 32x32 or 64x64 images, got {h}x{w}")
+        self.pad = 2 if h == 28 else 0
+        side = h + 2 * self.pad
+        n_convs = int(math.log2(side // 4))
+        k = self.channels
+        enc: list[nn.Module] = []
+        for i in range(n_convs):
+            enc += [nn.Conv2d(c if i == 0 else k, k, 4, 2, 1), nn.ReLU()]
+        self.encoder = nn.Sequential(
+            *enc, nn.Flatten(), nn.Linear(k * 16, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, 2 * latent_dim),
+        )  # fmt: skip
+        dec: list[nn.Module] = [nn.Linear(latent_dim, hidden_dim), nn.ReLU()]
+        dec += [nn.Linear(hidden_dim, k * 16), nn.ReLU(), nn.Unflatten(1, (k, 4, 4))]
+        for i in range(n_convs):
+            last = i == n_convs - 1
+            dec.append(nn.ConvTranspose2d(k, c if last else k, 4, 2, 1))
+            if not last:
+                dec.append(nn.ReLU())
+        self.decoder = nn.Sequential(*dec)
+
+    def encoder_net(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(F.pad(x, (self.pad,) * 4) if self.pad else x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        if self.pad:
+            out = out[..., self.pad : -self.pad, self.pad : -self.pad]
+        return out.reshape(*batch, *self.image_shape)
+
+
+def build_model(config, image_shape: tuple[int, int, int]) -> VAE:
+    """The model a RunConfig describes, for images of `image_shape` (C, H, W)."""
+    likelihood = make_likelihood(config.likelihood, config.gaussian_std, config.learn_variance)
+    if config.architecture == "mlp":
+        return MLPVAE(image_shape, config.latent_dim, list(config.hidden_dims), likelihood)
+    if config.architecture == "conv":
+        return ConvVAE(image_shape, config.latent_dim, config.hidden_dims[0], likelihood)
+    raise ValueError(f"unknown architecture {config.architecture!r}")

@@ -1,0 +1,176 @@
+"""The training loop: one model, any architecture, any objective; read it top to bottom.
+
+Fast path: the whole training set sits on the device as one tensor; an epoch is a random
+permutation of indices, with no DataLoader. A torch.Generator drives shuffling, binarisation and
+the reparameterisation noise, and is saved with each checkpoint, so a run resumed from epoch k
+continues exactly as if it had never stopped. Callers observe and steer the loop through
+`on_epoch` and `should_stop`; nothing here knows about Streamlit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from vae.config import RunConfig
+from vae.data import Dataset, binarize, load_dataset
+from vae.metrics import posterior_summary
+from vae.model import VAE, build_model
+from vae.objective import kl_per_dim, make_objective
+
+NAN_CHECK_EVERY = 200  # steps between host syncs that look for a non-finite loss
+TEST_BINARIZATION_SEED = 12345  # one fixed binarised test set, so runs compare on equal terms
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stopped before anything was saved from that state."""
+
+    def __init__(self, step: int, epoch: int, config: RunConfig):
+        self.step, self.epoch = step, epoch
+        super().__init__(
+            f"loss became NaN/inf at step {step} (epoch {epoch}) with lr={config.lr:g}, "
+            f"beta={config.beta:g}, objective={config.objective}, batch_size={config.batch_size}, "
+            f"likelihood={config.likelihood}; try a smaller learning rate"
+        )
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue training: saved in every checkpoint."""
+
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    stopped: bool = False  # True when should_stop() ended training early
+
+
+def resolve_device(config: RunConfig) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def new_state(config: RunConfig, image_shape, device: torch.device) -> TrainState:
+    torch.manual_seed(config.seed)  # parameter initialisation
+    model = build_model(config, image_shape).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    return TrainState(model, optimizer, generator)
+
+
+def test_inputs(config: RunConfig, dataset: Dataset, device: torch.device) -> torch.Tensor:
+    """The held-out images as the likelihood sees them (binarised once, with a fixed seed)."""
+    x = dataset.test.x.to(device)
+    if config.likelihood == "bernoulli":
+        g = torch.Generator(device=device).manual_seed(TEST_BINARIZATION_SEED)
+        x = binarize(x, g)
+    return x
+
+
+def epoch_inputs(config: RunConfig, train_x: torch.Tensor, generator, fixed: torch.Tensor | None):
+    """Training images for one epoch: a fresh Bernoulli draw under dynamic binarisation."""
+    if config.likelihood != "bernoulli":
+        return train_x
+    if config.dynamic_binarization:
+        return binarize(train_x, generator)
+    return fixed
+
+
+def train(
+    config: RunConfig,
+    *,
+    dataset: Dataset | None = None,
+    state: TrainState | None = None,
+    on_epoch: Callable[[dict, TrainState], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainState:
+    """Train until config.epochs are done (continuing `state` if given) or should_stop() is true.
+
+    on_epoch(metrics, state) runs after each completed epoch with a JSON-ready metrics dict.
+    Raises NonFiniteLossError when the loss stops being finite.
+    """
+    config.validated()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config)
+    dataset = dataset or load_dataset(config.dataset, config.data_root, seed=config.seed)
+    if state is None:
+        state = new_state(config, dataset.info.image_shape, device)
+    model, optimizer, generator = state.model, state.optimizer, state.generator
+    objective = make_objective(config)
+    train_x = dataset.train.x.to(device)
+    fixed = None
+    if config.likelihood == "bernoulli" and not config.dynamic_binarization:
+        fixed = binarize(train_x, torch.Generator(device=device).manual_seed(config.seed))
+    test_x = test_inputs(config, dataset, device)
+    n, bs = len(train_x), config.batch_size
+    steps_per_epoch = -(-n // bs)
+
+    while state.epoch < config.epochs:
+        model.train()
+        started = time.perf_counter()
+        data = epoch_inputs(config, train_x, generator, fixed)
+        perm = torch.randperm(n, generator=generator, device=device)
+        losses = torch.zeros(steps_per_epoch, 3, device=device)  # loss, D, R per step
+        for i in range(steps_per_epoch):
+            xb = data[perm[i * bs : (i + 1) * bs]]
+            logits, mu, logvar = model(xb, generator=generator)
+            distortion = model.likelihood.nll(xb, logits)
+            kl = kl_per_dim(mu, logvar)
+            loss = objective(distortion, kl, state.step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[i] = torch.stack([loss, distortion.mean(), kl.sum(-1).mean()]).detach()
+            state.step += 1
+            if (i + 1) % NAN_CHECK_EVERY == 0:
+                _raise_if_non_finite(losses[: i + 1], state, config, i)
+            if should_stop is not None and should_stop():
+                state.stopped = True
+                return state
+        _raise_if_non_finite(losses, state, config, steps_per_epoch - 1)
+        seconds = time.perf_counter() - started
+        state.epoch += 1
+        if on_epoch is not None:
+            on_epoch(epoch_metrics(config, state, losses, seconds, n, objective, test_x), state)
+    return state
+
+
+def _raise_if_non_finite(losses: torch.Tensor, state: TrainState, config: RunConfig, last: int):
+    finite = torch.isfinite(losses).all(dim=1)
+    if not bool(finite.all()):
+        first_bad = int((~finite).nonzero()[0])
+        step = state.step - (last - first_bad)
+        raise NonFiniteLossError(step, state.epoch + 1, config)
+
+
+def epoch_metrics(config, state, losses, seconds, n, objective, test_x) -> dict:
+    """The JSON line written to metrics.jsonl after each epoch (train means + test summary)."""
+    loss, distortion, rate = losses.double().mean(0).tolist()
+    device = test_x.device
+    noise = torch.Generator(device=device).manual_seed(TEST_BINARIZATION_SEED)
+    summary = posterior_summary(state.model, test_x, generator=noise)
+    weight = objective.kl_weight(state.step)
+    metrics = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "train_loss": loss,
+        "train_distortion": distortion,
+        "train_rate": rate,
+        "kl_weight": float(weight),
+        "images_per_s": n / seconds,
+        "seconds": seconds,
+        "time": time.time(),
+        **summary.to_dict(),
+    }
+    if config.objective == "capacity":
+        metrics["capacity"] = objective.capacity(state.step)
+    if config.likelihood == "gaussian":
+        metrics["decoder_std"] = float(torch.exp(0.5 * state.model.likelihood.log_var.detach()))
+    return metrics
