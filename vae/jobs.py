@@ -159,6 +159,7 @@ class JobManager:
     max_concurrent: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     backend: Backend = field(default_factory=LocalProcessBackend)
     threads_per_job: int = 0  # 0: cores / max_concurrent
+    batch_sweeps: bool = True  # a sweep's runs that differ only in β train as one batched job
 
     def __post_init__(self):
         self.jobs: dict[str, Job] = {}  # run id -> its job (one job may own several runs)
@@ -227,10 +228,28 @@ class JobManager:
             self._adopt_or_interrupt(r for r in records if r.state == "running")
             queued = [r for r in records if r.state == "queued"]
             queued.sort(key=lambda r: r.status.get("updated", 0))
+            started: set[str] = set()
             for record in queued:
                 if self._running_job_count() >= self.max_concurrent:
                     break
-                self._start([record.run_id])
+                if record.run_id not in started:
+                    batch = self._batch_for(record, queued)
+                    started.update(batch)
+                    self._start(batch)
+
+    def _batch_for(self, record, queued) -> list[str]:
+        """The queued runs to start in one worker: the record's whole sweep if it trains batched."""
+        group = record.status.get("group")
+        if not (self.batch_sweeps and group):
+            return [record.run_id]
+        members = [r for r in queued if r.status.get("group") == group]
+        try:
+            from vae.batched import can_train_together
+        except ImportError:
+            return [record.run_id]
+        if len(members) > 1 and can_train_together([r.config for r in members]):
+            return [r.run_id for r in members]
+        return [record.run_id]
 
     def _running_job_count(self) -> int:
         return len({id(job) for job in self.jobs.values()})

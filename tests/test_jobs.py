@@ -1,0 +1,120 @@
+"""The job manager with real worker processes: kill, interrupt, resume, cancel, queue limits."""
+
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from vae.config import RunConfig
+from vae.jobs import JobManager
+from vae.store import StoreError
+
+
+def wait_for(predicate, timeout=120, poll=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(poll)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def slow_config(tiny_config):
+    """Enough epochs that a worker is still busy when the test acts on it."""
+    return RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 40, "batch_size": 64})
+
+
+def test_run_in_a_worker_process_finishes(store, tiny_config):
+    manager = JobManager(store, max_concurrent=1)
+    run_id = manager.submit(tiny_config)
+    manager.wait([run_id], timeout_s=180)
+    record = store.get(run_id)
+    assert record.state == "finished", record.status
+    assert [m["epoch"] for m in record.metrics] == [1]
+    checkpoint = torch.load(store.path(run_id, "final.pt"), weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["config"]["latent_dim"] == 4
+
+
+def test_sigkill_marks_interrupted_and_resume_completes(store, slow_config):
+    manager = JobManager(store, max_concurrent=1, batch_sweeps=False)
+    config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": 4})
+    run_id = manager.submit(config)
+    wait_for(lambda: len(store.read_metrics(run_id)) >= 2 or manager.reconcile())
+    pid = store.read_status(run_id)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] == "interrupted")
+    status = store.read_status(run_id)
+    assert "signal 9" in status["reason"] and "SIGKILL" in status["reason"]
+    done_epochs = store.load_checkpoint(run_id, final=False)["epoch"]
+    assert done_epochs >= 2
+    manager.resume(run_id)
+    manager.wait([run_id], timeout_s=180)
+    metrics = store.read_metrics(run_id)
+    assert store.read_status(run_id)["state"] == "finished"
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]  # no epoch lost, none doubled
+    assert store.load_checkpoint(run_id)["epoch"] == 4
+
+
+def test_cancel_running_and_queued(store, slow_config):
+    manager = JobManager(store, max_concurrent=1, batch_sweeps=False)
+    first = manager.submit(slow_config)
+    second = manager.submit(slow_config)
+    assert store.read_status(second)["state"] == "queued"  # only one slot
+    manager.cancel(second)
+    assert store.read_status(second)["state"] == "cancelled"
+    wait_for(lambda: len(store.read_metrics(first)) >= 1 or manager.reconcile())
+    manager.cancel(first)
+    manager.wait([first], timeout_s=60)
+    assert store.read_status(first)["state"] == "cancelled"
+    with pytest.raises(StoreError):
+        manager.cancel(first)
+    manager.resume(second)  # a cancelled run can be queued again
+    assert store.read_status(second)["state"] in ("queued", "running")
+    manager.cancel(second)
+    manager.wait([second], timeout_s=60)
+
+
+def test_sweep_queue_respects_concurrency(store, tiny_config):
+    manager = JobManager(store, max_concurrent=2, batch_sweeps=False)
+    run_ids = manager.submit_sweep(tiny_config, [0.5, 1, 4])
+    states = [store.read_status(r)["state"] for r in run_ids]
+    assert states.count("running") == 2 and states.count("queued") == 1
+    manager.wait(run_ids, timeout_s=300)
+    records = [store.get(r) for r in run_ids]
+    assert all(r.state == "finished" for r in records)
+    assert [r.config.beta for r in records] == [0.5, 1.0, 4.0]
+    assert len({r.status["group"] for r in records}) == 1
+
+
+def test_restarted_manager_adopts_a_live_worker(store, slow_config):
+    first = JobManager(store, max_concurrent=1, batch_sweeps=False)
+    config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": 3})
+    run_id = first.submit(config)
+    wait_for(lambda: first.reconcile() or store.read_status(run_id).get("pid"))
+    del first  # the server process "restarts": a new manager, same store, worker still alive
+    second = JobManager(store, max_concurrent=1, batch_sweeps=False)
+    second.reconcile()
+    assert run_id in second.jobs  # adopted, not marked interrupted
+    second.wait([run_id], timeout_s=180)
+    assert store.read_status(run_id)["state"] == "finished"
+    assert [m["epoch"] for m in store.read_metrics(run_id)] == [1, 2, 3]
+
+
+def test_dead_worker_found_by_a_new_manager_is_interrupted(store, tiny_config):
+    run_id = store.create_run(tiny_config)
+    store.update_status(run_id, "running", pid=2**22 + 12345, pid_start="1")
+    JobManager(store).reconcile()
+    status = store.read_status(run_id)
+    assert status["state"] == "interrupted" and "gone" in status["reason"]
+
+
+def test_invalid_sweep_writes_nothing(store, tiny_config):
+    manager = JobManager(store)
+    with pytest.raises(ValueError):
+        manager.submit_sweep(tiny_config, [1.0, float("nan")])
+    with pytest.raises(ValueError):
+        manager.submit_sweep(tiny_config, [])
+    assert store.list_runs() == []
