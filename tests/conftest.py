@@ -14,4 +14,6 @@ def store(tmp_path):
 @pytest.fixture
 def tiny_config():
     """Real data (the offline digits set), a small MLP, one epoch: fast enough for many tests."""
-    return RunConfig(dataset="digits", hidden_dims=[64], latent_dim=4, epochs=1, batch_size=256, threads=1)
+    return RunConfig(
+        dataset="digits", hidden_dims=[64], latent_dim=4, epochs=1, batch_size=256, threads=1
+    )

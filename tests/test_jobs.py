@@ -94,7 +94,7 @@ def test_restarted_manager_adopts_a_live_worker(store, slow_config):
     config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": 3})
     run_id = first.submit(config)
     wait_for(lambda: first.reconcile() or store.read_status(run_id).get("pid"))
-    del first  # the server process "restarts": a new manager, same store, worker still alive
+    # The server process "restarts": a new manager on the same store; the worker lives on.
     second = JobManager(store, max_concurrent=1, batch_sweeps=False)
     second.reconcile()
     assert run_id in second.jobs  # adopted, not marked interrupted

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vae.config import RunConfig
-from vae.model import ConvVAE, MLPVAE, build_model
+from vae.model import MLPVAE, ConvVAE, build_model
 from vae.objective import LOGVAR_MAX, LOGVAR_MIN
 
 

@@ -1,14 +1,15 @@
 """Command line: the same store and files as the app, without the UI.
 
-    python -m vae train --dataset digits --beta 4 --latent-dim 10 --epochs 20
-    python -m vae sweep --betas 0.25 0.5 1 2 4 8 --epochs 5 --jobs 2
-    python -m vae eval RUN_ID --iw-samples 5000
-    python -m vae list
+python -m vae train --dataset digits --beta 4 --latent-dim 10 --epochs 20
+python -m vae sweep --betas 0.25 0.5 1 2 4 8 --epochs 5 --jobs 2
+python -m vae eval RUN_ID --iw-samples 5000
+python -m vae list
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -50,12 +51,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
         elif isinstance(default, list):
             parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=default, help=f"{help_text} (default {default})")
+            parser.add_argument(
+                flag, type=kind, default=default, help=f"{help_text} (default {default})"
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -109,10 +114,8 @@ def cmd_sweep(args, store: RunStore) -> int:
             time.sleep(0.5)
     except KeyboardInterrupt:
         for run_id in run_ids:
-            try:
+            with contextlib.suppress(StoreError):
                 manager.cancel(run_id)
-            except StoreError:
-                pass
         manager.wait(run_ids, timeout_s=30)
         print("sweep cancelled")
         return 130
@@ -145,8 +148,17 @@ def print_runs(store: RunStore, run_ids: list[str] | None = None) -> None:
             print(f"{r.run_id:22} {'broken':11} {r.broken}")
             continue
         m = r.last_metrics
-        nums = "".join(f" {m[k] if k != 'elbo' else -m[k]:>{w}.2f}" for k, w in (("rate", 8), ("distortion", 9), ("elbo", 9))) if m else ""
-        print(f"{r.run_id:22} {r.state:11} {r.config.beta:>7g} {m.get('epoch', 0):>5}{nums}  {r.config.describe()}")
+        nums = (
+            "".join(
+                f" {m[k] if k != 'elbo' else -m[k]:>{w}.2f}"
+                for k, w in (("rate", 8), ("distortion", 9), ("elbo", 9))
+            )
+            if m
+            else ""
+        )
+        print(
+            f"{r.run_id:22} {r.state:11} {r.config.beta:>7g} {m.get('epoch', 0):>5}{nums}  {r.config.describe()}"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
     ev = sub.add_parser("eval", help="evaluate a run on the test split (writes eval.json)")
     ev.add_argument("run_id")
-    ev.add_argument("--iw-samples", type=int, default=100, help="importance samples k (default 100)")
+    ev.add_argument(
+        "--iw-samples", type=int, default=100, help="importance samples k (default 100)"
+    )
     sub.add_parser("list", help="list every run in the store")
     return parser
 
@@ -169,7 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     store = RunStore(args.store)
-    commands = {"train": cmd_train, "sweep": cmd_sweep, "eval": cmd_eval, "list": lambda a, s: print_runs(s) or 0}
+    commands = {
+        "train": cmd_train,
+        "sweep": cmd_sweep,
+        "eval": cmd_eval,
+        "list": lambda a, s: print_runs(s) or 0,
+    }
     try:
         return commands[args.command](args, store)
     except (ConfigError, StoreError, ValueError) as exc:

@@ -145,7 +145,30 @@ def validation_errors(config: RunConfig) -> dict[str, str]:
     }
     for name, allowed in choices.items():
         if getattr(config, name) not in allowed:
-            errors[name] = f"unknown value {getattr(config, name)!r}; choose one of {', '.join(allowed)}"
+            errors[name] = (
+                f"unknown value {getattr(config, name)!r}; choose one of {', '.join(allowed)}"
+            )
     if not isinstance(config.name, str) or len(config.name) > 200:
         errors["name"] = "must be text of at most 200 characters"
     return errors
+
+
+def parse_number(text: str) -> float:
+    """A float from user text, refusing NaN, inf and junk with a message that says so."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"{str(text)[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def parse_number_list(text: str, most: int = 32) -> list[float]:
+    """'0.25, 0.5 1 2' -> [0.25, 0.5, 1.0, 2.0]; commas or spaces; at most `most` values."""
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    if not parts:
+        raise ValueError("give at least one value")
+    if len(parts) > most:
+        raise ValueError(f"at most {most} values")
+    return [parse_number(p) for p in parts]

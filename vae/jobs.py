@@ -9,6 +9,7 @@ continues everything. The one seam for other execution engines is `Backend`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -102,10 +103,8 @@ def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)  # workers lead their own session, so this reaches only them
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 class LocalProcessBackend:
@@ -271,7 +270,10 @@ class JobManager:
     def _reap_finished_jobs(self) -> None:
         for run_id, job in list(self.jobs.items()):
             if job.handle.alive():
-                if job.cancel_requested_at and time.time() - job.cancel_requested_at > CANCEL_GRACE_S:
+                if (
+                    job.cancel_requested_at
+                    and time.time() - job.cancel_requested_at > CANCEL_GRACE_S
+                ):
                     job.handle.stop(force=True)
                 continue
             del self.jobs[run_id]
@@ -291,7 +293,11 @@ class JobManager:
                 continue
             pid = record.status.get("pid")
             starting = record.status.get("reason") == "starting"
-            if pid is None and starting and time.time() - record.status["updated"] < STARTUP_GRACE_S:
+            if (
+                pid is None
+                and starting
+                and time.time() - record.status["updated"] < STARTUP_GRACE_S
+            ):
                 continue  # another server process is launching it right now
             handle = None
             if isinstance(pid, int):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vae.likelihood import make_likelihood
-from vae.objective import LOGVAR_MIN, LOGVAR_MAX
+from vae.objective import LOGVAR_MAX, LOGVAR_MIN
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

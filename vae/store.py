@@ -292,4 +292,3 @@ class RunStore:
         trash = self.root / f".deleted-{run_id}-{secrets.token_hex(2)}"
         os.rename(path, trash)  # atomic: the listing never sees half a run
         shutil.rmtree(trash, ignore_errors=True)
-

@@ -1,0 +1,53 @@
+"""Posterior: per-dimension KL and posterior variance, and how dimensions collapse over epochs."""
+
+import streamlit as st
+
+from ui import pick_run, run_store
+from vae.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.views import dims_chart, dims_frame, dims_over_epochs, heatmap_chart
+
+st.title("Posterior per latent dimension")
+st.caption(
+    "A dimension the decoder does not use collapses to the prior: its KLⱼ falls to 0 and its "
+    f"posterior variance σⱼ² rises to 1. A unit counts as active when Cov_x(μⱼ) > "
+    f"{ACTIVE_UNIT_THRESHOLD} (Burda et al. 2015). Values are test-split averages."
+)
+records = [r for r in run_store().list_runs() if not r.broken and r.metrics]
+if not records:
+    st.info("No run has finished an epoch yet. Start one on the Train page.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+compare = st.toggle("Compare two runs side by side", value="compare" in st.query_params)
+field = st.radio(
+    "Heatmap of", ["posterior_var", "kl_per_dim"], horizontal=True,
+    format_func={"posterior_var": "posterior variance σⱼ²", "kl_per_dim": "KLⱼ"}.get,
+)  # fmt: skip
+columns = st.columns(2) if compare else [st.container()]
+keys = ["run", "compare"] if compare else ["run"]
+if not compare and "compare" in st.query_params:
+    del st.query_params["compare"]
+
+
+def show(record) -> None:
+    last = record.last_metrics
+    a, b, c = st.columns(3)
+    a.metric("active units", f"{last['active_units']} / {record.config.latent_dim}")
+    b.metric("rate R (nats)", f"{last['rate']:.2f}")
+    c.metric("distortion D (nats)", f"{last['distortion']:.2f}")
+    st.caption(
+        f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
+    )
+    st.altair_chart(dims_chart(dims_frame(last)))
+    st.markdown("**Over epochs**")
+    st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field))
+
+
+for column, key in zip(columns, keys, strict=True):
+    with column:
+        default = -2 if key == "compare" and len(records) > 1 else -1
+        record = pick_run(
+            records, key=key, label="Run" if key == "run" else "Compare with", index_default=default
+        )
+        if record is not None:
+            show(record)

@@ -1,0 +1,88 @@
+"""Samples: decode draws from the prior, reconstructions, traversals and the latent map."""
+
+import streamlit as st
+import torch
+
+from ui import pick_run, run_store
+from vae.checkpoint import CheckpointError, model_from_checkpoint
+from vae.data import DataError, load_dataset
+from vae.evaluate import (
+    grid,
+    latent_map,
+    latent_traversal,
+    most_active_dims,
+    prior_samples,
+    reconstructions,
+)
+from vae.views import latent_map_chart
+
+IMAGE_WIDTH = 420
+
+st.title("Samples")
+st.caption(
+    "Images decoded from z ~ N(0, I) show what the prior means to the decoder: with a small β the "
+    "aggregate posterior drifts from the prior and samples look worse; with a large β they blur."
+)
+store = run_store()
+records = [r for r in store.list_runs() if not r.broken and r.metrics]
+if not records:
+    st.info("No run has a checkpoint yet. Start one on the Train page.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+
+@st.cache_resource(max_entries=8)
+def load_model(run_id: str, modified: float):
+    """The run's model, reloaded when its checkpoint file changes (modified time in the key)."""
+    return model_from_checkpoint(store.load_checkpoint(run_id))
+
+
+def checkpoint_mtime(run_id: str) -> float:
+    for name in ("final.pt", "model.pt"):
+        path = store.path(run_id, name)
+        if path.exists():
+            return path.stat().st_mtime
+    return 0.0
+
+
+compare = st.toggle("Compare two runs side by side", value="compare" in st.query_params)
+seed = st.number_input("Sample seed", 0, 2**31 - 1, 0, key="sample_seed")
+if st.button("Re-draw samples", key="redraw"):
+    st.session_state.sample_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    st.rerun()
+columns = st.columns(2) if compare else [st.container()]
+keys = ["run", "compare"] if compare else ["run"]
+
+
+def show(record) -> None:
+    try:
+        model = load_model(record.run_id, checkpoint_mtime(record.run_id))
+        dataset = load_dataset(record.config.dataset, record.config.data_root)
+    except (CheckpointError, DataError) as exc:
+        st.error(f"Cannot show this run: {exc}")
+        return
+    st.caption(f"{record.config.describe()} · epoch {record.last_metrics['epoch']}")
+    st.markdown("**From the prior**")
+    st.image(grid(prior_samples(model, 64, seed=int(seed)), nrow=8), width=IMAGE_WIDTH)
+    x = dataset.test.x[:16]
+    st.markdown("**Inputs and reconstructions** (pairs: input, then its reconstruction)")
+    st.image(grid(reconstructions(model, x, 16), nrow=8), width=IMAGE_WIDTH)
+    dims = most_active_dims(record.last_metrics["kl_per_dim"], 5)
+    st.markdown(
+        f"**Traversals** of the most active dimensions {', '.join(f'z{d}' for d in dims)} (−3 … 3)"
+    )
+    st.image(grid(latent_traversal(model, dataset.test.x[:1], dims), nrow=9), width=IMAGE_WIDTH)
+    st.markdown("**Latent means of the test split**")
+    frame = latent_map(model, dataset.test.x[:2000], dataset.test.y[:2000])
+    st.caption(f"axes: {frame.attrs.get('method', '')}")
+    st.altair_chart(latent_map_chart(frame))
+
+
+for column, key in zip(columns, keys, strict=True):
+    with column:
+        default = -2 if key == "compare" and len(records) > 1 else -1
+        record = pick_run(
+            records, key=key, label="Run" if key == "run" else "Compare with", index_default=default
+        )
+        if record is not None:
+            show(record)

@@ -1,0 +1,46 @@
+"""Tradeoff: every run as a point on the rate-distortion plane, live while jobs train."""
+
+import streamlit as st
+
+from ui import run_store
+from vae.views import curves_chart, curves_frame, tradeoff_chart, tradeoff_frame
+
+st.title("Rate–distortion tradeoff")
+st.caption(
+    "Each point is a run at its latest epoch on the test split: rate R = Σⱼ KLⱼ against distortion "
+    "D = −log p(x|z), both in nats per data point. Raising β moves runs up and to the left: less "
+    "information in z, worse reconstructions. Dashed lines join points of equal ELBO "
+    "(D + R = −ELBO); grey lines join the runs of one sweep. Click points to plot their curves."
+)
+store = run_store()
+
+
+@st.fragment(run_every=2.0)
+def live_chart() -> None:
+    records = store.list_runs()
+    frame = tradeoff_frame(records)
+    if frame.empty:
+        st.info("No run has finished an epoch yet. Start one on the Train page.")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        return
+    running = int((frame["state"] == "running").sum())
+    st.caption(f"{len(frame)} runs · {running} training now (faded) · updates every 2 s")
+    event = st.altair_chart(tradeoff_chart(frame), on_select="rerun", key="tradeoff_chart")
+    picked = [p["run_id"] for p in event.selection.get("pick", [])] if event else []
+    by_id = {r.run_id: r for r in records}
+    options = list(frame["run_id"])
+    chosen = st.multiselect(
+        "Runs to plot per epoch", options, default=[p for p in picked if p in options] or options[-3:],
+        format_func=lambda rid: f"{rid} · β={by_id[rid].config.beta:g}",
+    )  # fmt: skip
+    if chosen:
+        st.altair_chart(curves_chart(curves_frame([by_id[r] for r in chosen])))
+    st.dataframe(
+        frame[
+            ["run_id", "beta", "rate", "distortion", "neg_elbo", "active_units", "epoch", "state"]
+        ],
+        hide_index=True,
+    )
+
+
+live_chart()

@@ -1,0 +1,215 @@
+"""Train: choose β and the rest of the settings, start a run or a β sweep, watch the queue."""
+
+import streamlit as st
+
+from ui import job_manager, run_label
+from vae.config import LIMITS, RunConfig, parse_number, parse_number_list, validation_errors
+from vae.data import DATASETS, DEFAULT_DATASET
+from vae.store import StoreError
+from vae.views import progress, runs_frame
+
+BETA_STEPS = [0.0, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]
+LR_STEPS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 1e-2]
+BATCH_SIZES = [32, 64, 128, 256, 512, 1024]
+HIDDEN_SIZES = [64, 128, 256, 400, 512, 1024]
+DEFAULTS = RunConfig()
+
+manager = job_manager()
+st.title("Train β-VAEs")
+st.caption(
+    "Pick β and the model, then **Train** one run or **Sweep β** over a list. Runs train in "
+    "background processes; this page, the charts and the other tabs stay usable meanwhile."
+)
+
+
+def query_default(name: str, cast, fallback):
+    """A prefill from the URL (?beta=4&latent_dim=10); a bad value is reported and ignored."""
+    raw = st.query_params.get(name)
+    if raw is None:
+        return fallback
+    try:
+        value = cast(parse_number(raw)) if cast is not str else raw
+        low, high = LIMITS.get(name, (None, None))
+        if low is not None and not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+    except ValueError as exc:
+        st.warning(f"Ignored `{name}` in the address: {exc}.")
+        return fallback
+
+
+errors_at: dict[str, st.delta_generator.DeltaGenerator] = {}
+left, middle, right = st.columns(3, gap="large")
+
+with left:
+    st.subheader("Data and model")
+    names = list(DATASETS)
+    wanted = query_default("dataset", str, DEFAULT_DATASET)
+    if wanted not in names:
+        st.warning("Ignored `dataset` in the address: unknown data set.")
+        wanted = DEFAULT_DATASET
+    dataset = st.selectbox(
+        "Data set", names, index=names.index(wanted), format_func=lambda n: DATASETS[n].title
+    )
+    st.caption(DATASETS[dataset].description)
+    data_root = None
+    if DATASETS[dataset].needs_root:
+        data_root = st.text_input(
+            "Data root folder", value="data", help="holds MNIST/ or FashionMNIST/"
+        )
+    errors_at["dataset"] = st.empty()
+    architecture = st.radio("Architecture", ["mlp", "conv"], horizontal=True)
+    hidden = st.select_slider(
+        "Hidden units", HIDDEN_SIZES, value=400 if architecture == "mlp" else 256
+    )
+    latent_dim = st.slider(
+        "Latent dimensions J", 1, 64, query_default("latent_dim", int, DEFAULTS.latent_dim)
+    )
+    errors_at["latent_dim"] = st.empty()
+    likelihood = st.radio(
+        "Likelihood p(x|z)",
+        ["bernoulli", "gaussian"],
+        horizontal=True,
+        help="Bernoulli on binarised pixels, or a Gaussian with its normaliser: both give D in nats.",
+    )
+    gaussian_std, learn_variance = DEFAULTS.gaussian_std, False
+    if likelihood == "gaussian":
+        gaussian_std = st.number_input(
+            "Decoder σ", 0.001, 10.0, DEFAULTS.gaussian_std, format="%.3f"
+        )
+        learn_variance = st.checkbox("Learn the decoder variance")
+
+with middle:
+    st.subheader("Objective")
+    objective = st.selectbox(
+        "Objective",
+        ["beta", "capacity", "warmup", "free_bits"],
+        format_func={
+            "beta": "β-VAE: D + β·R",
+            "capacity": "Capacity: D + γ·|R − C(t)|",
+            "warmup": "KL warm-up: β ramps up linearly",
+            "free_bits": "Free bits: KLⱼ floored at λ",
+        }.get,
+    )
+    beta_default = query_default("beta", float, DEFAULTS.beta)
+    beta_slider = st.select_slider(
+        "β (log scale)",
+        BETA_STEPS,
+        value=min(BETA_STEPS, key=lambda b: abs(b - beta_default)),
+        disabled=objective == "capacity",
+    )
+    beta_text = st.text_input(
+        "Exact β (overrides the slider)",
+        value="" if beta_default in BETA_STEPS else f"{beta_default:g}",
+        disabled=objective == "capacity",
+    )
+    beta = beta_slider
+    if beta_text.strip():
+        try:
+            beta = parse_number(beta_text)
+        except ValueError as exc:
+            beta = float("nan")
+            st.error(f"β: {exc}")
+    errors_at["beta"] = st.empty()
+    extra = {}
+    if objective == "capacity":
+        extra["capacity_max"] = st.number_input("C_max (nats)", 0.0, 1000.0, DEFAULTS.capacity_max)
+        extra["capacity_gamma"] = st.number_input("γ", 0.0, 10000.0, DEFAULTS.capacity_gamma)
+        extra["capacity_steps"] = st.number_input(
+            "Steps for C to rise", 1, 10_000_000, DEFAULTS.capacity_steps
+        )
+    elif objective == "warmup":
+        extra["warmup_steps"] = st.number_input(
+            "Warm-up steps", 1, 10_000_000, DEFAULTS.warmup_steps
+        )
+    elif objective == "free_bits":
+        extra["free_bits"] = st.number_input(
+            "λ (nats per dimension)", 0.0, 100.0, DEFAULTS.free_bits
+        )
+    sweep_text = st.text_input("β values for a sweep", "0.25, 0.5, 1, 2, 4, 8")
+    sweep_error = st.empty()
+
+with right:
+    st.subheader("Training")
+    epochs = st.slider("Epochs", 1, 200, query_default("epochs", int, DEFAULTS.epochs))
+    errors_at["epochs"] = st.empty()
+    batch_size = st.select_slider("Batch size", BATCH_SIZES, value=DEFAULTS.batch_size)
+    lr = st.select_slider(
+        "Learning rate", LR_STEPS, value=DEFAULTS.lr, format_func=lambda v: f"{v:g}"
+    )
+    seed = st.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed)
+    name = st.text_input("Run name (optional)", max_chars=200)
+
+config = RunConfig(
+    dataset=dataset, data_root=data_root, architecture=architecture, hidden_dims=[hidden],
+    latent_dim=latent_dim, likelihood=likelihood, gaussian_std=gaussian_std,
+    learn_variance=learn_variance, objective=objective, beta=beta, epochs=epochs,
+    batch_size=batch_size, lr=lr, seed=int(seed), name=name, **extra,
+)  # fmt: skip
+errors = validation_errors(config)
+for field, message in errors.items():
+    errors_at.get(field, st).error(f"{field}: {message}")
+
+betas, sweep_problem = [], None
+try:
+    betas = parse_number_list(sweep_text)
+    for b in betas:
+        low, high = LIMITS["beta"]
+        if not low <= b <= high:
+            raise ValueError(f"β = {b:g} is outside {low:g}..{high:g}")
+except ValueError as exc:
+    sweep_problem = str(exc)
+    sweep_error.error(f"Sweep: {sweep_problem}")
+
+st.caption(f"Will train: {config.describe()}, {epochs} epochs, batch {batch_size}, lr {lr:g}")
+train_col, sweep_col, _ = st.columns([1, 1, 4])
+if train_col.button("Train", type="primary", key="train_button", disabled=bool(errors)):
+    try:
+        run_id = manager.submit(config.validated())
+        st.success(f"Queued run {run_id}")
+    except (ValueError, StoreError) as exc:
+        st.error(f"Nothing was started: {exc}")
+sweep_disabled = bool(errors) or bool(sweep_problem) or objective == "capacity"
+if sweep_col.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=sweep_disabled):
+    try:
+        run_ids = manager.submit_sweep(config.validated(), betas)
+        st.success(f"Queued {len(run_ids)} runs: β = {', '.join(f'{b:g}' for b in betas)}")
+    except (ValueError, StoreError) as exc:
+        st.error(f"Nothing was started: {exc}")
+
+
+@st.fragment(run_every=1.0)
+def jobs_panel() -> None:
+    """Redrawn every second from the run store: progress, cancel and resume for recent runs."""
+    records = manager.store.list_runs()
+    st.subheader("Jobs")
+    if not records:
+        st.info("No runs yet. Press **Train** or **Sweep β** above.")
+        return
+    recent = [r for r in records if not r.broken][-12:][::-1]
+    for record in recent:
+        label_col, bar_col, action_col = st.columns([4, 5, 1.2])
+        label_col.text(run_label(record))
+        fraction, text = progress(record)
+        if record.state in ("running", "queued"):
+            bar_col.progress(fraction, text=f"{record.state} · {text}")
+            if action_col.button("Cancel", key=f"cancel-{record.run_id}"):
+                _act(manager.cancel, record.run_id)
+        else:
+            reason = record.status.get("reason", "")
+            bar_col.caption(f"{record.state} · {text}" + (f" · {reason}" if reason else ""))
+            resumable = record.state in ("interrupted", "cancelled", "failed")
+            if resumable and action_col.button("Resume", key=f"resume-{record.run_id}"):
+                _act(manager.resume, record.run_id)
+    with st.expander(f"All runs ({len(records)})"):
+        st.dataframe(runs_frame(records), hide_index=True)
+
+
+def _act(action, run_id: str) -> None:
+    try:
+        action(run_id)
+    except StoreError as exc:
+        st.error(str(exc))
+
+
+jobs_panel()

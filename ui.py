@@ -1,0 +1,77 @@
+"""Streamlit glue the pages share: the one job manager per server, and run pickers tied to the URL.
+
+Everything else (charts, tables, numbers) comes from `vae/`; this file only knows Streamlit.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+from vae.jobs import JobManager
+from vae.store import RunRecord, RunStore, is_valid_run_id
+
+STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
+MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)
+
+
+if PagesManager.uses_pages_directory:
+    # The server's first visitor opened a page URL, so Streamlit took pages/ for an old-style
+    # multipage folder and never ran app.py's st.navigation. Switch it off and run app.py.
+    PagesManager.uses_pages_directory = False
+    st.rerun()
+
+
+@st.cache_resource
+def job_manager() -> JobManager:
+    """One manager per server process, shared by every session; it schedules in a daemon thread."""
+    store = RunStore(os.environ.get(STORE_ENV) or None)
+    max_jobs = int(os.environ.get(MAX_JOBS_ENV) or max(1, os.cpu_count() or 1))
+    manager = JobManager(store, max_concurrent=max_jobs)
+    try:
+        manager.reconcile()  # adopt or mark interrupted whatever a previous server left running
+    except Exception as exc:  # a read-only or broken store must not stop the app from opening
+        print(f"job manager: {exc}")
+    manager.start_scheduler()
+    return manager
+
+
+def run_store() -> RunStore:
+    return job_manager().store
+
+
+def run_label(record: RunRecord) -> str:
+    if record.broken:
+        return f"{record.run_id} (broken)"
+    name = f" {record.config.name}" if record.config.name else ""
+    return f"{record.run_id}{name} · β={record.config.beta:g} · z={record.config.latent_dim} · {record.state}"
+
+
+def pick_run(
+    records: list[RunRecord], key: str = "run", label: str = "Run", index_default: int = -1
+) -> RunRecord | None:
+    """A select box of runs whose choice lives in the URL (?run=ID), so a view can be shared.
+
+    A query value that is not a valid, existing run id is reported and ignored.
+    """
+    usable = [r for r in records if not r.broken]
+    if not usable:
+        return None
+    ids = [r.run_id for r in usable]
+    wanted = st.query_params.get(key)
+    index = index_default % len(ids)
+    if wanted is not None:
+        if is_valid_run_id(wanted) and wanted in ids:
+            index = ids.index(wanted)
+        else:
+            st.warning(
+                f"The run in the address (`{key}`) was not found in the store; showing another."
+            )
+    chosen = st.selectbox(
+        label, ids, index=index, key=f"pick_{key}",
+        format_func=lambda rid: run_label(usable[ids.index(rid)]),
+    )  # fmt: skip
+    st.query_params[key] = chosen
+    return usable[ids.index(chosen)]

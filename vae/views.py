@@ -1,0 +1,357 @@
+"""Tables and Altair charts the pages show, built from run records (no Streamlit here).
+
+Pages pass `RunRecord`s in and put the returned DataFrames and charts on screen; keeping the
+shaping here lets tests check the numbers without a browser.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from vae.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.store import RunRecord
+
+BETA_FLOOR = 1e-3  # β = 0 is drawn at this value on log axes
+
+
+def log10_beta(beta: float) -> float:
+    return math.log10(max(beta, BETA_FLOOR))
+
+
+def progress(record: RunRecord) -> tuple[float, str]:
+    """(fraction done, 'epoch 3/10 · 21,000 img/s · ETA 12 s') for a run's progress bar."""
+    total = record.config.epochs if record.config else 0
+    last = record.last_metrics
+    epoch = last.get("epoch", 0)
+    text = f"epoch {epoch}/{total}"
+    if last.get("images_per_s"):
+        text += f" · {last['images_per_s']:,.0f} img/s"
+        seconds = [m.get("seconds", 0) for m in record.metrics[-3:]]
+        if record.state == "running" and seconds and epoch < total:
+            text += f" · ETA {format_seconds(np.median(seconds) * (total - epoch))}"
+    return (min(1.0, epoch / total) if total else 0.0), text
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per run: settings, state and the latest test-set numbers."""
+    rows = []
+    for r in records:
+        if r.broken:
+            rows.append({"run": r.run_id, "state": "broken", "note": r.broken})
+            continue
+        c, m = r.config, r.last_metrics
+        rows.append(
+            {
+                "run": r.run_id,
+                "name": c.name,
+                "state": r.state,
+                "β": c.beta,
+                "objective": c.objective,
+                "dataset": c.dataset,
+                "arch": c.architecture,
+                "z": c.latent_dim,
+                "likelihood": c.likelihood,
+                "epoch": f"{m.get('epoch', 0)}/{c.epochs}",
+                "R (nats)": m.get("rate"),
+                "D (nats)": m.get("distortion"),
+                "−ELBO": -m["elbo"] if "elbo" in m else None,
+                "active": m.get("active_units"),
+                "img/s": m.get("images_per_s"),
+                "note": r.status.get("reason", ""),
+                "created": time.strftime(
+                    "%Y-%m-%d %H:%M", time.localtime(r.status.get("created", 0))
+                ),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---- rate-distortion plane --------------------------------------------------------------------
+def tradeoff_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """One point per run with at least one epoch: its latest test-set R and D."""
+    rows = []
+    for r in records:
+        if r.broken or not r.metrics:
+            continue
+        c, m = r.config, r.last_metrics
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "beta": c.beta,
+                "log10_beta": log10_beta(c.beta),
+                "rate": m["rate"],
+                "distortion": m["distortion"],
+                "neg_elbo": -m["elbo"],
+                "active_units": m.get("active_units"),
+                "epoch": m["epoch"],
+                "state": r.state,
+                "sweep": r.status.get("group") or r.run_id,
+                "settings": c.describe(),
+                "name": c.name,
+                "group_key": comparable_key(r),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def comparable_key(record: RunRecord) -> str:
+    """Runs that share this key differ only in β (and seed/name): a line joins them."""
+    c = record.config
+    return (
+        f"{c.dataset}|{c.architecture}|{c.hidden_dims}|{c.latent_dim}|{c.likelihood}|"
+        f"{c.objective}|{c.epochs}"
+    )
+
+
+def elbo_levels(frame: pd.DataFrame, count: int = 4) -> list[float]:
+    """A few round −ELBO values spanning the runs, for iso-ELBO lines D + R = −ELBO."""
+    low, high = frame["neg_elbo"].min(), frame["neg_elbo"].max()
+    if not np.isfinite([low, high]).all():
+        return []
+    if high - low < 1e-9:
+        return [round(float(low), 1)]
+    step = _nice_step((high - low) / max(1, count - 1))
+    start = math.floor(low / step) * step
+    return [start + i * step for i in range(count + 1) if start + i * step <= high + step]
+
+
+def _nice_step(raw: float) -> float:
+    exponent = math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * 10**exponent >= raw:
+            return m * 10**exponent
+    return 10 ** (exponent + 1)
+
+
+def tradeoff_chart(frame: pd.DataFrame) -> alt.LayerChart:
+    """R on x, D on y; colour log β; lines through each sweep; dashed lines of equal ELBO.
+
+    The points layer carries a click selection named `pick` over `run_id`.
+    """
+    r_pad = max(1.0, 0.08 * (frame["rate"].max() - frame["rate"].min()))
+    d_pad = max(1.0, 0.08 * (frame["distortion"].max() - frame["distortion"].min()))
+    x_domain = [max(0.0, frame["rate"].min() - r_pad), frame["rate"].max() + r_pad]
+    y_domain = [frame["distortion"].min() - d_pad, frame["distortion"].max() + d_pad]
+    x = alt.X("rate:Q", title="rate R = Σⱼ KLⱼ (nats)", scale=alt.Scale(domain=x_domain))
+    y = alt.Y(
+        "distortion:Q", title="distortion D = −log p(x|z) (nats)", scale=alt.Scale(domain=y_domain)
+    )
+
+    iso_rows = []
+    for level in elbo_levels(frame):
+        for rate in np.linspace(x_domain[0], x_domain[1], 2):
+            iso_rows.append(
+                {"rate": rate, "distortion": level - rate, "level": f"−ELBO = {level:g}"}
+            )
+    iso = (
+        alt.Chart(pd.DataFrame(iso_rows))
+        .mark_line(strokeDash=[4, 4], color="#999", clip=True)
+        .encode(x=x, y=y, detail="level:N", tooltip=["level:N"])
+    )
+    iso_labels = (
+        alt.Chart(pd.DataFrame(iso_rows).groupby("level", as_index=False).first())
+        .mark_text(align="left", dx=4, dy=-4, color="#777", fontSize=10, clip=True)
+        .encode(x=x, y=y, text="level:N")
+    )
+    pick = alt.selection_point(name="pick", fields=["run_id"], on="click", toggle="true")
+    color = alt.Color(
+        "log10_beta:Q",
+        title="log₁₀ β",
+        scale=alt.Scale(scheme="viridis"),
+    )
+    sweeps = (
+        alt.Chart(frame)
+        .mark_line(opacity=0.5)
+        .encode(x=x, y=y, detail="sweep:N", order="beta:Q", color=alt.value("#888"))
+    )
+    points = (
+        alt.Chart(frame)
+        .mark_circle(size=140, stroke="black")
+        .encode(
+            x=x,
+            y=y,
+            color=color,
+            strokeWidth=alt.condition(pick, alt.value(2), alt.value(0)),
+            opacity=alt.condition("datum.state == 'running'", alt.value(0.55), alt.value(0.95)),
+            tooltip=[
+                alt.Tooltip("run_id:N", title="run"),
+                alt.Tooltip("name:N"),
+                alt.Tooltip("beta:Q", title="β", format="g"),
+                alt.Tooltip("rate:Q", title="R", format=".2f"),
+                alt.Tooltip("distortion:Q", title="D", format=".2f"),
+                alt.Tooltip("neg_elbo:Q", title="−ELBO", format=".2f"),
+                alt.Tooltip("active_units:Q", title="active units"),
+                alt.Tooltip("epoch:Q"),
+                alt.Tooltip("state:N"),
+                alt.Tooltip("settings:N"),
+            ],
+        )
+        .add_params(pick)
+    )
+    return alt.layer(iso, iso_labels, sweeps, points).properties(height=460)
+
+
+def curves_frame(records: list[RunRecord]) -> pd.DataFrame:
+    """Long form per-epoch R, D and −ELBO for the given runs."""
+    rows = []
+    for r in records:
+        if r.broken:
+            continue
+        label = f"{r.run_id[-6:]} β={r.config.beta:g}"
+        for m in r.metrics:
+            for key, name in (("rate", "R"), ("distortion", "D"), ("elbo", "−ELBO")):
+                value = -m[key] if key == "elbo" else m[key]
+                rows.append({"run": label, "epoch": m["epoch"], "quantity": name, "nats": value})
+    return pd.DataFrame(rows, columns=["run", "epoch", "quantity", "nats"])
+
+
+def curves_chart(frame: pd.DataFrame) -> alt.FacetChart:
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q"),
+            y=alt.Y("nats:Q", scale=alt.Scale(zero=False)),
+            color=alt.Color("run:N"),
+            tooltip=["run:N", "epoch:Q", "quantity:N", alt.Tooltip("nats:Q", format=".2f")],
+        )
+        .properties(width=260, height=220)
+        .facet(column=alt.Column("quantity:N", title=None))
+        .resolve_scale(y="independent")
+    )
+
+
+# ---- posterior per dimension ------------------------------------------------------------------
+def dims_frame(metrics: dict) -> pd.DataFrame:
+    """Per-dimension KL, mean σ², Cov_x(μ) of one epoch, sorted by KL (largest first)."""
+    frame = pd.DataFrame(
+        {
+            "dim": range(len(metrics["kl_per_dim"])),
+            "kl": metrics["kl_per_dim"],
+            "posterior_var": metrics["posterior_var"],
+            "mean_cov": metrics["mean_cov"],
+        }
+    )
+    frame["active"] = frame["mean_cov"] > ACTIVE_UNIT_THRESHOLD
+    frame = frame.sort_values("kl", ascending=False, kind="stable").reset_index(drop=True)
+    frame["rank"] = range(len(frame))
+    frame["label"] = "z" + frame["dim"].astype(str)
+    return frame
+
+
+def dims_chart(frame: pd.DataFrame) -> alt.HConcatChart:
+    """Bars of KL_j and of mean σ_j² per dimension, in the same KL order; σ² = 1 is the prior."""
+    order = alt.EncodingSortField(field="rank", order="ascending")
+    x = alt.X("label:N", sort=order, title="latent dimension (sorted by KL)")
+    color = alt.Color(
+        "active:N",
+        title=f"active (Cov μ > {ACTIVE_UNIT_THRESHOLD})",
+        scale=alt.Scale(domain=[True, False], range=["#1f77b4", "#c7c7c7"]),
+    )
+    tooltip = [
+        "label:N",
+        alt.Tooltip("kl:Q", format=".3f", title="KL (nats)"),
+        alt.Tooltip("posterior_var:Q", format=".3f", title="mean σ²"),
+        alt.Tooltip("mean_cov:Q", format=".3g", title="Cov_x(μ)"),
+    ]
+    kl = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(x=x, y=alt.Y("kl:Q", title="KLⱼ (nats)"), color=color, tooltip=tooltip)
+        .properties(height=240, title="KL per dimension")
+    )
+    var_bars = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=x,
+            y=alt.Y("posterior_var:Q", title="mean σⱼ²", scale=alt.Scale(domainMin=0)),
+            color=color,
+            tooltip=tooltip,
+        )
+    )
+    prior = (
+        alt.Chart(pd.DataFrame({"y": [1.0]}))
+        .mark_rule(strokeDash=[4, 4], color="black")
+        .encode(y="y:Q")
+    )
+    variance = alt.layer(var_bars, prior).properties(
+        height=240, title="posterior variance (dashed: prior σ² = 1)"
+    )
+    return alt.hconcat(kl, variance)
+
+
+def dims_over_epochs(metrics: list[dict], field: str) -> pd.DataFrame:
+    """Long form (epoch, dim, value) of a per-dimension field, for the collapse heatmap."""
+    rows = [
+        {"epoch": m["epoch"], "dim": f"z{j}", "j": j, "value": v}
+        for m in metrics
+        for j, v in enumerate(m.get(field, []))
+    ]
+    return pd.DataFrame(rows, columns=["epoch", "dim", "j", "value"])
+
+
+def heatmap_chart(frame: pd.DataFrame, field: str) -> alt.Chart:
+    title = {"posterior_var": "mean σⱼ² (1 = collapsed to the prior)", "kl_per_dim": "KLⱼ (nats)"}
+    scheme = "blues" if field == "posterior_var" else "viridis"
+    return (
+        alt.Chart(frame)
+        .mark_rect()
+        .encode(
+            x=alt.X("epoch:O"),
+            y=alt.Y("dim:N", sort=alt.EncodingSortField(field="j"), title="latent dimension"),
+            color=alt.Color(
+                "value:Q", title=title.get(field, field), scale=alt.Scale(scheme=scheme)
+            ),
+            tooltip=["epoch:O", "dim:N", alt.Tooltip("value:Q", format=".3f")],
+        )
+        .properties(height=max(160, 14 * frame["j"].nunique()))
+    )
+
+
+def latent_map_chart(frame: pd.DataFrame) -> alt.Chart:
+    return (
+        alt.Chart(frame)
+        .mark_circle(size=18, opacity=0.7)
+        .encode(
+            x=alt.X("z1:Q"),
+            y=alt.Y("z2:Q"),
+            color=alt.Color("label:N", title="label"),
+            tooltip=[
+                "label:N",
+                alt.Tooltip("z1:Q", format=".2f"),
+                alt.Tooltip("z2:Q", format=".2f"),
+            ],
+        )
+        .properties(height=360)
+    )
+
+
+# ---- downloads --------------------------------------------------------------------------------
+def metrics_csv(metrics: list[dict]) -> bytes:
+    """Per-epoch metrics as CSV; per-dimension lists become columns kl_0, var_0, cov_0, ..."""
+    rows = []
+    for m in metrics:
+        row = {k: v for k, v in m.items() if not isinstance(v, list)}
+        for field, prefix in (("kl_per_dim", "kl"), ("posterior_var", "var"), ("mean_cov", "cov")):
+            for j, v in enumerate(m.get(field, [])):
+                row[f"{prefix}_{j}"] = v
+        rows.append(row)
+    buffer = io.StringIO()
+    pd.DataFrame(rows).to_csv(buffer, index=False)
+    return buffer.getvalue().encode()
