@@ -192,6 +192,8 @@ class JobManager:
             if status["state"] == "queued":
                 self.store.update_status(run_id, "cancelled", "cancelled while queued")
                 return
+            if status["state"] == "running" and run_id not in self.jobs:
+                self.reconcile()  # a worker started by an earlier server: adopt it first
             job = self.jobs.get(run_id)
             if status["state"] != "running" or job is None:
                 raise StoreError(f"run {run_id} is {status['state']}, not queued or running")

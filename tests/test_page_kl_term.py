@@ -1,0 +1,94 @@
+"""The KL term page, run through the app's entry point with Streamlit's AppTest."""
+
+from pathlib import Path
+
+import pytest
+import streamlit
+from streamlit.testing.v1 import AppTest
+
+from vae import kl_teaching as kt
+from vae.config import RunConfig
+from vae.store import RunStore
+from vae.worker import StopFlag, run_one
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+PAGE = "pages/kl_term.py"
+
+
+@pytest.fixture
+def store_root(tmp_path, monkeypatch):
+    """An empty run store for this test only, and no job manager left over from another test."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("VAE_STORE", str(root))
+    monkeypatch.setenv("VAE_MAX_JOBS", "1")
+    streamlit.cache_resource.clear()
+    yield root
+    streamlit.cache_resource.clear()
+
+
+def open_page() -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_renders_on_an_empty_store(store_root):
+    at = open_page()
+    assert at.title[0].value == "The KL term"
+    assert any("Train one" in i.value for i in at.info)
+    assert len(at.get("vega_lite_chart")) == 1  # the curves; no run, so no bar chart
+    assert metric(at, "KL (nats)") == f"{kt.kl_1d(kt.DEFAULT_MU, kt.DEFAULT_SIGMA):.4f}"
+
+
+def test_sliders_change_the_kl(store_root):
+    at = open_page()
+    at.slider(key="kl_mu").set_value(1.0)
+    at.select_slider(key="kl_sigma").set_value(0.5)
+    at.run()
+    assert not at.exception
+    assert metric(at, "KL (nats)") == "0.8181"  # 1/2 (1 + 0.25 - log 0.25 - 1)
+    assert metric(at, "∂KL/∂σ = σ − 1/σ") == "-1.5000"
+    at.select_slider(key="kl_sigma").set_value(1.0)
+    at.slider(key="kl_mu").set_value(0.0)
+    at.run()
+    assert metric(at, "KL (nats)") == "0.0000"
+
+
+def test_sum_not_mean_shows_beta_over_d(store_root):
+    at = open_page()
+    at.slider(key="kl_d").set_value(16)
+    at.number_input(key="kl_beta").set_value(4.0)
+    at.run()
+    assert metric(at, "effective β with the KL averaged") == "0.25"
+
+
+def test_a_trained_run_shows_its_per_dimension_bars(store_root):
+    store = RunStore(store_root)
+    config = RunConfig(dataset="digits", hidden_dims=[32], latent_dim=3, epochs=1, threads=1)
+    run_id = store.create_run(config)
+    assert run_one(store, run_id, StopFlag()) == "finished"
+    at = open_page()
+    charts = at.get("vega_lite_chart")
+    assert len(charts) == 2
+    specs = [c.proto.spec for c in charts]
+    assert any("KL per latent dimension" in s and "z3" in s for s in specs)
+    assert metric(at, "active units").endswith("of 3")
+    assert not at.info
+
+
+def test_broken_and_incomplete_runs_do_not_crash_the_page(store_root):
+    store = RunStore(store_root)
+    broken = store.create_run(RunConfig(dataset="digits", latent_dim=3, epochs=1))
+    store.path(broken, "config.json").write_text("{not json")
+    partial = store.create_run(RunConfig(dataset="digits", latent_dim=3, epochs=1, name="<b>x</b>"))
+    store.update_status(partial, "failed", "test")
+    store.append_metrics(partial, {"epoch": 1, "rate": 1.0})  # no per-dimension lists
+    at = open_page()
+    assert any("cannot be shown" in w.value for w in at.warning)
+    assert len(at.get("vega_lite_chart")) == 1
