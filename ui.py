@@ -42,11 +42,12 @@ def run_store() -> RunStore:
     return job_manager().store
 
 
-def run_label(record: RunRecord) -> str:
+def run_label(record: RunRecord, with_state: bool = True) -> str:
     if record.broken:
         return f"{record.run_id} (broken)"
     name = f" {record.config.name}" if record.config.name else ""
-    return f"{record.run_id}{name} · β={record.config.beta:g} · z={record.config.latent_dim} · {record.state}"
+    state = f" · {record.state}" if with_state else ""
+    return f"{record.run_id}{name} · β={record.config.beta:g} · z={record.config.latent_dim}{state}"
 
 
 def pick_run(

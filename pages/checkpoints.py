@@ -9,6 +9,11 @@ from vae.store import StoreError
 from vae.views import metrics_csv, runs_frame
 
 st.title("Checkpoints")
+st.caption(
+    "Every run in the store with its files. **final.pt** is the trained model to share (weights, "
+    "config, last metrics); **model.pt** is the latest epoch with the optimizer state, used to "
+    "resume. Both open with `torch.load(weights_only=True)`."
+)
 manager = job_manager()
 store = manager.store
 records = store.list_runs()
@@ -47,7 +52,7 @@ else:
             st.caption(
                 f"test split, {evaluation.get('n_test')} images, IWAE with k = {evaluation.get('iw_samples')}"
             )
-        a, b, c = st.columns(3)
+        a, b, c, _ = st.columns([1, 1, 1, 2])
         for column, name in ((a, "final.pt"), (b, "model.pt")):
             path = store.path(record.run_id, name)
             if path.exists() and not (problem and problem.startswith(name)):

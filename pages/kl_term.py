@@ -184,15 +184,15 @@ def trained_run_section() -> None:
         return
     d = len(frame)
     cols = st.columns(3)
-    cols[0].metric("rate Σ_j KL_j (nats)", f"{frame['KL (nats)'].sum():.3f}")
+    cols[0].metric("rate Σⱼ KLⱼ (nats)", f"{frame['KL (nats)'].sum():.3f}")
     cols[1].metric("active units", f"{int(frame['active'].sum())} of {d}")
     cols[2].metric("epoch", str(last.get("epoch", "?")))
     st.altair_chart(kt.per_dim_chart(frame), width="content")
     st.caption(
         f"A dimension is active when its posterior mean varies across inputs: Cov_x(μ_j) > "
-        f"{ACTIVE_UNIT_THRESHOLD:g}. Inactive ones sit at the prior (σ_j² ≈ 1, KL_j ≈ 0) and carry "
+        f"{ACTIVE_UNIT_THRESHOLD:g}. Inactive ones sit at the prior (σⱼ² ≈ 1, KLⱼ ≈ 0) and carry "
         "no information about x; the rate is spent on the active ones, whose average posterior "
-        "variance σ_j² is well below 1. Larger β switches more of them off."
+        "variance σⱼ² is well below 1. Larger β switches more of them off."
     )
     with st.expander("Table"):
         st.dataframe(frame, hide_index=True)

@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui import pick_run, run_store
 from vae.metrics import ACTIVE_UNIT_THRESHOLD
-from vae.views import dims_chart, dims_frame, dims_over_epochs, heatmap_chart
+from vae.views import dims_charts, dims_frame, dims_over_epochs, heatmap_chart
 
 st.title("Posterior per latent dimension")
 st.caption(
@@ -38,8 +38,9 @@ def show(record) -> None:
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
-    st.altair_chart(dims_chart(dims_frame(last)))
-    st.markdown("**Over epochs**")
+    for chart in dims_charts(dims_frame(last)):
+        st.altair_chart(chart)
+    st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
     st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field))
 
 

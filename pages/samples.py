@@ -16,7 +16,7 @@ from vae.evaluate import (
 )
 from vae.views import latent_map_chart
 
-IMAGE_WIDTH = 420
+IMAGE_WIDTH = 560
 
 st.title("Samples")
 st.caption(
@@ -74,7 +74,6 @@ def show(record) -> None:
     st.image(grid(latent_traversal(model, dataset.test.x[:1], dims), nrow=9), width=IMAGE_WIDTH)
     st.markdown("**Latent means of the test split**")
     frame = latent_map(model, dataset.test.x[:2000], dataset.test.y[:2000])
-    st.caption(f"axes: {frame.attrs.get('method', '')}")
     st.altair_chart(latent_map_chart(frame))
 
 

@@ -24,23 +24,22 @@ def live_chart() -> None:
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         return
     running = int((frame["state"] == "running").sum())
-    st.caption(f"{len(frame)} runs · {running} training now (faded) · updates every 2 s")
+    training = f" · {running} still training (drawn faded)" if running else ""
+    st.caption(f"{len(frame)} runs{training} · updates every 2 s")
     event = st.altair_chart(tradeoff_chart(frame), on_select="rerun", key="tradeoff_chart")
     picked = [p["run_id"] for p in event.selection.get("pick", [])] if event else []
     by_id = {r.run_id: r for r in records}
     options = list(frame["run_id"])
     chosen = st.multiselect(
         "Runs to plot per epoch", options, default=[p for p in picked if p in options] or options[-3:],
+        help="Click points in the chart (shift-click for several) or choose here.",
         format_func=lambda rid: f"{rid} · β={by_id[rid].config.beta:g}",
     )  # fmt: skip
     if chosen:
         st.altair_chart(curves_chart(curves_frame([by_id[r] for r in chosen])))
-    st.dataframe(
-        frame[
-            ["run_id", "beta", "rate", "distortion", "neg_elbo", "active_units", "epoch", "state"]
-        ],
-        hide_index=True,
-    )
+    columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
+               "neg_elbo": "−ELBO", "active_units": "active", "epoch": "epoch", "state": "state"}  # fmt: skip
+    st.dataframe(frame[list(columns)].rename(columns=columns), hide_index=True)
 
 
 live_chart()

@@ -189,7 +189,7 @@ def jobs_panel() -> None:
     recent = [r for r in records if not r.broken][-12:][::-1]
     for record in recent:
         label_col, bar_col, action_col = st.columns([4, 5, 1.2])
-        label_col.text(run_label(record))
+        label_col.text(run_label(record, with_state=False))
         fraction, text = progress(record)
         if record.state in ("running", "queued"):
             bar_col.progress(fraction, text=f"{record.state} · {text}")

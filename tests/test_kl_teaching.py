@@ -139,7 +139,7 @@ METRICS = {
 
 def test_per_dim_frame_sorts_by_kl_and_marks_active_units():
     frame = kt.per_dim_frame(METRICS)
-    assert list(frame["dimension"]) == ["z2", "z4", "z1", "z3"]
+    assert list(frame["dimension"]) == ["z1", "z3", "z0", "z2"]  # numbered from 0
     assert list(frame["active"]) == [True, True, False, False]
     assert (frame["Cov_x(μ)"] > ACTIVE_UNIT_THRESHOLD).sum() == 2
 

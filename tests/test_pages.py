@@ -97,7 +97,7 @@ def test_tradeoff_chart_holds_every_run(monkeypatch, trained_store):
     ]
     assert "pick" in {p["name"] for p in params}  # the click selection the page reads
     table = at.dataframe[0].value
-    assert set(table["run_id"]) == {r.run_id for r in trained_store.list_runs()}
+    assert set(table["run"]) == {r.run_id for r in trained_store.list_runs()}
 
 
 @pytest.mark.parametrize("bad", ["abc", "nan", "inf", "-1", "1e9"])

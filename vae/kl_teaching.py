@@ -272,7 +272,7 @@ def per_dim_frame(metrics: dict) -> pd.DataFrame:
         raise ValueError("the per-dimension statistics are empty or of different lengths")
     frame = pd.DataFrame(
         {
-            "dimension": [f"z{j + 1}" for j in range(len(kl))],
+            "dimension": [f"z{j}" for j in range(len(kl))],
             "KL (nats)": kl,
             "posterior variance σ²": var,
             "Cov_x(μ)": cov,
@@ -284,7 +284,7 @@ def per_dim_frame(metrics: dict) -> pd.DataFrame:
 
 
 def per_dim_chart(frame: pd.DataFrame) -> alt.VConcatChart:
-    """Bars of KL_j sorted by size; below, sigma_j^2 and Cov_x(mu_j) on a log axis with the
+    """Bars of KLⱼ sorted by size; below, sigma_j^2 and Cov_x(mu_j) on a log axis with the
     active-unit threshold, so the few dimensions that carry information stand out."""
     order = list(frame["dimension"])
     x = alt.X(
@@ -301,7 +301,7 @@ def per_dim_chart(frame: pd.DataFrame) -> alt.VConcatChart:
         .mark_bar()
         .encode(
             x,
-            alt.Y("KL (nats):Q", title="KL_j (nats)"),
+            alt.Y("KL (nats):Q", title="KLⱼ (nats)"),
             alt.Color(
                 "status:N",
                 title="unit",
@@ -333,7 +333,7 @@ def per_dim_chart(frame: pd.DataFrame) -> alt.VConcatChart:
                 "value:Q",
                 scale=alt.Scale(type="log"),
                 axis=alt.Axis(tickCount=6, grid=False),
-                title="σ_j² and Cov_x(μ_j)",
+                title="σⱼ² and Cov_x(μⱼ)",
             ),
             alt.Color(
                 "statistic:N",
@@ -354,6 +354,6 @@ def per_dim_chart(frame: pd.DataFrame) -> alt.VConcatChart:
     lower = alt.layer(stats, threshold).properties(
         width=width,
         height=180,
-        title=f"active if Cov_x(μ_j) > {ACTIVE_UNIT_THRESHOLD:g} (dashed line)",
+        title=f"active if Cov_x(μⱼ) > {ACTIVE_UNIT_THRESHOLD:g} (dashed line)",
     )
     return alt.vconcat(bars, lower).resolve_scale(color="independent", shape="independent")

@@ -152,20 +152,22 @@ def tradeoff_chart(frame: pd.DataFrame) -> alt.LayerChart:
         "distortion:Q", title="distortion D = −log p(x|z) (nats)", scale=alt.Scale(domain=y_domain)
     )
 
-    iso_rows = []
+    iso_rows, label_rows = [], []
     for level in elbo_levels(frame):
-        for rate in np.linspace(x_domain[0], x_domain[1], 2):
-            iso_rows.append(
-                {"rate": rate, "distortion": level - rate, "level": f"−ELBO = {level:g}"}
-            )
+        name = f"−ELBO = {level:g}"
+        for rate in x_domain:
+            iso_rows.append({"rate": rate, "distortion": level - rate, "level": name})
+        entry = max(x_domain[0], level - y_domain[1])  # top or left edge of the plot
+        if entry < x_domain[1]:
+            label_rows.append({"rate": entry, "distortion": level - entry, "level": name})
     iso = (
         alt.Chart(pd.DataFrame(iso_rows))
         .mark_line(strokeDash=[4, 4], color="#999", clip=True)
         .encode(x=x, y=y, detail="level:N", tooltip=["level:N"])
     )
     iso_labels = (
-        alt.Chart(pd.DataFrame(iso_rows).groupby("level", as_index=False).first())
-        .mark_text(align="left", dx=4, dy=-4, color="#777", fontSize=10, clip=True)
+        alt.Chart(pd.DataFrame(label_rows, columns=["rate", "distortion", "level"]))
+        .mark_text(align="left", baseline="top", dx=4, dy=4, color="#666", fontSize=12)
         .encode(x=x, y=y, text="level:N")
     )
     pick = alt.selection_point(name="pick", fields=["run_id"], on="click", toggle="true")
@@ -225,13 +227,13 @@ def curves_chart(frame: pd.DataFrame) -> alt.FacetChart:
         alt.Chart(frame)
         .mark_line(point=True)
         .encode(
-            x=alt.X("epoch:Q"),
-            y=alt.Y("nats:Q", scale=alt.Scale(zero=False)),
-            color=alt.Color("run:N"),
+            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("nats:Q", scale=alt.Scale(zero=False), title="nats"),
+            color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=3)),
             tooltip=["run:N", "epoch:Q", "quantity:N", alt.Tooltip("nats:Q", format=".2f")],
         )
-        .properties(width=260, height=220)
-        .facet(column=alt.Column("quantity:N", title=None))
+        .properties(width=230, height=200)
+        .facet(column=alt.Column("quantity:N", title=None, sort=["R", "D", "−ELBO"]))
         .resolve_scale(y="independent")
     )
 
@@ -248,23 +250,28 @@ def dims_frame(metrics: dict) -> pd.DataFrame:
         }
     )
     frame["active"] = frame["mean_cov"] > ACTIVE_UNIT_THRESHOLD
+    frame["unit"] = np.where(frame["active"], "active", "inactive")
     frame = frame.sort_values("kl", ascending=False, kind="stable").reset_index(drop=True)
     frame["rank"] = range(len(frame))
     frame["label"] = "z" + frame["dim"].astype(str)
     return frame
 
 
-def dims_chart(frame: pd.DataFrame) -> alt.HConcatChart:
-    """Bars of KL_j and of mean σ_j² per dimension, in the same KL order; σ² = 1 is the prior."""
+def dims_charts(frame: pd.DataFrame) -> tuple[alt.Chart, alt.LayerChart]:
+    """Bars of KL_j and of mean σ_j² per dimension, in the same KL order; σ² = 1 is the prior.
+
+    Two separate charts, so each can take the full width of its column.
+    """
     order = alt.EncodingSortField(field="rank", order="ascending")
     x = alt.X("label:N", sort=order, title="latent dimension (sorted by KL)")
     color = alt.Color(
-        "active:N",
-        title=f"active (Cov μ > {ACTIVE_UNIT_THRESHOLD})",
-        scale=alt.Scale(domain=[True, False], range=["#1f77b4", "#c7c7c7"]),
+        "unit:N",
+        title=f"Cov_x(μⱼ) > {ACTIVE_UNIT_THRESHOLD}",
+        scale=alt.Scale(domain=["active", "inactive"], range=["#1f77b4", "#c7c7c7"]),
     )
     tooltip = [
         "label:N",
+        "unit:N",
         alt.Tooltip("kl:Q", format=".3f", title="KL (nats)"),
         alt.Tooltip("posterior_var:Q", format=".3f", title="mean σ²"),
         alt.Tooltip("mean_cov:Q", format=".3g", title="Cov_x(μ)"),
@@ -273,7 +280,7 @@ def dims_chart(frame: pd.DataFrame) -> alt.HConcatChart:
         alt.Chart(frame)
         .mark_bar()
         .encode(x=x, y=alt.Y("kl:Q", title="KLⱼ (nats)"), color=color, tooltip=tooltip)
-        .properties(height=240, title="KL per dimension")
+        .properties(height=220, title="KL per dimension")
     )
     var_bars = (
         alt.Chart(frame)
@@ -291,9 +298,9 @@ def dims_chart(frame: pd.DataFrame) -> alt.HConcatChart:
         .encode(y="y:Q")
     )
     variance = alt.layer(var_bars, prior).properties(
-        height=240, title="posterior variance (dashed: prior σ² = 1)"
+        height=220, title="Posterior variance (dashed: the prior's σ² = 1)"
     )
-    return alt.hconcat(kl, variance)
+    return kl, variance
 
 
 def dims_over_epochs(metrics: list[dict], field: str) -> pd.DataFrame:
@@ -307,31 +314,48 @@ def dims_over_epochs(metrics: list[dict], field: str) -> pd.DataFrame:
 
 
 def heatmap_chart(frame: pd.DataFrame, field: str) -> alt.Chart:
-    title = {"posterior_var": "mean σⱼ² (1 = collapsed to the prior)", "kl_per_dim": "KLⱼ (nats)"}
-    scheme = "blues" if field == "posterior_var" else "viridis"
+    """Epochs across, dimensions down. σ² is drawn on a fixed 0..1+ scale so 1 (the prior) always
+    looks the same, whatever the run: collapsed dimensions read as dark rows in every chart."""
+    if field == "posterior_var":
+        top = max(1.0, float(frame["value"].max()) if len(frame) else 1.0)
+        scale = alt.Scale(scheme="blues", domain=[0, top])
+        title = "σⱼ²"
+    else:
+        scale = alt.Scale(scheme="viridis", domainMin=0)
+        title = "KLⱼ (nats)"
     return (
         alt.Chart(frame)
         .mark_rect()
         .encode(
             x=alt.X("epoch:O"),
-            y=alt.Y("dim:N", sort=alt.EncodingSortField(field="j"), title="latent dimension"),
-            color=alt.Color(
-                "value:Q", title=title.get(field, field), scale=alt.Scale(scheme=scheme)
+            y=alt.Y(
+                "dim:N",
+                sort=alt.EncodingSortField(field="j"),
+                title="latent dimension",
+                axis=alt.Axis(labelOverlap=False),
             ),
+            color=alt.Color("value:Q", title=title, scale=scale),
             tooltip=["epoch:O", "dim:N", alt.Tooltip("value:Q", format=".3f")],
         )
-        .properties(height=max(160, 14 * frame["j"].nunique()))
+        .properties(height=max(160, 16 * frame["j"].nunique()))
     )
 
 
 def latent_map_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Scatter of 2-D latent means; axis titles say which dimensions or components they are."""
+    method, dims = frame.attrs.get("method"), frame.attrs.get("dims", [0, 1])
+    if method == "pca":
+        titles = ("first principal component of μ", "second principal component of μ")
+    else:
+        shown = list(dims)[:2]
+        titles = [f"μ of z{d}" for d in shown] + ["(one dimension only)"] * (2 - len(shown))
     return (
         alt.Chart(frame)
         .mark_circle(size=18, opacity=0.7)
         .encode(
-            x=alt.X("z1:Q"),
-            y=alt.Y("z2:Q"),
-            color=alt.Color("label:N", title="label"),
+            x=alt.X("z1:Q", title=titles[0]),
+            y=alt.Y("z2:Q", title=titles[1]),
+            color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="category10")),
             tooltip=[
                 "label:N",
                 alt.Tooltip("z1:Q", format=".2f"),
