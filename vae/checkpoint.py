@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -49,20 +52,49 @@ def checkpoint_bytes(checkpoint: dict) -> bytes:
 def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = None) -> dict:
     """Open a checkpoint from a path or bytes without running any code, then check its layout."""
     if isinstance(source, bytes):
-        if max_bytes is not None and len(source) > max_bytes:
-            raise CheckpointError(f"file is {len(source):,} bytes; the limit is {max_bytes:,}")
-        handle = io.BytesIO(source)
+        data = source
     else:
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"{path.name} does not exist")
-        handle = path
+        data = path.read_bytes()
+    if max_bytes is not None and len(data) > max_bytes:
+        raise CheckpointError(f"file is {len(data):,} bytes; the limit is {max_bytes:,}")
+    _check_container(data)
     try:
-        checkpoint = torch.load(handle, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign, truncated or unsafe files
+        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CheckpointError(f"not a loadable checkpoint ({_first_line(exc)})") from None
+        # torch's own text suggests weights_only=False: exactly what must not be done here.
+        raise CheckpointError(
+            f"refused: the file asks to import {found.group(1)}; a checkpoint may hold only "
+            "tensors, numbers and text, so nothing in it was run"
+        ) from None
+    except Exception as exc:  # torch raises many types for foreign, truncated or damaged files
         raise CheckpointError(f"not a loadable checkpoint ({_first_line(exc)})") from None
     validate_checkpoint(checkpoint)
     return checkpoint
+
+
+def _check_container(data: bytes) -> None:
+    """A torch.save file is a zip archive holding <name>/data.pkl; say plainly when it is not."""
+    if not data:
+        raise CheckpointError("the file is empty")
+    if not data.startswith(b"PK\x03\x04"):
+        raise CheckpointError(
+            "not a checkpoint: files saved by torch.save are zip archives and this one is not "
+            "(an image, a text file, a bare pickle or damaged data?)"
+        )
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise CheckpointError(
+            "the file is truncated or damaged (its zip index is unreadable)"
+        ) from None
+    if not any(name.endswith("/data.pkl") for name in names):
+        raise CheckpointError("a zip archive, but not a torch checkpoint (no data.pkl inside)")
 
 
 def _first_line(exc: Exception) -> str:

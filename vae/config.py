@@ -74,10 +74,19 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        """Build from a dict, ignoring unknown keys so older/newer files still load."""
+        """Build from a dict, ignoring unknown keys so older/newer files still load.
+
+        Raises ConfigError (never TypeError/OverflowError...) for data from a damaged or foreign
+        file: not a dict, or layer sizes that are not whole numbers.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError({"config": f"must be a dictionary, not {type(data).__name__}"})
         known = {f.name for f in fields(cls)}
         config = cls(**{k: v for k, v in data.items() if k in known})
-        config.hidden_dims = [int(h) for h in config.hidden_dims]
+        try:
+            config.hidden_dims = [int(h) for h in config.hidden_dims]
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError({"hidden_dims": "must be a list of whole numbers"}) from None
         return config
 
     def validated(self) -> RunConfig:

@@ -182,7 +182,16 @@ class JobManager:
         if not configs:
             raise ValueError("the β list is empty")
         group = f"sweep-{int(time.time() * 1000):x}"
-        run_ids = [self.store.create_run(c, group=group) for c in configs]
+        run_ids: list[str] = []
+        with self._lock:  # the scheduler thread starts none of them before all are written
+            try:
+                for c in configs:
+                    run_ids.append(self.store.create_run(c, group=group))
+            except StoreError:  # e.g. the disk filled half-way: all or nothing, like one run
+                for run_id in run_ids:
+                    with contextlib.suppress(StoreError):
+                        self.store.delete_run(run_id)
+                raise
         self.reconcile()
         return run_ids
 

@@ -76,6 +76,29 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def overwrite_in_place(path: Path, data: bytes) -> bool:
+    """Last resort on a full disk: rewrite an existing small file inside the blocks it already
+    holds, which needs no free space. Not atomic (a crash mid-write leaves a file the listing
+    reports as broken), so it is only used where the alternative is no record at all."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return False
+    try:
+        if os.fstat(fd).st_blocks * 512 < len(data):
+            return False  # growing the file would need space the disk does not have
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def atomic_write_json(path: Path, data) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=1, allow_nan=False).encode())
 
@@ -245,10 +268,15 @@ class RunStore:
         if state not in ACTIVE_STATES:
             status["ended"] = now
             status.pop("pid", None)
+        path = self.path(run_id, "status.json")
+        data = json.dumps(status, indent=1, allow_nan=False).encode()
         try:
-            atomic_write_json(self.path(run_id, "status.json"), status)
+            atomic_write_bytes(path, data)
         except OSError as exc:
-            raise _explain_os_error(exc, f"update the status of {run_id}") from None
+            # A full disk must not leave a run "running" forever: the status can still say why.
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            if not (full and overwrite_in_place(path, data)):
+                raise _explain_os_error(exc, f"update the status of {run_id}") from None
         return status
 
     def append_metrics(self, run_id: str, metrics: dict) -> None:
@@ -266,11 +294,19 @@ class RunStore:
         """Drop epochs after `last_epoch` (written before a crash, but their checkpoint wasn't)."""
         rows = [r for r in self.read_metrics(run_id) if r["epoch"] <= last_epoch]
         data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode()
-        atomic_write_bytes(self.path(run_id, "metrics.jsonl"), data)
+        try:
+            atomic_write_bytes(self.path(run_id, "metrics.jsonl"), data)
+        except OSError as exc:
+            raise _explain_os_error(exc, "save metrics") from None
 
     def save_checkpoint(self, run_id: str, checkpoint: dict, final: bool = False) -> None:
         from vae.checkpoint import checkpoint_bytes
 
+        # Only the run's worker writes checkpoints, so a temp file found here is what a killed
+        # worker left mid-write: remove it rather than let the folder grow with each crash.
+        for stale in self.run_dir(run_id).glob(".*.pt.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
         try:
             atomic_write_bytes(self.path(run_id, "model.pt"), checkpoint_bytes(checkpoint))
             if final:
@@ -290,5 +326,8 @@ class RunStore:
         if not path.is_dir():
             raise StoreError(f"run {run_id} does not exist")
         trash = self.root / f".deleted-{run_id}-{secrets.token_hex(2)}"
-        os.rename(path, trash)  # atomic: the listing never sees half a run
+        try:
+            os.rename(path, trash)  # atomic: the listing never sees half a run
+        except OSError as exc:
+            raise _explain_os_error(exc, f"delete run {run_id}") from None
         shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,264 @@
+"""The real server under faults, driven through headless Chromium.
+
+* `streamlit run app.py` is SIGKILLed while two runs train, then started again: every run is
+  listed, the finished one is untouched, the worker that kept going is adopted (same pid, never
+  restarted), the one whose worker was also killed is `interrupted` and resumes from the page, and
+  no run is duplicated.
+* A run named with HTML stays text in the DOM, and a malicious checkpoint uploaded on the
+  Checkpoints page is refused without running.
+
+Each test starts its own server on a free port and a temporary store; the finalizers stop the
+servers (by process group) and the workers started on that store (by their command line).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae.config import RunConfig
+from vae.store import RunStore
+from vae.worker import StopFlag, run_one
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+TINY = dict(hidden_dims=[32], latent_dim=3, batch_size=256, threads=1)
+
+
+def wait_for(predicate, timeout=180, poll=0.1, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"{what} not reached in {timeout} s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def workers_for(root: Path, run_id: str | None = None) -> list[int]:
+    """Live `python -m vae.worker --store <root> ...` processes (optionally: training run_id)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or not alive(int(entry.name)):
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ours = b"vae.worker" in argv and str(root).encode() in argv
+            if ours and (run_id is None or run_id.encode() in argv):
+                found.append(int(entry.name))
+    return found
+
+
+class Server:
+    """`python -m streamlit run app.py` on a free port, in its own session, on `store_root`."""
+
+    def __init__(self, store_root: Path, log: Path):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        env = {
+            **os.environ,
+            "VAE_STORE": str(store_root),
+            "VAE_MAX_JOBS": "2",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        command = [
+            sys.executable, "-m", "streamlit", "run", "app.py",
+            "--server.headless", "true",
+            "--server.address", "127.0.0.1",
+            "--server.port", str(port),
+            "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false",
+        ]  # fmt: skip
+        with open(log, "ab") as handle:
+            self.process = subprocess.Popen(
+                command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"streamlit exited:\n{log.read_text()}")
+            health = f"{self.url}/_stcore/health"
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as answer:
+                if answer.read().strip() == b"ok":
+                    return
+            time.sleep(0.25)
+        raise TimeoutError(f"streamlit not healthy:\n{log.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL the server process only (its workers lead sessions of their own)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """start() -> a Server on <tmp_path>/runs; servers and their workers are stopped after."""
+    started: list[Server] = []
+    store_root = tmp_path / "runs"
+
+    def start() -> Server:
+        started.append(Server(store_root, tmp_path / "streamlit.log"))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+    for pid in workers_for(store_root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (set E2E_CHROMIUM)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.set_default_timeout(60_000)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def open_page(page, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector(IDLE, timeout=90_000)
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
+    store = RunStore(tmp_path / "runs")
+    finished = store.create_run(RunConfig(**TINY, epochs=1, name="finished before"))
+    run_one(store, finished, StopFlag())
+    finished_files = {p.name: p.read_bytes() for p in store.run_dir(finished).iterdir()}
+
+    first = servers()
+    open_page(page, first.url)  # the first script run creates the job manager and its scheduler
+    long = dict(TINY, epochs=20, batch_size=32)
+    adopted = store.create_run(RunConfig(**long, name="adopted", seed=1))
+    killed = store.create_run(RunConfig(**long, name="killed", seed=2))
+
+    def both_training():
+        statuses = [store.read_status(r) for r in (adopted, killed)]
+        ok = all(s["state"] == "running" and s.get("epoch", 0) >= 1 for s in statuses)
+        return ok and statuses
+
+    statuses = wait_for(both_training, what="both runs training")
+    before = dict(zip((adopted, killed), statuses, strict=True))
+    adopted_pid, killed_pid = before[adopted]["pid"], before[killed]["pid"]
+
+    first.kill()
+    assert alive(adopted_pid) and alive(killed_pid)  # the workers outlive the server
+    assert [store.read_status(r)["state"] for r in (adopted, killed)] == ["running", "running"]
+    os.kill(killed_pid, signal.SIGKILL)  # this one dies too, while no server watches
+    os.kill(adopted_pid, signal.SIGSTOP)  # this one is held, so it is surely alive at adoption
+    wait_for(lambda: not alive(killed_pid), 30, what="the killed worker gone")
+
+    second = servers()
+    open_page(page, second.url)
+    wait_for(lambda: store.read_status(killed)["state"] == "interrupted", 60, what="interrupted")
+    assert "gone" in store.read_status(killed)["reason"]
+    status = store.read_status(adopted)
+    assert status["state"] == "running" and status["pid"] == adopted_pid, status
+    assert workers_for(store.root) == [adopted_pid]  # adopted, not started a second time
+    for run_id in (finished, adopted, killed):  # every run listed on the Train page
+        page.locator("[data-testid='stText']", has_text=run_id).first.wait_for()
+
+    os.kill(adopted_pid, signal.SIGCONT)
+    page.locator(f".st-key-resume-{killed} button").click()  # resume from the page
+    wait_for(lambda: store.read_status(killed)["state"] != "interrupted", 60, what="resumed")
+
+    def all_finished():
+        status = store.read_status(adopted)
+        if status["state"] == "running":
+            assert status["pid"] == adopted_pid, status  # the same process until it finishes
+        states = [store.read_status(r)["state"] for r in (adopted, killed)]
+        assert not {"failed", "interrupted", "cancelled"} & set(states), states
+        return states == ["finished", "finished"]
+
+    wait_for(all_finished, 300, 0.2, what="both runs finished")
+    assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(".")) == sorted(
+        [finished, adopted, killed]
+    )  # no duplicate run
+    assert {p.name: p.read_bytes() for p in store.run_dir(finished).iterdir()} == finished_files
+    for run_id in (adopted, killed):
+        assert [m["epoch"] for m in store.read_metrics(run_id)] == list(range(1, 21))
+        assert store.load_checkpoint(run_id)["epoch"] == 20
+    assert store.read_status(adopted)["started"] == before[adopted]["started"]  # never restarted
+    wait_for(lambda: workers_for(store.root) == [], 30, what="the workers exit")
+
+
+XSS_NAME = '<img src=x onerror="window.__xss=1">'
+
+
+class RunsACommand:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_html_run_name_stays_text_and_malicious_upload_is_refused(tmp_path, servers, page):
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(RunConfig(**TINY, epochs=1, name=XSS_NAME))
+    run_one(store, run_id, StopFlag())
+    server = servers()
+    for path in ("/", "/checkpoints", "/posterior"):
+        open_page(page, f"{server.url}{path}?run={run_id}")
+        # The name is on the page, escaped (as text or an input's value), not as an element.
+        wait_for(lambda: "&lt;img src=x" in page.content(), 60, 0.5, what=f"the name on {path}")
+        assert page.locator("img[src='x']").count() == 0, path
+        assert page.evaluate("typeof window.__xss") == "undefined", path
+
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.pt"
+    buffer = io.BytesIO()
+    torch.save({"format": "beta-vae-dashboard/checkpoint-v1", "x": RunsACommand(marker)}, buffer)
+    evil.write_bytes(buffer.getvalue())
+    open_page(page, f"{server.url}/checkpoints")
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").set_input_files(str(evil))
+    refusal = page.locator("[data-testid='stAlertContentError']", has_text="Refused")
+    refusal.first.wait_for()
+    assert "nothing in it was run" in refusal.first.inner_text()
+    assert not marker.exists()
