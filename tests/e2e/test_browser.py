@@ -136,7 +136,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     )
     for beta, run_id in by_beta.items():
         check(
-            page.get_by_text(f"{run_id} · β={beta:g} · z={LATENT_DIM} · finished")
+            page.get_by_text(f"{run_id} · β={beta:g} · z={LATENT_DIM}", exact=True)
         ).to_be_visible()
 
     # 7. Tradeoff: the chart has one point per run and the table under it lists the runs.
@@ -144,7 +144,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     chart = page.locator("[data-testid='stVegaLiteChart']").first
     check(chart).to_be_visible(timeout=15_000)
     wait_idle(page)
-    check(page.get_by_text("3 runs · 0 training now")).to_be_visible()
+    check(page.get_by_text("3 runs · updates every 2 s")).to_be_visible()  # none still training
     points = chart.locator("g.mark-symbol path")  # Vega's SVG marks carry their tooltip text
     check(points).to_have_count(3, timeout=15_000)
     labels = " | ".join(points.nth(i).get_attribute("aria-label") or "" for i in range(3))
