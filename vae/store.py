@@ -238,9 +238,11 @@ class RunStore:
             return []
         records = [
             self.get(entry.name, with_metrics)
-            for entry in sorted(self.root.iterdir())
+            for entry in self.root.iterdir()
             if entry.is_dir() and is_valid_run_id(entry.name)
         ]
+        # Creation order (ids alone tie within a second: a sweep's runs share their timestamp).
+        records.sort(key=lambda r: (r.status.get("created", 0), r.run_id))
         return records
 
     def checkpoint_problem(self, run_id: str) -> str | None:
