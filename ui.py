@@ -76,3 +76,24 @@ def pick_run(
     )  # fmt: skip
     st.query_params[key] = chosen
     return usable[ids.index(chosen)]
+
+
+def compare_toggle() -> bool:
+    """'Compare two runs side by side'; the second run's id lives in the URL as ?compare=ID."""
+    compare = st.toggle("Compare two runs side by side", value="compare" in st.query_params)
+    if not compare and "compare" in st.query_params:
+        del st.query_params["compare"]
+    return compare
+
+
+def side_by_side(records: list[RunRecord], show, compare: bool) -> None:
+    """Pick one run (or two, in columns) and call show(record) for each."""
+    keys = ["run", "compare"] if compare else ["run"]
+    columns = st.columns(2) if compare else [st.container()]
+    for column, key in zip(columns, keys, strict=True):
+        with column:
+            default = -2 if key == "compare" and len(records) > 1 else -1
+            label = "Run" if key == "run" else "Compare with"
+            record = pick_run(records, key=key, label=label, index_default=default)
+            if record is not None:
+                show(record)

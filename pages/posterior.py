@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import pick_run, run_store
+from ui import compare_toggle, run_store, side_by_side
 from vae.metrics import ACTIVE_UNIT_THRESHOLD
 from vae.views import dims_charts, dims_frame, dims_over_epochs, heatmap_chart
 
@@ -18,15 +18,11 @@ if not records:
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
-compare = st.toggle("Compare two runs side by side", value="compare" in st.query_params)
+compare = compare_toggle()
 field = st.radio(
     "Heatmap of", ["posterior_var", "kl_per_dim"], horizontal=True,
     format_func={"posterior_var": "posterior variance σⱼ²", "kl_per_dim": "KLⱼ"}.get,
 )  # fmt: skip
-columns = st.columns(2) if compare else [st.container()]
-keys = ["run", "compare"] if compare else ["run"]
-if not compare and "compare" in st.query_params:
-    del st.query_params["compare"]
 
 
 def show(record) -> None:
@@ -44,11 +40,4 @@ def show(record) -> None:
     st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field))
 
 
-for column, key in zip(columns, keys, strict=True):
-    with column:
-        default = -2 if key == "compare" and len(records) > 1 else -1
-        record = pick_run(
-            records, key=key, label="Run" if key == "run" else "Compare with", index_default=default
-        )
-        if record is not None:
-            show(record)
+side_by_side(records, show, compare)

@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from ui import pick_run, run_store
+from ui import compare_toggle, run_store, side_by_side
 from vae.checkpoint import CheckpointError, model_from_checkpoint
 from vae.data import DataError, load_dataset
 from vae.evaluate import (
@@ -45,13 +45,11 @@ def checkpoint_mtime(run_id: str) -> float:
     return 0.0
 
 
-compare = st.toggle("Compare two runs side by side", value="compare" in st.query_params)
+compare = compare_toggle()
 seed = st.number_input("Sample seed", 0, 2**31 - 1, 0, key="sample_seed")
 if st.button("Re-draw samples", key="redraw"):
     st.session_state.sample_seed = int(torch.randint(0, 2**31 - 1, ()).item())
     st.rerun()
-columns = st.columns(2) if compare else [st.container()]
-keys = ["run", "compare"] if compare else ["run"]
 
 
 def show(record) -> None:
@@ -68,20 +66,12 @@ def show(record) -> None:
     st.markdown("**Inputs and reconstructions** (pairs: input, then its reconstruction)")
     st.image(grid(reconstructions(model, x, 16), nrow=8), width=IMAGE_WIDTH)
     dims = most_active_dims(record.last_metrics["kl_per_dim"], 5)
-    st.markdown(
-        f"**Traversals** of the most active dimensions {', '.join(f'z{d}' for d in dims)} (−3 … 3)"
-    )
+    st.markdown("**Traversals** of the most active dimensions, one row each, from −3 to 3")
+    st.caption("rows, top to bottom: " + ", ".join(f"z{d}" for d in dims))
     st.image(grid(latent_traversal(model, dataset.test.x[:1], dims), nrow=9), width=IMAGE_WIDTH)
     st.markdown("**Latent means of the test split**")
     frame = latent_map(model, dataset.test.x[:2000], dataset.test.y[:2000])
     st.altair_chart(latent_map_chart(frame))
 
 
-for column, key in zip(columns, keys, strict=True):
-    with column:
-        default = -2 if key == "compare" and len(records) > 1 else -1
-        record = pick_run(
-            records, key=key, label="Run" if key == "run" else "Compare with", index_default=default
-        )
-        if record is not None:
-            show(record)
+side_by_side(records, show, compare)
