@@ -13,36 +13,24 @@ Pages that show one run are opened on a chosen run (`?run=ID`): the posterior pa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # live_app: the app server the browser tests use
+
+from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp  # noqa: E402
 
 from vae.config import RunConfig  # noqa: E402
 from vae.jobs import JobManager  # noqa: E402
 from vae.store import RunStore  # noqa: E402
 
-CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAGES = ("train", "tradeoff", "posterior", "samples", "kl_term", "checkpoints")
 VIEWPORT = {"width": 1400, "height": 1000}
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 RENDERED_JS = """() => {
     const charts = [...document.querySelectorAll("[data-testid='stVegaLiteChart']")];
     const chartsDrawn = charts.every(c => c.querySelector("svg.marks, canvas.marks"));
@@ -74,56 +62,6 @@ def train_runs(store: RunStore, betas: list[float], epochs: int, latent_dim: int
     if any(s != "finished" for s in states.values()):
         raise SystemExit(f"not every run finished: {states}")
     return dict(zip(betas, run_ids, strict=True))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_app(store_root: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "VAE_STORE": str(store_root), "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.headless", "true",
-        "--server.address", "127.0.0.1",
-        "--server.port", str(port),
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "minimal",  # no "Deploy" button in the pictures
-    ]  # fmt: skip
-    with open(log_path, "wb") as handle:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"streamlit exited:\n{log_path.read_text()}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response,
-        ):
-            if response.read().decode().strip() == "ok":
-                return process, url
-        time.sleep(0.25)
-    stop_app(process)
-    raise SystemExit(f"streamlit was not healthy after 60 s:\n{log_path.read_text()}")
-
-
-def stop_app(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
 
 
 def page_urls(url: str, runs: dict, compare: bool) -> dict[str, str]:
@@ -206,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         runs = train_runs(RunStore(store_root), args.betas, args.epochs, args.latent_dim)
         log(f"runs finished in {time.monotonic() - started:.0f} s; starting the app")
-        process, url = start_app(store_root, Path(tmp) / "streamlit.log")
+        app = LiveApp(
+            store_root, Path(tmp) / "streamlit.log", extra_flags=("--client.toolbarMode", "minimal")
+        )  # no "Deploy" button in the pictures
+        url = app.url
         all_problems = {}
         try:
             urls = page_urls(url, runs, args.compare)
@@ -220,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{path} {'; '.join(problems) if problems else ''}")
                 browser.close()
         finally:
-            stop_app(process)
+            app.stop()
     for name, problems in all_problems.items():
         for problem in problems:
             print(f"{name}: {problem}", file=sys.stderr)

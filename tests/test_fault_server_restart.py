@@ -13,19 +13,15 @@ servers (by process group) and the workers started on that store (by their comma
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import wait_for
+from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp, alive, stop_workers, worker_pids
 
 from vae.config import RunConfig
 from vae.store import RunStore
@@ -33,125 +29,33 @@ from vae.worker import StopFlag, run_one
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
-IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 TINY = dict(hidden_dims=[32], latent_dim=3, batch_size=256, threads=1)
-
-
-def wait_for(predicate, timeout=180, poll=0.1, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"{what} not reached in {timeout} s")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def workers_for(root: Path, run_id: str | None = None) -> list[int]:
-    """Live `python -m vae.worker --store <root> ...` processes (optionally: training run_id)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or not alive(int(entry.name)):
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            ours = b"vae.worker" in argv and str(root).encode() in argv
-            if ours and (run_id is None or run_id.encode() in argv):
-                found.append(int(entry.name))
-    return found
-
-
-class Server:
-    """`python -m streamlit run app.py` on a free port, in its own session, on `store_root`."""
-
-    def __init__(self, store_root: Path, log: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        env = {
-            **os.environ,
-            "VAE_STORE": str(store_root),
-            "VAE_MAX_JOBS": "2",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        command = [
-            sys.executable, "-m", "streamlit", "run", "app.py",
-            "--server.headless", "true",
-            "--server.address", "127.0.0.1",
-            "--server.port", str(port),
-            "--server.fileWatcherType", "none",
-            "--browser.gatherUsageStats", "false",
-        ]  # fmt: skip
-        with open(log, "ab") as handle:
-            self.process = subprocess.Popen(
-                command, cwd=REPO, env=env, stdin=subprocess.DEVNULL,
-                stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"streamlit exited:\n{log.read_text()}")
-            health = f"{self.url}/_stcore/health"
-            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as answer:
-                if answer.read().strip() == b"ok":
-                    return
-            time.sleep(0.25)
-        raise TimeoutError(f"streamlit not healthy:\n{log.read_text()}")
-
-    def kill(self) -> None:
-        """SIGKILL the server process only (its workers lead sessions of their own)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture
 def servers(tmp_path):
     """start() -> a Server on <tmp_path>/runs; servers and their workers are stopped after."""
-    started: list[Server] = []
+    started: list[LiveApp] = []
     store_root = tmp_path / "runs"
 
-    def start() -> Server:
-        started.append(Server(store_root, tmp_path / "streamlit.log"))
+    def start() -> LiveApp:
+        started.append(LiveApp(store_root, tmp_path / "streamlit.log", max_jobs=2))
         return started[-1]
 
     yield start
     for server in started:
         server.stop()
-    for pid in workers_for(store_root):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGKILL)
+    stop_workers(store_root, grace_s=2.0)
 
 
 @pytest.fixture
 def page():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (set E2E_CHROMIUM)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
+    if not Path(CHROMIUM).exists():  # a failure, not a skip: CI installs it (.ci/run)
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             context.set_default_timeout(60_000)
@@ -200,7 +104,7 @@ def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
     assert "gone" in store.read_status(killed)["reason"]
     status = store.read_status(adopted)
     assert status["state"] == "running" and status["pid"] == adopted_pid, status
-    assert workers_for(store.root) == [adopted_pid]  # adopted, not started a second time
+    assert worker_pids(store.root) == [adopted_pid]  # adopted, not started a second time
     for run_id in (finished, adopted, killed):  # every run listed on the Train page
         page.locator("[data-testid='stText']", has_text=run_id).first.wait_for()
 
@@ -225,7 +129,7 @@ def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
         assert [m["epoch"] for m in store.read_metrics(run_id)] == list(range(1, 21))
         assert store.load_checkpoint(run_id)["epoch"] == 20
     assert store.read_status(adopted)["started"] == before[adopted]["started"]  # never restarted
-    wait_for(lambda: workers_for(store.root) == [], 30, what="the workers exit")
+    wait_for(lambda: worker_pids(store.root) == [], 30, what="the workers exit")
 
 
 XSS_NAME = '<img src=x onerror="window.__xss=1">'

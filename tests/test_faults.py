@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 import torch
+from helpers import APP, PAGES, wait_for
 from streamlit.testing.v1 import AppTest
 
 from vae.checkpoint import CheckpointError
@@ -32,30 +33,11 @@ from vae.store import FILES, RunStore, StoreError
 from vae.worker import StopFlag, run_one
 
 REPO = Path(__file__).resolve().parent.parent
-APP = str(REPO / "app.py")
-PAGES = [
-    "pages/train.py",
-    "pages/tradeoff.py",
-    "pages/posterior.py",
-    "pages/samples.py",
-    "pages/kl_term.py",
-    "pages/checkpoints.py",
-]
 TINY = dict(hidden_dims=[32], latent_dim=3, epochs=1, batch_size=256, threads=1)
 
 
 def tiny(**changes) -> RunConfig:
     return RunConfig(**{**TINY, **changes})
-
-
-def wait_for(predicate, timeout=180, poll=0.1, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"{what} not reached in {timeout} s")
 
 
 def leftovers(root: Path) -> list[str]:

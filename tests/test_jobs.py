@@ -2,23 +2,14 @@
 
 import os
 import signal
-import time
 
 import pytest
 import torch
+from helpers import wait_for
 
 from vae.config import RunConfig
 from vae.jobs import JobManager
 from vae.store import StoreError
-
-
-def wait_for(predicate, timeout=120, poll=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(poll)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture
@@ -42,7 +33,7 @@ def test_sigkill_marks_interrupted_and_resume_completes(store, slow_config):
     manager = JobManager(store, max_concurrent=1, batch_sweeps=False)
     config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": 4})
     run_id = manager.submit(config)
-    wait_for(lambda: len(store.read_metrics(run_id)) >= 2 or manager.reconcile())
+    wait_for(lambda: len(store.read_metrics(run_id)) >= 2 or manager.reconcile(), 120)
     pid = store.read_status(run_id)["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] == "interrupted")

@@ -6,22 +6,13 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from helpers import APP, PAGES
 from streamlit.testing.v1 import AppTest
 
 from vae.config import RunConfig
 from vae.jobs import JobManager
 from vae.store import RunStore, StoreError
 from vae.worker import StopFlag, run_one
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = [
-    "pages/train.py",
-    "pages/tradeoff.py",
-    "pages/posterior.py",
-    "pages/samples.py",
-    "pages/kl_term.py",
-    "pages/checkpoints.py",
-]
 
 
 @pytest.fixture(scope="module")
