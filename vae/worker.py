@@ -8,6 +8,7 @@ metrics, checkpoints and status back. SIGTERM asks it to stop after the current 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -15,6 +16,7 @@ import traceback
 from vae.checkpoint import CheckpointError, make_checkpoint, model_from_checkpoint
 from vae.config import RunConfig
 from vae.data import DataError, load_dataset
+from vae.evaluate import evaluate_run
 from vae.store import RunStore, StoreError
 from vae.train import NonFiniteLossError, TrainState, new_state, resolve_device, train
 
@@ -66,8 +68,6 @@ def restore_state(store: RunStore, run_id: str, config: RunConfig, image_shape) 
 
 def run_one(store: RunStore, run_id: str, stop: StopFlag, threads: int = 0, progress=None) -> str:
     """Train one run to its end; returns the final state written to status.json."""
-    import os
-
     config = store.read_config(run_id)
     if threads and not config.threads:
         config.threads = threads
@@ -89,12 +89,7 @@ def run_one(store: RunStore, run_id: str, stop: StopFlag, threads: int = 0, prog
         if state.stopped:
             store.update_status(run_id, "cancelled", f"cancelled after epoch {state.epoch}")
             return "cancelled"
-        metrics = store.read_metrics(run_id)
-        last = metrics[-1] if metrics else {}
-        store.save_checkpoint(run_id, make_checkpoint(config, state, shape, last), final=True)
-        evaluate_after_training(store, run_id)
-        store.update_status(run_id, "finished", epoch=state.epoch)
-        return "finished"
+        return finish_run(store, run_id, config, state, shape)
     except (NonFiniteLossError, DataError, CheckpointError, StoreError) as exc:
         return _fail(store, run_id, str(exc))
     except Exception as exc:  # the run fails, the worker reports it; nothing else is touched
@@ -102,13 +97,22 @@ def run_one(store: RunStore, run_id: str, stop: StopFlag, threads: int = 0, prog
         return _fail(store, run_id, f"{type(exc).__name__}: {exc} ({tail})")
 
 
-def evaluate_after_training(store: RunStore, run_id: str) -> None:
-    """Compute eval.json (IWAE, active units...) if the evaluation module is available."""
+def finish_run(store: RunStore, run_id: str, config: RunConfig, state: TrainState, shape) -> str:
+    """Save final.pt, write eval.json, mark the run finished; shared by single and batched runs.
+
+    The model is saved before it is evaluated, so an evaluation error is noted in the status
+    reason but never turns a trained run into a failed one.
+    """
+    metrics = store.read_metrics(run_id)
+    last = metrics[-1] if metrics else {}
+    store.save_checkpoint(run_id, make_checkpoint(config, state, shape, last), final=True)
+    reason = ""
     try:
-        from vae.evaluate import evaluate_run
-    except ImportError:
-        return
-    evaluate_run(store, run_id)
+        evaluate_run(store, run_id)
+    except Exception as exc:
+        reason = f"evaluation failed: {exc}"[:500]
+    store.update_status(run_id, "finished", reason, epoch=state.epoch)
+    return "finished"
 
 
 def _fail(store: RunStore, run_id: str, reason: str) -> str:
@@ -128,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     store = RunStore(args.store)
     stop = StopFlag()
     stop.install()
+    if len(args.run_ids) > 1:  # a sweep's runs that differ only in β train as one stacked model
+        from vae import batched
+
+        try:
+            configs = [store.read_config(run_id) for run_id in args.run_ids]
+        except StoreError:
+            configs = []  # run_one reports the unreadable run
+        if batched.can_train_together(configs):
+            outcomes = batched.run_group(store, args.run_ids, stop, args.threads)
+            return 0 if all(o != "failed" for o in outcomes) else 1
     outcomes = []
     for run_id in args.run_ids:
         if stop():

@@ -1,0 +1,220 @@
+"""Stacked training of a β sweep (vae.batched): the same numbers as one run at a time, same files."""
+
+import json
+
+import pytest
+import torch
+
+from vae.batched import can_train_together, run_group, train_together
+from vae.checkpoint import model_from_checkpoint
+from vae.config import RunConfig
+from vae.train import NonFiniteLossError, train
+from vae.worker import StopFlag, run_one
+
+BETAS = (0.25, 1.0, 4.0)
+STEPS = 20  # digits has 4,000 training images: batch 200 makes one epoch 20 steps
+
+
+def with_betas(config: RunConfig, betas=BETAS) -> list[RunConfig]:
+    return [RunConfig.from_dict({**config.to_dict(), "beta": b}) for b in betas]
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},  # Bernoulli, dynamic binarisation, D + βR
+        {"dynamic_binarization": False},
+        {"likelihood": "gaussian", "learn_variance": True},
+        {"objective": "warmup", "warmup_steps": 10},
+        {"objective": "free_bits", "free_bits": 0.2},
+    ],
+)
+def test_each_model_matches_training_it_alone(tiny_config, extra):
+    """Losses and parameters after 20 steps agree with vae.train.train to 1e-4 relative."""
+    base = RunConfig.from_dict({**tiny_config.to_dict(), "batch_size": 200, "hidden_dims": [32, 16], **extra})  # fmt: skip
+    configs = with_betas(base)
+    together: dict[int, list[dict]] = {}
+    result = train_together(configs, on_epoch=lambda i, m, s: together.setdefault(i, []).append(m))
+    for i, config in enumerate(configs):
+        alone = []
+        state = train(config, on_epoch=lambda m, s, rows=alone: rows.append(m))
+        assert state.step == result.states[i].step == STEPS
+        a, b = together[i][-1], alone[-1]
+        assert a.keys() == b.keys()
+        for key in ("train_loss", "train_distortion", "train_rate", "elbo", "rate", "distortion"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), (config.beta, key)
+        assert a["kl_per_dim"] == pytest.approx(b["kl_per_dim"], rel=1e-4, abs=1e-6)
+        assert a["kl_weight"] == b["kl_weight"]
+        mine, theirs = result.states[i].model.state_dict(), state.model.state_dict()
+        assert mine.keys() == theirs.keys()
+        for name in theirs:
+            assert rel_diff(mine[name], theirs[name]) < 1e-4, (config.beta, name)
+        # The Adam state a checkpoint carries is the lone run's too (so run_one can resume it).
+        opt_a, opt_b = result.states[i].optimizer.state_dict(), state.optimizer.state_dict()
+        assert opt_a["param_groups"] == opt_b["param_groups"]
+        for index, entry in opt_b["state"].items():
+            assert float(opt_a["state"][index]["step"]) == float(entry["step"]) == STEPS
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert rel_diff(opt_a["state"][index][key], entry[key]) < 1e-4
+        assert torch.equal(result.states[i].generator.get_state(), state.generator.get_state())
+    # different βs really trained different models
+    assert together[0][-1]["train_rate"] != together[2][-1]["train_rate"]
+
+
+def test_can_train_together(tiny_config):
+    configs = with_betas(tiny_config)
+    assert can_train_together(configs)
+    named = [RunConfig.from_dict({**c.to_dict(), "name": f"run {i}", "threads": i}) for i, c in enumerate(configs)]  # fmt: skip
+    assert can_train_together(named)  # labels and thread counts do not change the numbers
+    assert not can_train_together(configs[:1])  # nothing to batch
+    assert not can_train_together([])
+    for field, value in [
+        ("seed", 1), ("latent_dim", 5), ("hidden_dims", [32]), ("lr", 1e-4), ("epochs", 2),
+        ("batch_size", 128), ("likelihood", "gaussian"), ("objective", "free_bits"),
+        ("dynamic_binarization", False), ("dataset", "shapes32"),
+    ]:  # fmt: skip
+        other = RunConfig.from_dict({**configs[1].to_dict(), field: value})
+        assert not can_train_together([configs[0], other]), field
+    conv = {"architecture": "conv", "hidden_dims": [32]}
+    assert not can_train_together(
+        with_betas(RunConfig.from_dict({**tiny_config.to_dict(), **conv}))
+    )
+    bad = RunConfig.from_dict({**configs[1].to_dict(), "beta": -1.0})
+    assert not can_train_together([configs[0], bad])
+
+
+def test_nan_fails_like_a_lone_run(tiny_config):
+    """A NaN pixel makes every model's loss NaN: each fails at the step a lone run reports."""
+    from dataclasses import replace
+
+    from vae.data import load_dataset
+
+    clean = load_dataset("digits")
+    x = clean.train.x.clone()
+    x[123, 0, 14, 14] = float("nan")
+    corrupt = replace(clean, train=replace(clean.train, x=x))
+    configs = with_betas(RunConfig.from_dict({**tiny_config.to_dict(), "likelihood": "gaussian"}))
+    saved = []
+    result = train_together(configs, dataset=corrupt, on_epoch=lambda i, m, s: saved.append(m))
+    with pytest.raises(NonFiniteLossError) as alone:
+        train(configs[0], dataset=corrupt)
+    assert saved == []
+    for error in result.errors:
+        assert isinstance(error, NonFiniteLossError)
+        assert error.step == alone.value.step and error.epoch == alone.value.epoch
+
+
+def _read_lines(store, run_id):
+    return [
+        json.loads(line) for line in store.path(run_id, "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def test_run_group_writes_each_runs_files(store, tiny_config):
+    config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 2})
+    run_ids = [store.create_run(c, group="sweep-test") for c in with_betas(config)]
+    reference = store.create_run(with_betas(config)[1])  # β = 1 trained alone, for comparison
+    assert run_one(store, reference, StopFlag()) == "finished"
+
+    assert run_group(store, run_ids, stop=lambda: False, threads=1) == ["finished"] * 3
+    expected = _read_lines(store, reference)
+    for run_id, beta in zip(run_ids, BETAS, strict=True):
+        status = store.read_status(run_id)
+        assert status["state"] == "finished" and status["epoch"] == 2
+        assert status["group"] == "sweep-test" and "pid" not in status
+        lines = _read_lines(store, run_id)
+        assert [m["epoch"] for m in lines] == [1, 2]
+        assert [m.keys() for m in lines] == [m.keys() for m in expected]
+        for name in ("model.pt", "final.pt"):
+            checkpoint = torch.load(store.path(run_id, name), weights_only=True, map_location="cpu")
+            assert checkpoint["epoch"] == 2 and checkpoint["config"]["beta"] == beta
+            model = model_from_checkpoint(checkpoint)
+            assert sum(p.numel() for p in model.parameters()) > 0
+        assert "optimizer_state" in torch.load(store.path(run_id, "model.pt"), weights_only=True)
+        assert store.load_checkpoint(run_id)["metrics"] == lines[-1]
+        assert store.read_eval(run_id) is not None
+    grouped = _read_lines(store, run_ids[1])
+    for key in ("train_loss", "elbo", "rate"):
+        assert grouped[-1][key] == pytest.approx(expected[-1][key], rel=1e-4)
+
+
+def test_run_group_resumes_an_interrupted_member_alone(store, tiny_config):
+    config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 2})
+    run_ids = [store.create_run(c, group="g") for c in with_betas(config)]
+    first = run_ids[0]
+    # run 0 stops after its first epoch (as if cancelled): it has a model.pt at epoch 1
+    assert run_one(store, first, lambda: bool(store.read_metrics(first))) == "cancelled"
+    assert run_group(store, run_ids, stop=lambda: False, threads=1) == ["finished"] * 3
+    for run_id in run_ids:
+        assert [m["epoch"] for m in store.read_metrics(run_id)] == [1, 2]
+        assert store.read_status(run_id)["state"] == "finished"
+
+
+def test_run_group_cancel(store, tiny_config):
+    config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 3})
+    run_ids = [store.create_run(c) for c in with_betas(config)]
+    # stop once the first epoch's files are written: every run is cancelled after epoch 1
+    outcomes = run_group(store, run_ids, stop=lambda: bool(store.read_metrics(run_ids[-1])))
+    assert outcomes == ["cancelled"] * 3
+    for run_id in run_ids:
+        status = store.read_status(run_id)
+        assert status["state"] == "cancelled" and "epoch 1" in status["reason"]
+        assert store.load_checkpoint(run_id, final=False)["epoch"] == 1
+    # and each one resumes alone from its checkpoint
+    assert run_one(store, run_ids[1], StopFlag()) == "finished"
+    assert [m["epoch"] for m in store.read_metrics(run_ids[1])] == [1, 2, 3]
+
+
+def test_worker_main_trains_compatible_runs_as_one_group(store, tiny_config, monkeypatch):
+    import vae.batched
+    from vae import worker
+
+    calls = []
+    real = vae.batched.run_group
+    monkeypatch.setattr(vae.batched, "run_group", lambda *a, **k: calls.append(a[1]) or real(*a, **k))  # fmt: skip
+    run_ids = [store.create_run(c) for c in with_betas(tiny_config, (1.0, 2.0))]
+    assert worker.main(["--store", str(store.root), "--threads", "1", *run_ids]) == 0
+    assert calls == [run_ids]
+    other = RunConfig.from_dict({**tiny_config.to_dict(), "seed": 3})
+    mixed = [store.create_run(tiny_config), store.create_run(other)]
+    assert worker.main(["--store", str(store.root), "--threads", "1", *mixed]) == 0
+    assert calls == [run_ids]  # different seeds: trained one by one
+    assert all(store.read_status(r)["state"] == "finished" for r in run_ids + mixed)
+
+
+def test_fast_bernoulli_draw_is_torch_bernoulli_bit_for_bit():
+    """vae.train draws binarised pixels with rand < p: the same pixels and generator state."""
+    from vae.data import binarize, load_dataset
+    from vae.train import bernoulli_draw
+
+    x = load_dataset("digits").train.x[:500]
+    for seed in (0, 7):
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        assert torch.equal(bernoulli_draw(x, g1), binarize(x, g2))
+        assert torch.equal(g1.get_state(), g2.get_state())
+    bad = x.clone()
+    bad[3, 0, 5, 5] = float("nan")
+    with pytest.raises(RuntimeError):  # as torch.bernoulli: probabilities must be in [0, 1]
+        bernoulli_draw(bad, torch.Generator().manual_seed(0))
+
+
+def test_stopping_mid_epoch_leaves_each_model_where_a_lone_run_would_be(tiny_config):
+    configs = with_betas(tiny_config, (0.5, 2.0))
+
+    def after(steps):
+        calls = []
+        return lambda: len(calls) >= steps or calls.append(1)
+
+    result = train_together(configs, should_stop=after(5))
+    assert result.stopped
+    for i, config in enumerate(configs):
+        alone = train(config, should_stop=after(5))
+        assert alone.stopped and alone.step == result.states[i].step == 6
+        assert result.states[i].epoch == alone.epoch == 0
+        mine, theirs = result.states[i].model.state_dict(), alone.model.state_dict()
+        for name in theirs:
+            assert rel_diff(mine[name], theirs[name]) < 1e-4, name
