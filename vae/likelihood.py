@@ -39,9 +39,13 @@ class GaussianLikelihood(nn.Module):
         else:
             self.register_buffer("log_var", log_var)
 
+    def clamped_log_var(self) -> torch.Tensor:
+        """The log-variance actually used: kept in a range where the loss stays finite."""
+        return self.log_var.clamp(-14.0, 6.0)
+
     def nll(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         mean = torch.sigmoid(logits)
-        log_var = self.log_var.clamp(-14.0, 6.0)
+        log_var = self.clamped_log_var()
         per_pixel = 0.5 * ((x - mean) ** 2 * torch.exp(-log_var) + log_var + math.log(2 * math.pi))
         return per_pixel.flatten(start_dim=-3).sum(-1)
 

@@ -27,6 +27,7 @@ from vae.objective import kl_per_dim, make_objective
 
 NAN_CHECK_EVERY = 200  # steps between host syncs that look for a non-finite loss
 TEST_BINARIZATION_SEED = 12345  # one fixed binarised test set, so runs compare on equal terms
+EVAL_NOISE_SEED = 0  # the posterior sample of the test summary; vae.evaluate's default seed too
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,11 +115,10 @@ def bernoulli_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def test_inputs(config: RunConfig, dataset: Dataset, device: torch.device) -> torch.Tensor:
     """The held-out images as the likelihood sees them (binarised once, with a fixed seed)."""
-    x = dataset.test.x.to(device)
-    if config.likelihood == "bernoulli":
-        g = torch.Generator(device=device).manual_seed(TEST_BINARIZATION_SEED)
-        x = bernoulli_draw(x, g)
-    return x
+    x = dataset.test.x
+    if config.likelihood == "bernoulli":  # drawn on the CPU: the same pixels on every device
+        x = bernoulli_draw(x.contiguous(), torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    return x.to(device)
 
 
 def epoch_inputs(config: RunConfig, train_x: torch.Tensor, generator, fixed: torch.Tensor | None):
@@ -205,7 +205,7 @@ def epoch_metrics(config, state, losses, seconds, n, objective, test_x) -> dict:
     """The JSON line written to metrics.jsonl after each epoch (train means + test summary)."""
     loss, distortion, rate = losses.double().mean(0).tolist()
     device = test_x.device
-    noise = torch.Generator(device=device).manual_seed(TEST_BINARIZATION_SEED)
+    noise = torch.Generator(device=device).manual_seed(EVAL_NOISE_SEED)
     summary = posterior_summary(state.model, test_x, generator=noise)
     weight = objective.kl_weight(state.step)
     metrics = {
@@ -223,5 +223,7 @@ def epoch_metrics(config, state, losses, seconds, n, objective, test_x) -> dict:
     if config.objective == "capacity":
         metrics["capacity"] = objective.capacity(state.step)
     if config.likelihood == "gaussian":
-        metrics["decoder_std"] = float(torch.exp(0.5 * state.model.likelihood.log_var.detach()))
+        metrics["decoder_std"] = float(
+            torch.exp(0.5 * state.model.likelihood.clamped_log_var().detach())
+        )
     return metrics
