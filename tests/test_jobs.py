@@ -109,3 +109,19 @@ def test_invalid_sweep_writes_nothing(store, tiny_config):
     with pytest.raises(ValueError):
         manager.submit_sweep(tiny_config, [])
     assert store.list_runs() == []
+
+
+def test_sweep_trains_as_one_stacked_group_per_slot(store, tiny_config):
+    """Four β values, two slots: two worker processes, each training two stacked models."""
+    manager = JobManager(store, max_concurrent=2)
+    run_ids = manager.submit_sweep(tiny_config, [0.5, 1, 2, 4])
+    jobs = {id(manager.jobs[r]) for r in run_ids}
+    assert len(jobs) == 2  # every run started at once, in two workers
+    assert sorted(len(manager.jobs[r].run_ids) for r in run_ids) == [2, 2, 2, 2]
+    manager.wait(run_ids, timeout_s=300)
+    records = [store.get(r) for r in run_ids]
+    assert [r.state for r in records] == ["finished"] * 4
+    assert [r.config.beta for r in records] == [0.5, 1.0, 2.0, 4.0]
+    assert all([m["epoch"] for m in r.metrics] == [1] for r in records)
+    rates = [r.last_metrics["rate"] for r in records]
+    assert rates[0] > rates[-1]  # β = 0.5 keeps more information in z than β = 4

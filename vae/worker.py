@@ -16,7 +16,6 @@ import traceback
 from vae.checkpoint import CheckpointError, make_checkpoint, model_from_checkpoint
 from vae.config import RunConfig
 from vae.data import DataError, load_dataset
-from vae.evaluate import evaluate_run
 from vae.store import RunStore, StoreError
 from vae.train import NonFiniteLossError, TrainState, new_state, resolve_device, train
 
@@ -106,6 +105,8 @@ def finish_run(store: RunStore, run_id: str, config: RunConfig, state: TrainStat
     metrics = store.read_metrics(run_id)
     last = metrics[-1] if metrics else {}
     store.save_checkpoint(run_id, make_checkpoint(config, state, shape, last), final=True)
+    from vae.evaluate import evaluate_run  # late: keeps the worker's start-up short
+
     reason = ""
     try:
         evaluate_run(store, run_id)
