@@ -35,7 +35,7 @@ KINDS = {
         "aten::binary_cross_entropy_backward",
         "aten::sigmoid",
     ),  # fmt: skip
-    "data loading (DataLoader collate)": (
+    "data loading (collate / gather)": (
         "aten::stack",
         "aten::cat",
         "aten::index",

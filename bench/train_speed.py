@@ -583,9 +583,9 @@ def main(argv=None) -> int:
         # 3. the sweep
         ways = {
             "canonical": f"canonical loop, 6 runs one after another (1 process, {cores} threads)",
-            "jobs": "job runner today: one worker process per run",
+            "jobs": "one worker process per run (job runner without batching)",
             "grouped": "one grouped worker: 6 stacked models (`vae.batched`)",
-            "grouped2": f"{cores} grouped workers of {-(-6 // cores)} stacked models",
+            "grouped2": f"{cores} grouped workers of {-(-6 // cores)} stacked models (the job runner's default)",
         }
         sweeps = {k: [] for k in ways}
         for rep in range(sweep_reps):
