@@ -337,7 +337,7 @@ def heatmap_chart(frame: pd.DataFrame, field: str) -> alt.Chart:
             color=alt.Color("value:Q", title=title, scale=scale),
             tooltip=["epoch:O", "dim:N", alt.Tooltip("value:Q", format=".3f")],
         )
-        .properties(height=max(160, 16 * frame["j"].nunique()))
+        .properties(height=alt.Step(18))  # one row per latent dimension
     )
 
 
