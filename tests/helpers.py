@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")  # AppTest needs an absolute path
 PAGES = [
     "pages/train.py",
@@ -19,9 +22,22 @@ PAGES = [
 def wait_for(predicate, timeout=180, poll=0.1, what="condition"):
     """Poll until predicate() is truthy and return its value; fail after `timeout` seconds."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
+    while deadline > time.time():  # a polling deadline, not a timing assertion
         value = predicate()
         if value:
             return value
         time.sleep(poll)
     raise AssertionError(f"{what} not reached in {timeout} s")
+
+
+def open_app(monkeypatch, store_root: Path, page: str | None = None, **query) -> AppTest:
+    """Run the app through AppTest on `store_root` (optionally on `page`, with query values)."""
+    monkeypatch.setenv("VAE_STORE", str(store_root))
+    st.cache_resource.clear()  # one job manager per test, on this test's store
+    at = AppTest.from_file(APP, default_timeout=60)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    return at

@@ -218,3 +218,28 @@ def test_stopping_mid_epoch_leaves_each_model_where_a_lone_run_would_be(tiny_con
         mine, theirs = result.states[i].model.state_dict(), alone.model.state_dict()
         for name in theirs:
             assert rel_diff(mine[name], theirs[name]) < 1e-4, name
+
+
+def test_a_model_that_turns_nan_fails_alone(tiny_config, monkeypatch):
+    """NaN in one model's loss (here: its β) stops that run only; the others are unaffected."""
+    import vae.batched
+    from vae.objective import BetaVAE
+
+    real = vae.batched.make_objective
+
+    def poisoned(config, beta=None):
+        if isinstance(beta, torch.Tensor):  # the stacked objective: model 1 gets β = NaN
+            return BetaVAE(torch.where(torch.arange(len(beta)) == 1, float("nan"), beta))
+        return real(config, beta)
+
+    monkeypatch.setattr(vae.batched, "make_objective", poisoned)
+    configs = with_betas(tiny_config)
+    epochs: list[int] = []
+    result = train_together(configs, on_epoch=lambda i, m, s: epochs.append(i))
+    assert isinstance(result.errors[1], NonFiniteLossError) and result.errors[1].step == 1
+    assert result.errors[0] is None and result.errors[2] is None and epochs == [0, 2]
+    for i in (0, 2):
+        alone = train(configs[i])
+        mine, theirs = result.states[i].model.state_dict(), alone.model.state_dict()
+        for name in theirs:
+            assert rel_diff(mine[name], theirs[name]) < 1e-4, name

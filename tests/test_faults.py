@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 import torch
-from helpers import APP, PAGES, wait_for
+from helpers import PAGES, open_app, wait_for
 from streamlit.testing.v1 import AppTest
 
 from vae.checkpoint import CheckpointError
@@ -142,18 +142,7 @@ def app(monkeypatch):
 
     monkeypatch.setattr(JobManager, "start_scheduler", tracking_start)
 
-    def open_app(store_root: Path, page: str | None = None, **query) -> AppTest:
-        monkeypatch.setenv("VAE_STORE", str(store_root))
-        st.cache_resource.clear()
-        at = AppTest.from_file(APP, default_timeout=60)
-        for key, value in query.items():
-            at.query_params[key] = value
-        at.run()
-        if page:
-            at.switch_page(page).run()
-        return at
-
-    yield open_app
+    yield lambda store_root, page=None, **query: open_app(monkeypatch, store_root, page, **query)
     for manager in managers:
         manager.shutdown()
     st.cache_resource.clear()

@@ -2,11 +2,10 @@
 
 import contextlib
 import time
-from pathlib import Path
 
 import pytest
 import streamlit as st
-from helpers import APP, PAGES
+from helpers import APP, PAGES, open_app
 from streamlit.testing.v1 import AppTest
 
 from vae.config import RunConfig
@@ -27,18 +26,6 @@ def trained_store(tmp_path_factory):
     return store
 
 
-def open_app(monkeypatch, store_root: Path, page: str | None = None, **query) -> AppTest:
-    monkeypatch.setenv("VAE_STORE", str(store_root))
-    st.cache_resource.clear()  # one job manager per test, on this test's store
-    at = AppTest.from_file(APP, default_timeout=60)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    return at
-
-
 @pytest.fixture
 def cleanup_jobs():
     """Cancel whatever a test started, so no worker outlives it."""
@@ -48,7 +35,7 @@ def cleanup_jobs():
         manager = JobManager(store)
         active = manager.active_run_ids()
         deadline = time.time() + 60
-        while active and time.time() < deadline:
+        while active and deadline > time.time():
             for run_id in list(active):
                 with contextlib.suppress(StoreError):  # still starting: no pid to signal yet
                     manager.cancel(run_id)
