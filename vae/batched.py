@@ -44,13 +44,12 @@ from vae.train import (
     NAN_CHECK_EVERY,
     NonFiniteLossError,
     TrainState,
-    bernoulli_draw,
     epoch_inputs,
     epoch_metrics,
     keep_freed_memory,
     make_optimizer,
+    prepare_inputs,
     resolve_device,
-    test_inputs,
 )
 
 # Fields that may differ between runs trained together. `threads` and `name` do not change what
@@ -255,11 +254,7 @@ def train_together(
     betas = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)
     objective = make_objective(config, beta=betas)
 
-    train_x = dataset.train.x.to(device)
-    fixed = None
-    if config.likelihood == "bernoulli" and not config.dynamic_binarization:
-        fixed = bernoulli_draw(train_x, torch.Generator(device=device).manual_seed(config.seed))
-    test_x = test_inputs(config, dataset, device)
+    train_x, fixed, test_x = prepare_inputs(config, dataset, device)
     n, bs = len(train_x), config.batch_size
     steps_per_epoch = -(-n // bs)
     latent = config.latent_dim
@@ -328,7 +323,12 @@ def run_group(
     Runs that cannot go into the group are trained one by one with `vae.worker.run_one` after it:
     runs being resumed (they already have a model.pt: their weights, Adam state and generator
     have moved apart, so they continue alone from their checkpoint) and, if the configs do not
-    satisfy `can_train_together`, all of them.
+    satisfy `can_train_together`, all of them. So resuming an interrupted or cancelled member
+    works, one run at a time.
+
+    `stop()` (SIGTERM to the worker) stops the whole group: every run still training becomes
+    "cancelled after epoch E" with its last epoch's model.pt, resumable on its own. A run whose
+    loss turns NaN, or whose files cannot be written, fails alone; the others carry on.
     """
     from vae.worker import _fail, run_one
 

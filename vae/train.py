@@ -121,6 +121,15 @@ def test_inputs(config: RunConfig, dataset: Dataset, device: torch.device) -> to
     return x.to(device)
 
 
+def prepare_inputs(config: RunConfig, dataset: Dataset, device: torch.device):
+    """(train images on the device, their one fixed binarisation if asked for, test inputs)."""
+    train_x = dataset.train.x.to(device)
+    fixed = None
+    if config.likelihood == "bernoulli" and not config.dynamic_binarization:
+        fixed = bernoulli_draw(train_x, torch.Generator(device=device).manual_seed(config.seed))
+    return train_x, fixed, test_inputs(config, dataset, device)
+
+
 def epoch_inputs(config: RunConfig, train_x: torch.Tensor, generator, fixed: torch.Tensor | None):
     """Training images for one epoch: a fresh Bernoulli draw under dynamic binarisation."""
     if config.likelihood != "bernoulli":
@@ -153,11 +162,7 @@ def train(
         state = new_state(config, dataset.info.image_shape, device)
     model, optimizer, generator = state.model, state.optimizer, state.generator
     objective = make_objective(config)
-    train_x = dataset.train.x.to(device)
-    fixed = None
-    if config.likelihood == "bernoulli" and not config.dynamic_binarization:
-        fixed = bernoulli_draw(train_x, torch.Generator(device=device).manual_seed(config.seed))
-    test_x = test_inputs(config, dataset, device)
+    train_x, fixed, test_x = prepare_inputs(config, dataset, device)
     n, bs = len(train_x), config.batch_size
     steps_per_epoch = -(-n // bs)
 
