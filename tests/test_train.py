@@ -81,4 +81,7 @@ def test_gaussian_and_objectives_run(tiny_config):
     ):
         rows, _ = collect(RunConfig.from_dict({**tiny_config.to_dict(), **extra}))
         assert torch.isfinite(torch.tensor(rows[0]["elbo"])), extra
-    assert "capacity" in collect(RunConfig.from_dict({**tiny_config.to_dict(), "objective": "capacity"}))[0][0]
+    assert (
+        "capacity"
+        in collect(RunConfig.from_dict({**tiny_config.to_dict(), "objective": "capacity"}))[0][0]
+    )
