@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from vae.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.views import dims_frame
 
 # sigma values for the page's select slider: roughly log-spaced, and containing the round numbers
 # (0.1, 0.5, 1, 2) a student will want to land on exactly.
@@ -270,17 +271,10 @@ def per_dim_frame(metrics: dict) -> pd.DataFrame:
         raise ValueError(f"this epoch has no usable per-dimension statistics ({exc})") from None
     if not kl or not len(kl) == len(var) == len(cov):
         raise ValueError("the per-dimension statistics are empty or of different lengths")
-    frame = pd.DataFrame(
-        {
-            "dimension": [f"z{j}" for j in range(len(kl))],
-            "KL (nats)": kl,
-            "posterior variance σ²": var,
-            "Cov_x(μ)": cov,
-        }
-    )
-    frame["active"] = frame["Cov_x(μ)"] > ACTIVE_UNIT_THRESHOLD
-    frame = frame.sort_values("KL (nats)", ascending=False, kind="stable")
-    return frame.reset_index(drop=True)
+    frame = dims_frame({"kl_per_dim": kl, "posterior_var": var, "mean_cov": cov})
+    names = {"label": "dimension", "kl": "KL (nats)", "posterior_var": "posterior variance σ²"}
+    names |= {"mean_cov": "Cov_x(μ)", "active": "active"}
+    return frame[list(names)].rename(columns=names)
 
 
 def per_dim_chart(frame: pd.DataFrame) -> alt.VConcatChart:
