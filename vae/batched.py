@@ -373,7 +373,8 @@ def _train_group(store, run_ids, configs, stop, threads, pid) -> dict[str, str]:
         for c in configs:
             c.threads = c.threads or threads
     try:
-        dataset = load_dataset(configs[0].dataset, configs[0].data_root, seed=configs[0].seed)
+        first = configs[0]  # download as vae.worker.run_one does
+        dataset = load_dataset(first.dataset, first.data_root, download=True, seed=first.seed)
     except DataError as exc:
         return {r: _fail(store, r, str(exc)) for r in run_ids}
     shape = dataset.info.image_shape

@@ -73,7 +73,9 @@ def run_one(store: RunStore, run_id: str, stop: StopFlag, threads: int = 0, prog
     pid = os.getpid()
     store.update_status(run_id, "running", pid=pid, pid_start=process_start_time(pid))
     try:
-        dataset = load_dataset(config.dataset, config.data_root, seed=config.seed)
+        # download=True: MNIST files missing under the data root are fetched when a connection
+        # exists; without one the run fails with a message naming the files to put there.
+        dataset = load_dataset(config.dataset, config.data_root, download=True, seed=config.seed)
         shape = dataset.info.image_shape
         state = restore_state(store, run_id, config, shape)
 
