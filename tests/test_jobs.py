@@ -33,7 +33,8 @@ def test_sigkill_marks_interrupted_and_resume_completes(store, slow_config):
     manager = JobManager(store, max_concurrent=1, batch_sweeps=False)
     config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": 4})
     run_id = manager.submit(config)
-    wait_for(lambda: len(store.read_metrics(run_id)) >= 2 or manager.reconcile(), 120)
+    # status.json's epoch is written after that epoch's checkpoint (metrics come before it)
+    wait_for(lambda: store.read_status(run_id).get("epoch", 0) >= 2 or manager.reconcile(), 120)
     pid = store.read_status(run_id)["pid"]
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] == "interrupted")
