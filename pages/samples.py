@@ -38,11 +38,8 @@ def load_model(run_id: str, modified: float):
 
 
 def checkpoint_mtime(run_id: str) -> float:
-    for name in ("final.pt", "model.pt"):
-        path = store.path(run_id, name)
-        if path.exists():
-            return path.stat().st_mtime
-    return 0.0
+    path = store.checkpoint_path(run_id)
+    return path.stat().st_mtime if path else 0.0
 
 
 compare = compare_toggle()

@@ -144,3 +144,12 @@ def stop_workers(store_root: Path, grace_s: float = 10.0) -> None:
     """Stop every worker still training on this store (they lead their own session)."""
     for pid in worker_pids(store_root):
         stop_process_group(pid, grace_s)
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium under Playwright; a missing browser fails the test (CI installs it)."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set E2E_CHROMIUM)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import wait_for
-from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp, alive, stop_workers, worker_pids
+from live_app import IDLE, LiveApp, alive, launch_chromium, stop_workers, worker_pids
 
 from vae.config import RunConfig
 from vae.store import RunStore
@@ -50,12 +50,10 @@ def servers(tmp_path):
 
 @pytest.fixture
 def page():
-    if not Path(CHROMIUM).exists():  # a failure, not a skip: CI installs it (.ci/run)
-        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             context.set_default_timeout(60_000)

@@ -214,12 +214,15 @@ class RunStore:
 
     def load_checkpoint(self, run_id: str, final: bool = True) -> dict:
         """final.pt if asked and present, else model.pt. Raises CheckpointError if unusable."""
+        path = self.checkpoint_path(run_id, final)
+        if path is None:
+            raise CheckpointError(f"run {run_id} has no checkpoint yet")
+        return read_checkpoint(path)
+
+    def checkpoint_path(self, run_id: str, final: bool = True) -> Path | None:
+        """The file load_checkpoint reads: final.pt if asked and present, else model.pt."""
         names = ("final.pt", "model.pt") if final else ("model.pt",)
-        for name in names:
-            path = self.path(run_id, name)
-            if path.exists():
-                return read_checkpoint(path)
-        raise CheckpointError(f"run {run_id} has no checkpoint yet")
+        return next((p for n in names if (p := self.path(run_id, n)).exists()), None)
 
     def get(self, run_id: str, with_metrics: bool = True) -> RunRecord:
         record = RunRecord(run_id, self.run_dir(run_id))
