@@ -10,8 +10,8 @@ import os
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from vae.jobs import JobManager
-from vae.store import RunRecord, RunStore, is_valid_run_id
+from vae.execution.jobs import JobManager
+from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 
 STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
 MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)

@@ -25,9 +25,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # live_app: the app server the bro
 
 from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp  # noqa: E402
 
-from vae.config import RunConfig  # noqa: E402
-from vae.jobs import JobManager  # noqa: E402
-from vae.store import RunStore  # noqa: E402
+from vae.execution.jobs import JobManager  # noqa: E402
+from vae.execution.store import RunStore  # noqa: E402
+from vae.learn.config import RunConfig  # noqa: E402
 
 PAGES = ("train", "tradeoff", "posterior", "samples", "kl_term", "checkpoints")
 VIEWPORT = {"width": 1400, "height": 1000}

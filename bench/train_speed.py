@@ -13,10 +13,10 @@ only generates the data, starts children and prints the table.
 Rows
 1. GEMM ceiling: fp32 torch.mm GFLOP/s at the model's shapes (the 11 matrix products of one
    training step, run back to back), with 2 threads and with 1.
-2. Single run: the canonical DataLoader loop (bench/canonical_vae.py) vs `vae.train.train`,
+2. Single run: the canonical DataLoader loop (bench/canonical_vae.py) vs `vae.learn.train.train`,
    training images/s over epochs >= 2, final training loss per image, peak RSS, page faults.
 3. β sweep (6 values, 3 epochs each): the canonical loop run sequentially vs the job runner's
-   parallel worker processes, one grouped worker (`vae.batched`, 6 stacked models) and two grouped
+   parallel worker processes, one grouped worker (`vae.learn.batched`, 6 stacked models) and two grouped
    workers of 3 models; wall time from process start to the last run finished.
 
 The synthetic images are thin strokes and blobs rendered with a fixed seed and thresholded to
@@ -102,7 +102,7 @@ def load_data(path: str):
     """(train images float32 [N,1,28,28], the project's Dataset) from the file the parent wrote."""
     import torch
 
-    from vae.data import Dataset, DatasetInfo, DataSplit
+    from vae.learn.data import Dataset, DatasetInfo, DataSplit
 
     blob = torch.load(path, weights_only=True)
     x, xt = blob["x"].float(), blob["xt"].float()
@@ -116,7 +116,7 @@ def load_data(path: str):
 
 
 def bench_config(**overrides):
-    from vae.config import RunConfig
+    from vae.learn.config import RunConfig
 
     base = dict(dataset="digits", hidden_dims=[400], latent_dim=20, batch_size=BATCH, lr=1e-3)
     base.update(device="cpu", threads=2, seed=1, epochs=3)
@@ -156,7 +156,7 @@ def child_gemm(args: dict) -> dict:
         for (x, w), o in zip(pairs, outs, strict=True):
             torch.mm(x, w, out=o)
 
-    # vae.batched with 6 models: one wide product for the shared first layer, bmm for the rest
+    # vae.learn.batched with 6 models: one wide product for the shared first layer, bmm for the rest
     x, w1, dh1 = r(b, n), r(k * h, n), r(b, k * h)
     acts = {s: r(k, b, s) for s in (h, 2 * j, j, n)}
     weights = {(i, o): r(k, i, o) for i, o in ((h, 2 * j), (j, h), (h, n))}
@@ -220,7 +220,7 @@ def child_canonical(args: dict) -> dict:
 
 
 def child_project(args: dict) -> dict:
-    from vae.train import train
+    from vae.learn.train import train
 
     _, dataset = load_data(args["data"])
     config = bench_config(epochs=args["epochs"], seed=args["seed"], threads=args["threads"])
@@ -255,18 +255,18 @@ def child_canonical_sweep(args: dict) -> dict:
 
 
 def child_worker(args: dict) -> dict:
-    """`python -m vae.worker`, with the bench data in place of the named data set."""
-    import vae.batched
-    import vae.worker
+    """`python -m vae.execution.worker`, with the bench data in place of the named data set."""
+    import vae.execution.worker
+    import vae.learn.batched
 
     _, dataset = load_data(args["data"])
-    vae.worker.load_dataset = lambda *a, **k: dataset
-    vae.batched.load_dataset = lambda *a, **k: dataset
+    vae.execution.worker.load_dataset = lambda *a, **k: dataset
+    vae.learn.batched.load_dataset = lambda *a, **k: dataset
     # The example has no final evaluation (IWAE etc.): leave it out here too.
     for name in ("evaluate_run", "evaluate_after_training"):
-        if hasattr(vae.worker, name):
-            setattr(vae.worker, name, lambda *a, **k: None)
-    code = vae.worker.main(["--store", args["store"], "--threads", str(args["threads"]), *args["run_ids"]])  # fmt: skip
+        if hasattr(vae.execution.worker, name):
+            setattr(vae.execution.worker, name, lambda *a, **k: None)
+    code = vae.execution.worker.main(["--store", args["store"], "--threads", str(args["threads"]), *args["run_ids"]])  # fmt: skip
     return {"code": code, **_usage()}
 
 
@@ -349,7 +349,7 @@ class BenchBackend:
         self.data = data
 
     def start(self, store_root, run_ids, threads):
-        from vae.jobs import ProcessHandle
+        from vae.execution.jobs import ProcessHandle
 
         args = {"data": self.data, "store": str(store_root), "threads": threads, "run_ids": run_ids}
         log = open(Path(store_root) / ".worker.log", "ab")  # noqa: SIM115 - the child owns it
@@ -374,8 +374,8 @@ def _worker_results(store_root: Path) -> list[dict]:
 
 def sweep_with_job_runner(data: str, root: Path, epochs: int) -> dict:
     """Today's job runner: one worker process per run, cpu_count at a time, cores/jobs threads."""
-    from vae.jobs import JobManager
-    from vae.store import RunStore
+    from vae.execution.jobs import JobManager
+    from vae.execution.store import RunStore
 
     store = RunStore(root)
     cores = os.cpu_count() or 1
@@ -388,8 +388,8 @@ def sweep_with_job_runner(data: str, root: Path, epochs: int) -> dict:
 
 
 def sweep_grouped(data: str, root: Path, epochs: int, groups: int) -> dict:
-    """`groups` grouped workers (vae.batched), sharing the cores; all start at once."""
-    from vae.store import RunStore
+    """`groups` grouped workers (vae.learn.batched), sharing the cores; all start at once."""
+    from vae.execution.store import RunStore
 
     store = RunStore(root)
     cores = os.cpu_count() or 1
@@ -525,7 +525,7 @@ def main(argv=None) -> int:
         say("|---|---|---|")
         rows = [
             ("single", f"one model's training step: its 11 GEMMs at batch {BATCH}"),
-            ("stacked", f"{len(BETAS)} stacked models' step, as `vae.batched` issues them"),
+            ("stacked", f"{len(BETAS)} stacked models' step, as `vae.learn.batched` issues them"),
             ("fc1", f"{BATCH}×784 @ 784×400 alone"),
             ("big", "1024×1024 @ 1024×1024 alone"),
         ]
@@ -551,7 +551,7 @@ def main(argv=None) -> int:
         say("|---|---|---|---|---|---|---|---|")
         labels = {
             "canonical": "canonical loop (DataLoader, default malloc)",
-            "project": "`vae.train.train`",
+            "project": "`vae.learn.train.train`",
         }
 
         def epochs_ips(run):  # median images/s over epochs >= 2 of one run
@@ -584,7 +584,7 @@ def main(argv=None) -> int:
         ways = {
             "canonical": f"canonical loop, 6 runs one after another (1 process, {cores} threads)",
             "jobs": "one worker process per run (job runner without batching)",
-            "grouped": "one grouped worker: 6 stacked models (`vae.batched`)",
+            "grouped": "one grouped worker: 6 stacked models (`vae.learn.batched`)",
             "grouped2": f"{cores} grouped workers of {-(-6 // cores)} stacked models (the job runner's default)",
         }
         sweeps = {k: [] for k in ways}
@@ -641,7 +641,7 @@ def main(argv=None) -> int:
             say(f"- β sweep ≥ 3× the canonical loop run sequentially: best is {label}, "
                 f"**{speedup[0]:.2f}×** " + ("(met)." if speedup[0] >= 3 else f"(missed: {3 / speedup[0]:.2f}× short)."))  # fmt: skip
         say(f"- Efficiency > 50% of the GEMM ceiling: canonical {summary['canonical']['eff'][0]:.0f}%, "
-            f"`vae.train.train` {summary['project']['eff'][0]:.0f}%"
+            f"`vae.learn.train.train` {summary['project']['eff'][0]:.0f}%"
             + (f", best sweep {best[2][0]:.0f}%." if best else "."))  # fmt: skip
         say()
         say(f"Bench wall time {time.perf_counter() - began:.0f} s; load average at the end: "

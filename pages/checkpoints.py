@@ -3,10 +3,15 @@
 import streamlit as st
 
 from ui import job_manager, pick_run
-from vae.checkpoint import MAX_UPLOAD_BYTES, CheckpointError, model_from_checkpoint, read_checkpoint
-from vae.evaluate import grid, prior_samples
-from vae.store import StoreError
-from vae.views import metrics_csv, runs_frame
+from vae.execution.checkpoint import (
+    MAX_UPLOAD_BYTES,
+    CheckpointError,
+    model_from_checkpoint,
+    read_checkpoint,
+)
+from vae.execution.store import StoreError
+from vae.learn.evaluate import grid, prior_samples
+from vae.present.views import metrics_csv, runs_frame
 
 st.title("Checkpoints")
 st.caption(
@@ -67,7 +72,7 @@ else:
             )  # fmt: skip
         st.code(
             "import torch\n"
-            "from vae.checkpoint import model_from_checkpoint\n"
+            "from vae.execution.checkpoint import model_from_checkpoint\n"
             f"ckpt = torch.load('{record.run_id}-final.pt', weights_only=True)\n"
             "model = model_from_checkpoint(ckpt)",
             language="python",

@@ -1,6 +1,6 @@
 """The KL term: where ½ Σ (μ² + σ² − log σ² − 1) comes from, how it behaves, and the usual slips.
 
-A thin page: every number and chart comes from `vae.kl_teaching`; this file only lays them out.
+A thin page: every number and chart comes from `vae.present.kl_teaching`; this file only lays them out.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from vae import kl_teaching as kt
-from vae.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.present import kl_teaching as kt
 
 
 def formula_section() -> None:

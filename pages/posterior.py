@@ -3,8 +3,8 @@
 import streamlit as st
 
 from ui import compare_toggle, run_store, side_by_side
-from vae.metrics import ACTIVE_UNIT_THRESHOLD
-from vae.views import dims_charts, dims_frame, dims_over_epochs, heatmap_chart
+from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.present.views import dims_charts, dims_frame, dims_over_epochs, heatmap_chart
 
 st.title("Posterior per latent dimension")
 st.caption(

@@ -4,9 +4,9 @@ import streamlit as st
 import torch
 
 from ui import compare_toggle, run_store, side_by_side
-from vae.checkpoint import CheckpointError, model_from_checkpoint
-from vae.data import DataError, load_dataset
-from vae.evaluate import (
+from vae.execution.checkpoint import CheckpointError, model_from_checkpoint
+from vae.learn.data import DataError, load_dataset
+from vae.learn.evaluate import (
     grid,
     latent_map,
     latent_traversal,
@@ -14,7 +14,7 @@ from vae.evaluate import (
     prior_samples,
     reconstructions,
 )
-from vae.views import latent_map_chart
+from vae.present.views import latent_map_chart
 
 IMAGE_WIDTH = 560
 

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from ui import run_store
-from vae.views import curves_chart, curves_frame, tradeoff_chart, tradeoff_frame
+from vae.present.views import curves_chart, curves_frame, tradeoff_chart, tradeoff_frame
 
 st.title("Rate–distortion tradeoff")
 st.caption(

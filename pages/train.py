@@ -3,10 +3,10 @@
 import streamlit as st
 
 from ui import job_manager, run_label
-from vae.config import LIMITS, RunConfig, parse_number, parse_number_list, validation_errors
-from vae.data import DATASETS, DEFAULT_DATASET
-from vae.store import StoreError
-from vae.views import progress, runs_frame
+from vae.execution.store import StoreError
+from vae.learn.config import LIMITS, RunConfig, parse_number, parse_number_list, validation_errors
+from vae.learn.data import DATASETS, DEFAULT_DATASET
+from vae.present.views import progress, runs_frame
 
 BETA_STEPS = [0.0, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]
 LR_STEPS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 1e-2]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from vae.config import RunConfig
-from vae.store import RunStore
+from vae.execution.store import RunStore
+from vae.learn.config import RunConfig
 
 
 @pytest.fixture

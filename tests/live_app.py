@@ -111,14 +111,14 @@ class LiveApp:
 
 
 def worker_pids(store_root: Path, run_id: str | None = None) -> list[int]:
-    """Live `python -m vae.worker --store <store_root>` processes (optionally: training run_id)."""
+    """Live `python -m vae.execution.worker --store <store_root>` processes (optionally: training run_id)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or not alive(int(entry.name)):
             continue
         with contextlib.suppress(OSError):
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            ours = b"vae.worker" in argv and str(store_root).encode() in argv
+            ours = b"vae.execution.worker" in argv and str(store_root).encode() in argv
             if ours and (run_id is None or run_id.encode() in argv):
                 found.append(int(entry.name))
     return found

@@ -1,15 +1,15 @@
-"""Stacked training of a β sweep (vae.batched): the same numbers as one run at a time, same files."""
+"""Stacked training of a β sweep (vae.learn.batched): the same numbers as one run at a time, same files."""
 
 import json
 
 import pytest
 import torch
 
-from vae.batched import can_train_together, run_group, train_together
-from vae.checkpoint import model_from_checkpoint
-from vae.config import RunConfig
-from vae.train import NonFiniteLossError, train
-from vae.worker import StopFlag, run_one
+from vae.execution.checkpoint import model_from_checkpoint
+from vae.execution.worker import StopFlag, run_one
+from vae.learn.batched import can_train_together, run_group, train_together
+from vae.learn.config import RunConfig
+from vae.learn.train import NonFiniteLossError, train
 
 BETAS = (0.25, 1.0, 4.0)
 STEPS = 20  # digits has 4,000 training images: batch 200 makes one epoch 20 steps
@@ -34,7 +34,7 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     ],
 )
 def test_each_model_matches_training_it_alone(tiny_config, extra):
-    """Losses and parameters after 20 steps agree with vae.train.train to 1e-4 relative."""
+    """Losses and parameters after 20 steps agree with vae.learn.train.train to 1e-4 relative."""
     base = RunConfig.from_dict({**tiny_config.to_dict(), "batch_size": 200, "hidden_dims": [32, 16], **extra})  # fmt: skip
     configs = with_betas(base)
     together: dict[int, list[dict]] = {}
@@ -91,7 +91,7 @@ def test_nan_fails_like_a_lone_run(tiny_config):
     """A NaN pixel makes every model's loss NaN: each fails at the step a lone run reports."""
     from dataclasses import replace
 
-    from vae.data import load_dataset
+    from vae.learn.data import load_dataset
 
     clean = load_dataset("digits")
     x = clean.train.x.clone()
@@ -170,12 +170,12 @@ def test_run_group_cancel(store, tiny_config):
 
 
 def test_worker_main_trains_compatible_runs_as_one_group(store, tiny_config, monkeypatch):
-    import vae.batched
-    from vae import worker
+    import vae.learn.batched
+    from vae.execution import worker
 
     calls = []
-    real = vae.batched.run_group
-    monkeypatch.setattr(vae.batched, "run_group", lambda *a, **k: calls.append(a[1]) or real(*a, **k))  # fmt: skip
+    real = vae.learn.batched.run_group
+    monkeypatch.setattr(vae.learn.batched, "run_group", lambda *a, **k: calls.append(a[1]) or real(*a, **k))  # fmt: skip
     run_ids = [store.create_run(c) for c in with_betas(tiny_config, (1.0, 2.0))]
     assert worker.main(["--store", str(store.root), "--threads", "1", *run_ids]) == 0
     assert calls == [run_ids]
@@ -187,9 +187,9 @@ def test_worker_main_trains_compatible_runs_as_one_group(store, tiny_config, mon
 
 
 def test_fast_bernoulli_draw_is_torch_bernoulli_bit_for_bit():
-    """vae.train draws binarised pixels with rand < p: the same pixels and generator state."""
-    from vae.data import binarize, load_dataset
-    from vae.train import bernoulli_draw
+    """vae.learn.train draws binarised pixels with rand < p: the same pixels and generator state."""
+    from vae.learn.data import binarize, load_dataset
+    from vae.learn.train import bernoulli_draw
 
     x = load_dataset("digits").train.x[:500]
     for seed in (0, 7):
@@ -222,17 +222,17 @@ def test_stopping_mid_epoch_leaves_each_model_where_a_lone_run_would_be(tiny_con
 
 def test_a_model_that_turns_nan_fails_alone(tiny_config, monkeypatch):
     """NaN in one model's loss (here: its β) stops that run only; the others are unaffected."""
-    import vae.batched
-    from vae.objective import BetaVAE
+    import vae.learn.batched
+    from vae.learn.objective import BetaVAE
 
-    real = vae.batched.make_objective
+    real = vae.learn.batched.make_objective
 
     def poisoned(config, beta=None):
         if isinstance(beta, torch.Tensor):  # the stacked objective: model 1 gets β = NaN
             return BetaVAE(torch.where(torch.arange(len(beta)) == 1, float("nan"), beta))
         return real(config, beta)
 
-    monkeypatch.setattr(vae.batched, "make_objective", poisoned)
+    monkeypatch.setattr(vae.learn.batched, "make_objective", poisoned)
     configs = with_betas(tiny_config)
     epochs: list[int] = []
     result = train_together(configs, on_epoch=lambda i, m, s: epochs.append(i))

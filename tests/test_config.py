@@ -6,7 +6,8 @@ import math
 import pytest
 
 from vae import cli
-from vae.config import (
+from vae.execution.store import RunStore
+from vae.learn.config import (
     LIMITS,
     ConfigError,
     RunConfig,
@@ -14,7 +15,6 @@ from vae.config import (
     parse_number_list,
     validation_errors,
 )
-from vae.store import RunStore
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from vae import data
-from vae.data import (
+from vae.learn import data
+from vae.learn.data import (
     DATASETS,
     DEFAULT_DATASET,
     SHAPES_FACTOR_SIZES,

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from vae.config import RunConfig
-from vae.evaluate import (
+from vae.execution.worker import StopFlag, run_one
+from vae.learn.config import RunConfig
+from vae.learn.evaluate import (
     decoder_elements,
     evaluate_model,
     evaluate_run,
@@ -25,9 +26,8 @@ from vae.evaluate import (
     prior_samples,
     reconstructions,
 )
-from vae.model import build_model
-from vae.train import train
-from vae.worker import StopFlag, run_one
+from vae.learn.model import build_model
+from vae.learn.train import train
 
 EVAL_KEYS = {
     "elbo", "rate", "distortion", "kl_per_dim", "posterior_var", "mean_cov", "active_units",
@@ -282,7 +282,7 @@ def test_grid_is_uint8_rgb(images):
 @pytest.fixture(scope="module")
 def trained():
     config = RunConfig(dataset="digits", hidden_dims=[64], latent_dim=4, epochs=1, batch_size=256)
-    from vae.data import load_dataset
+    from vae.learn.data import load_dataset
 
     dataset = load_dataset(config.dataset)
     state = train(config, dataset=dataset)

@@ -23,9 +23,9 @@ import torch
 from helpers import wait_for
 from live_app import IDLE, LiveApp, alive, launch_chromium, stop_workers, worker_pids
 
-from vae.config import RunConfig
-from vae.store import RunStore
-from vae.worker import StopFlag, run_one
+from vae.execution.store import RunStore
+from vae.execution.worker import StopFlag, run_one
+from vae.learn.config import RunConfig
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

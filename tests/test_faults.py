@@ -26,11 +26,11 @@ import torch
 from helpers import PAGES, open_app, wait_for
 from streamlit.testing.v1 import AppTest
 
-from vae.checkpoint import CheckpointError
-from vae.config import RunConfig
-from vae.jobs import JobManager
-from vae.store import FILES, RunStore, StoreError
-from vae.worker import StopFlag, run_one
+from vae.execution.checkpoint import CheckpointError
+from vae.execution.jobs import JobManager
+from vae.execution.store import FILES, RunStore, StoreError
+from vae.execution.worker import StopFlag, run_one
+from vae.learn.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(hidden_dims=[32], latent_dim=3, epochs=1, batch_size=256, threads=1)
@@ -62,14 +62,14 @@ def alive(pid: int) -> bool:
 
 
 def kill_workers(root: Path) -> None:
-    """SIGKILL every `vae.worker` process started on this store (found by its command line)."""
+    """SIGKILL every `vae.execution.worker` process started on this store (found by its command line)."""
     wanted = str(root).encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"vae.worker" in argv and wanted in argv:
+            if b"vae.execution.worker" in argv and wanted in argv:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(entry.name), signal.SIGCONT)
                     os.kill(int(entry.name), signal.SIGKILL)
@@ -211,9 +211,9 @@ def test_sigkill_mid_epoch_interrupts_only_that_run_and_resume_matches(store, wo
 # ---- 3. crash in the middle of writing -------------------------------------------------------
 WRITER = """
 import sys, torch
-from vae.checkpoint import make_checkpoint
-from vae.store import RunStore
-from vae.train import new_state
+from vae.execution.checkpoint import make_checkpoint
+from vae.execution.store import RunStore
+from vae.learn.train import new_state
 store, run_id = RunStore(sys.argv[1]), sys.argv[2]
 config = store.read_config(run_id)
 state = new_state(config, (1, 28, 28), torch.device("cpu"))

@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import wait_for
 
-from vae.config import RunConfig
-from vae.jobs import JobManager
-from vae.store import StoreError
+from vae.execution.jobs import JobManager
+from vae.execution.store import StoreError
+from vae.learn.config import RunConfig
 
 
 @pytest.fixture

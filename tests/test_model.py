@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from vae.config import RunConfig
-from vae.model import MLPVAE, ConvVAE, build_model
-from vae.objective import LOGVAR_MAX, LOGVAR_MIN
+from vae.learn.config import RunConfig
+from vae.learn.model import MLPVAE, ConvVAE, build_model
+from vae.learn.objective import LOGVAR_MAX, LOGVAR_MIN
 
 
 def test_default_mlp_is_784_400_20_400_784():

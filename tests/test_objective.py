@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from vae.config import RunConfig
-from vae.objective import (
+from vae.learn.config import RunConfig
+from vae.learn.objective import (
     BetaVAE,
     CapacityAnnealing,
     FreeBits,

@@ -6,10 +6,10 @@ import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
 
-from vae import kl_teaching as kt
-from vae.config import RunConfig
-from vae.store import RunStore
-from vae.worker import StopFlag, run_one
+from vae.execution.store import RunStore
+from vae.execution.worker import StopFlag, run_one
+from vae.learn.config import RunConfig
+from vae.present import kl_teaching as kt
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 PAGE = "pages/kl_term.py"

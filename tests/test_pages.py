@@ -8,10 +8,10 @@ import streamlit as st
 from helpers import APP, PAGES, open_app
 from streamlit.testing.v1 import AppTest
 
-from vae.config import RunConfig
-from vae.jobs import JobManager
-from vae.store import RunStore, StoreError
-from vae.worker import StopFlag, run_one
+from vae.execution.jobs import JobManager
+from vae.execution.store import RunStore, StoreError
+from vae.execution.worker import StopFlag, run_one
+from vae.learn.config import RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vae.checkpoint import (
+from vae.execution.checkpoint import (
     MAX_UPLOAD_BYTES,
     CheckpointError,
     checkpoint_bytes,
     make_checkpoint,
     read_checkpoint,
 )
-from vae.config import RunConfig
-from vae.train import new_state
+from vae.learn.config import RunConfig
+from vae.learn.train import new_state
 
 REPO = Path(__file__).resolve().parent.parent
 APP_CODE = [REPO / "app.py", REPO / "ui.py", *sorted((REPO / "pages").glob("*.py"))]

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from vae.checkpoint import CheckpointError, read_checkpoint
-from vae.config import ConfigError, RunConfig
-from vae.store import RunStore, StoreError, atomic_write_bytes, is_valid_run_id
+from vae.execution.checkpoint import CheckpointError, read_checkpoint
+from vae.execution.store import RunStore, StoreError, atomic_write_bytes, is_valid_run_id
+from vae.learn.config import ConfigError, RunConfig
 
 
 def test_create_run_writes_config_and_queued_status(store, tiny_config):
@@ -88,8 +88,8 @@ def test_status_transitions_record_times(store, tiny_config):
 
 
 def test_checkpoint_round_trip_and_truncation(store, tiny_config):
-    from vae.checkpoint import make_checkpoint
-    from vae.train import new_state
+    from vae.execution.checkpoint import make_checkpoint
+    from vae.learn.train import new_state
 
     run_id = store.create_run(tiny_config)
     state = new_state(tiny_config, (1, 28, 28), torch.device("cpu"))

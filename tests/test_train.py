@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from vae.config import RunConfig
-from vae.train import NonFiniteLossError, train
+from vae.learn.config import RunConfig
+from vae.learn.train import NonFiniteLossError, train
 
 
 def collect(config, **kwargs):
@@ -50,7 +50,7 @@ def test_nan_loss_stops_with_step_and_settings(tiny_config):
     """A corrupt pixel (NaN in the data) makes the loss NaN: the run stops, nothing is saved."""
     from dataclasses import replace
 
-    from vae.data import load_dataset
+    from vae.learn.data import load_dataset
 
     clean = load_dataset("digits")
     x = clean.train.x.clone()

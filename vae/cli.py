@@ -13,8 +13,8 @@ import contextlib
 import sys
 import time
 
-from vae.config import ConfigError, RunConfig
-from vae.store import RunStore, StoreError
+from vae.execution.store import RunStore, StoreError
+from vae.learn.config import ConfigError, RunConfig
 
 CONFIG_HELP = {
     "dataset": "data set: digits (offline default), mnist, fashion-mnist, shapes32, shapes64",
@@ -77,7 +77,7 @@ def print_epoch(run_id: str, m: dict) -> None:
 
 
 def cmd_train(args, store: RunStore) -> int:
-    from vae.worker import StopFlag, run_one
+    from vae.execution.worker import StopFlag, run_one
 
     config = config_from_args(args)
     run_id = store.create_run(config)
@@ -93,7 +93,7 @@ def cmd_train(args, store: RunStore) -> int:
 
 
 def cmd_sweep(args, store: RunStore) -> int:
-    from vae.jobs import JobManager
+    from vae.execution.jobs import JobManager
 
     config = config_from_args(args)
     manager = JobManager(store, max_concurrent=args.jobs)
@@ -124,7 +124,7 @@ def cmd_sweep(args, store: RunStore) -> int:
 
 
 def cmd_eval(args, store: RunStore) -> int:
-    from vae.evaluate import evaluate_run
+    from vae.learn.evaluate import evaluate_run
 
     evaluation = evaluate_run(store, args.run_id, iw_samples=args.iw_samples)
     print_eval(evaluation)

@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from vae.checkpoint import model_from_checkpoint, validate_checkpoint
-from vae.store import ACTIVE_STATES, RunStore
+from vae.execution.checkpoint import model_from_checkpoint, validate_checkpoint
+from vae.execution.store import ACTIVE_STATES, RunStore
 
 pytestmark = pytest.mark.browser
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from vae.config import ConfigError, RunConfig
-from vae.model import VAE, build_model
+from vae.learn.config import ConfigError, RunConfig
+from vae.learn.model import VAE, build_model
 
 FORMAT = "beta-vae-dashboard/checkpoint-v1"
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024

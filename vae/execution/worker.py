@@ -1,4 +1,4 @@
-"""The process that trains runs: `python -m vae.worker --store ROOT RUN_ID [RUN_ID ...]`.
+"""The process that trains runs: `python -m vae.execution.worker --store ROOT RUN_ID [RUN_ID ...]`.
 
 One worker per job, in its own OS process, so a crash or a kill touches only its own runs. It
 reads each run's config from the store, resumes from model.pt if there is one, and writes
@@ -13,11 +13,11 @@ import signal
 import sys
 import traceback
 
-from vae.checkpoint import CheckpointError, make_checkpoint, model_from_checkpoint
-from vae.config import RunConfig
-from vae.data import DataError, load_dataset
-from vae.store import RunStore, StoreError
-from vae.train import NonFiniteLossError, TrainState, new_state, resolve_device, train
+from vae.execution.checkpoint import CheckpointError, make_checkpoint, model_from_checkpoint
+from vae.execution.store import RunStore, StoreError
+from vae.learn.config import RunConfig
+from vae.learn.data import DataError, load_dataset
+from vae.learn.train import NonFiniteLossError, TrainState, new_state, resolve_device, train
 
 
 class StopFlag:
@@ -107,7 +107,7 @@ def finish_run(store: RunStore, run_id: str, config: RunConfig, state: TrainStat
     metrics = store.read_metrics(run_id)
     last = metrics[-1] if metrics else {}
     store.save_checkpoint(run_id, make_checkpoint(config, state, shape, last), final=True)
-    from vae.evaluate import evaluate_run  # late: keeps the worker's start-up short
+    from vae.learn.evaluate import evaluate_run  # late: keeps the worker's start-up short
 
     reason = ""
     try:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopFlag()
     stop.install()
     if len(args.run_ids) > 1:  # a sweep's runs that differ only in β train as one stacked model
-        from vae import batched
+        from vae.learn import batched
 
         try:
             configs = [store.read_config(run_id) for run_id in args.run_ids]

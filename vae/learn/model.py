@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae.likelihood import make_likelihood
-from vae.objective import LOGVAR_MAX, LOGVAR_MIN
+from vae.learn.likelihood import make_likelihood
+from vae.learn.objective import LOGVAR_MAX, LOGVAR_MIN
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from vae.objective import kl_per_dim
+from vae.learn.objective import kl_per_dim
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[z_u|x]) > 0.01
 

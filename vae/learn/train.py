@@ -19,15 +19,17 @@ from dataclasses import dataclass
 
 import torch
 
-from vae.config import RunConfig
-from vae.data import Dataset, binarize, load_dataset
-from vae.metrics import posterior_summary
-from vae.model import VAE, build_model
-from vae.objective import kl_per_dim, make_objective
+from vae.learn.config import RunConfig
+from vae.learn.data import Dataset, binarize, load_dataset
+from vae.learn.metrics import posterior_summary
+from vae.learn.model import VAE, build_model
+from vae.learn.objective import kl_per_dim, make_objective
 
 NAN_CHECK_EVERY = 200  # steps between host syncs that look for a non-finite loss
 TEST_BINARIZATION_SEED = 12345  # one fixed binarised test set, so runs compare on equal terms
-EVAL_NOISE_SEED = 0  # the posterior sample of the test summary; vae.evaluate's default seed too
+EVAL_NOISE_SEED = (
+    0  # the posterior sample of the test summary; vae.learn.evaluate's default seed too
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -82,7 +84,7 @@ def resolve_device(config: RunConfig) -> torch.device:
 
 
 def make_optimizer(params, config: RunConfig) -> torch.optim.Optimizer:
-    """The optimizer every run uses (vae.batched builds its stacked one here too)."""
+    """The optimizer every run uses (vae.learn.batched builds its stacked one here too)."""
     return torch.optim.Adam(params, lr=config.lr, fused=True)
 
 
@@ -96,7 +98,7 @@ def new_state(config: RunConfig, image_shape, device: torch.device) -> TrainStat
 
 
 def bernoulli_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """`vae.data.binarize(x, generator)`, bit for bit, at about a third of the cost on the CPU.
+    """`vae.learn.data.binarize(x, generator)`, bit for bit, at about a third of the cost on the CPU.
 
     On the CPU torch.bernoulli(p) draws one float32 uniform u per element from the generator, in
     order, and returns u < p; torch.rand draws exactly the same uniforms. So `rand < x` gives the

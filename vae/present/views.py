@@ -14,8 +14,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from vae.metrics import ACTIVE_UNIT_THRESHOLD
-from vae.store import RunRecord
+from vae.execution.store import RunRecord
+from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
 
 BETA_FLOOR = 1e-3  # β = 0 is drawn at this value on log axes
 

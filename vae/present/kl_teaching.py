@@ -17,8 +17,8 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from vae.metrics import ACTIVE_UNIT_THRESHOLD
-from vae.views import dims_frame
+from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.present.views import dims_frame
 
 # sigma values for the page's select slider: roughly log-spaced, and containing the round numbers
 # (0.1, 0.5, 1, 2) a student will want to land on exactly.

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from vae.batched import can_train_together
-from vae.config import RunConfig
-from vae.store import ACTIVE_STATES, RunStore, StoreError
-from vae.worker import process_start_time
+from vae.execution.store import ACTIVE_STATES, RunStore, StoreError
+from vae.execution.worker import process_start_time
+from vae.learn.batched import can_train_together
+from vae.learn.config import RunConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CANCEL_GRACE_S = 10.0
@@ -109,7 +109,7 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 class LocalProcessBackend:
-    """Each job is `python -m vae.worker` in a new session (survives the server, killable alone)."""
+    """Each job is `python -m vae.execution.worker` in a new session (survives the server, killable alone)."""
 
     def start(self, store_root: Path, run_ids: list[str], threads: int) -> ProcessHandle:
         env = dict(os.environ)
@@ -121,7 +121,7 @@ class LocalProcessBackend:
             MALLOC_MMAP_THRESHOLD_="268435456",
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
         )
-        command = [sys.executable, "-m", "vae.worker", "--store", str(store_root)]
+        command = [sys.executable, "-m", "vae.execution.worker", "--store", str(store_root)]
         command += ["--threads", str(threads), *run_ids]
         log = open(Path(store_root) / ".worker.log", "ab")  # noqa: SIM115 - child owns it
         try:
@@ -251,7 +251,7 @@ class JobManager:
     def _batch_for(self, record, queued, started: set[str]) -> list[str]:
         """The queued runs to start in one worker with `record`.
 
-        A sweep whose runs differ only in β trains as stacked models (vae.batched), split into one
+        A sweep whose runs differ only in β trains as stacked models (vae.learn.batched), split into one
         group per slot: measured on 2 cores, 2 workers of 3 stacked models beat 1 worker of 6 and
         6 separate processes (bench/RESULTS.md).
         """

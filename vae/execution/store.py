@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae.checkpoint import CheckpointError, read_checkpoint
-from vae.config import ConfigError, RunConfig
+from vae.execution.checkpoint import CheckpointError, read_checkpoint
+from vae.learn.config import ConfigError, RunConfig
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -305,7 +305,7 @@ class RunStore:
             raise _explain_os_error(exc, "save metrics") from None
 
     def save_checkpoint(self, run_id: str, checkpoint: dict, final: bool = False) -> None:
-        from vae.checkpoint import checkpoint_bytes
+        from vae.execution.checkpoint import checkpoint_bytes
 
         # Only the run's worker writes checkpoints, so a temp file found here is what a killed
         # worker left mid-write: remove it rather than let the folder grow with each crash.

@@ -5,7 +5,7 @@ models live in one set of tensors with a leading model axis: the first encoder l
 is shared) is a single wide matrix product, every later layer a batched one (`torch.baddbmm`),
 and one Adam updates all K at once (Adam is elementwise, so that is exactly K separate Adams).
 
-Each model gets exactly what `vae.train.train` would give it with the same config:
+Each model gets exactly what `vae.learn.train.train` would give it with the same config:
 - the same initial weights: the seed is the same, so one model is built after
   `torch.manual_seed(seed)` (as `new_state` does) and copied K times;
 - the same data and noise: one `torch.Generator` seeded with the seed draws, in `train`'s order,
@@ -16,7 +16,7 @@ Each model gets exactly what `vae.train.train` would give it with the same confi
 The per-run results therefore match one-at-a-time training up to float rounding (the batched
 matrix products sum in a different order); `tests/test_batched.py` checks this to 1e-4.
 
-Each run still gets its own files, written as `vae.worker.run_one` writes them: status, metrics
+Each run still gets its own files, written as `vae.execution.worker.run_one` writes them: status, metrics
 lines, a normal single-model checkpoint every epoch (its optimizer and generator state included, so
 `run_one` can resume it alone), final.pt and the evaluation. A model whose loss turns NaN fails on
 its own; the others carry on (the models share no parameters, so NaN cannot spread between them).
@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vae.checkpoint import CheckpointError, make_checkpoint
-from vae.config import ConfigError, RunConfig
-from vae.data import DataError, Dataset, load_dataset
-from vae.model import MLPVAE, build_model
-from vae.objective import LOGVAR_MAX, LOGVAR_MIN, kl_per_dim, make_objective
-from vae.store import RunStore, StoreError
-from vae.train import (
+from vae.execution.checkpoint import CheckpointError, make_checkpoint
+from vae.execution.store import RunStore, StoreError
+from vae.learn.config import ConfigError, RunConfig
+from vae.learn.data import DataError, Dataset, load_dataset
+from vae.learn.model import MLPVAE, build_model
+from vae.learn.objective import LOGVAR_MAX, LOGVAR_MIN, kl_per_dim, make_objective
+from vae.learn.train import (
     NAN_CHECK_EVERY,
     NonFiniteLossError,
     TrainState,
@@ -148,7 +148,7 @@ class StackedMLP:
         return objective(distortion, kl, step), distortion, kl
 
     def _nll(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The likelihood's D per data point, [K, B] (same formulas as vae.likelihood)."""
+        """The likelihood's D per data point, [K, B] (same formulas as vae.learn.likelihood)."""
         if self.likelihood == "bernoulli":
             # BCE with logits for targets that are exactly 0 or 1 (binarised pixels):
             # -log p(x|l) = softplus(l) - x l = softplus((1 - 2x) l), one transcendental pass.
@@ -215,10 +215,10 @@ def train_together(
     threads: int = 0,
     alive: Callable[[int], bool] | None = None,
 ) -> GroupResult:
-    """Train len(configs) MLP VAEs from scratch together; each as `vae.train.train` would.
+    """Train len(configs) MLP VAEs from scratch together; each as `vae.learn.train.train` would.
 
     on_epoch(index, metrics, state) runs after each completed epoch for every model still
-    training, with that model's metrics dict (the keys of `vae.train.epoch_metrics`) and a
+    training, with that model's metrics dict (the keys of `vae.learn.train.epoch_metrics`) and a
     single-model TrainState (weights, Adam state and generator as a lone run would have them).
     `alive(index)` lets the caller drop a model (e.g. its files could not be written).
     """
@@ -320,7 +320,7 @@ def run_group(
     """Train the runs of one sweep together, writing for each what `run_one` writes.
 
     Returns each run's outcome ("finished", "failed" or "cancelled"), in the order of run_ids.
-    Runs that cannot go into the group are trained one by one with `vae.worker.run_one` after it:
+    Runs that cannot go into the group are trained one by one with `vae.execution.worker.run_one` after it:
     runs being resumed (they already have a model.pt: their weights, Adam state and generator
     have moved apart, so they continue alone from their checkpoint) and, if the configs do not
     satisfy `can_train_together`, all of them. So resuming an interrupted or cancelled member
@@ -330,7 +330,7 @@ def run_group(
     "cancelled after epoch E" with its last epoch's model.pt, resumable on its own. A run whose
     loss turns NaN, or whose files cannot be written, fails alone; the others carry on.
     """
-    from vae.worker import _fail, run_one
+    from vae.execution.worker import _fail, run_one
 
     pid = os.getpid()
     outcomes: dict[str, str] = {}
@@ -351,7 +351,7 @@ def run_group(
 
     if group:
         outcomes.update(_train_group(store, group, [configs[r] for r in group], stop, threads, pid))
-    for run_id in run_ids:  # the rest, one at a time, as vae.worker.main does
+    for run_id in run_ids:  # the rest, one at a time, as vae.execution.worker.main does
         if run_id in outcomes:
             continue
         if stop():
@@ -363,7 +363,7 @@ def run_group(
 
 
 def _train_group(store, run_ids, configs, stop, threads, pid) -> dict[str, str]:
-    from vae.worker import _fail, finish_run, process_start_time
+    from vae.execution.worker import _fail, finish_run, process_start_time
 
     outcomes: dict[str, str] = {}
     for run_id in run_ids:
@@ -373,7 +373,7 @@ def _train_group(store, run_ids, configs, stop, threads, pid) -> dict[str, str]:
         for c in configs:
             c.threads = c.threads or threads
     try:
-        first = configs[0]  # download as vae.worker.run_one does
+        first = configs[0]  # download as vae.execution.worker.run_one does
         dataset = load_dataset(first.dataset, first.data_root, download=True, seed=first.seed)
     except DataError as exc:
         return {r: _fail(store, r, str(exc)) for r in run_ids}

@@ -123,7 +123,7 @@ def _check_number(value, low: float, high: float, integer: bool) -> str | None:
 
 def validation_errors(config: RunConfig) -> dict[str, str]:
     """Every problem with a config, keyed by field name (empty when valid)."""
-    from vae.data import DATASETS  # late import: data pulls in torchvision
+    from vae.learn.data import DATASETS  # late import: data pulls in torchvision
 
     errors: dict[str, str] = {}
     integer_fields = {"latent_dim", "epochs", "batch_size", "seed", "threads"}

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vae.metrics import posterior_summary
-from vae.objective import kl_per_dim
+from vae.learn.metrics import posterior_summary
+from vae.learn.objective import kl_per_dim
 
 # Elements in the largest tensor of one decoder call (2**24 float32 = 64 MB, logits or a hidden
 # layer), so k=5000 fits in memory for any image size. Not smaller: on CPU, glibc serves blocks of
@@ -332,7 +332,7 @@ def _json_ready(value):
 
 def _factor_sizes(dataset, factors: torch.Tensor) -> list[int] | None:
     """The known factor sizes of the shapes sets; None (inferred from the data) otherwise."""
-    from vae.data import SHAPES_FACTOR_SIZES
+    from vae.learn.data import SHAPES_FACTOR_SIZES
 
     name = getattr(getattr(dataset, "info", None), "name", "")
     if name.startswith("shapes") and factors.shape[1] == len(SHAPES_FACTOR_SIZES):
@@ -347,7 +347,7 @@ def evaluate_model(model, dataset, config, iw_samples: int = 100, seed: int = 0)
     inputs the training loop also uses, the mean IWAE bound with k=iw_samples, and MIG when the
     data set has ground-truth factors (else None).
     """
-    from vae.train import test_inputs  # late import: train pulls in the data module
+    from vae.learn.train import test_inputs  # late import: train pulls in the data module
 
     started = time.perf_counter()
     x = test_inputs(config, dataset, model_device(model))
@@ -374,9 +374,9 @@ def evaluate_model(model, dataset, config, iw_samples: int = 100, seed: int = 0)
 
 def evaluate_run(store, run_id: str, iw_samples: int = 100) -> dict:
     """Evaluate a run's final (else latest) checkpoint on its data set and save eval.json."""
-    from vae.checkpoint import model_from_checkpoint
-    from vae.data import load_dataset
-    from vae.train import resolve_device
+    from vae.execution.checkpoint import model_from_checkpoint
+    from vae.learn.data import load_dataset
+    from vae.learn.train import resolve_device
 
     checkpoint = store.load_checkpoint(run_id)
     config = store.read_config(run_id)
