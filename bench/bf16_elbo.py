@@ -3,7 +3,7 @@
     python bench/bf16_elbo.py [--epochs 10] [--seeds 0 1] [--threads 1]
 
 Trains the default run (real digits, MLP 784-400-20-400-784, batch 128, 10 epochs, β = 1) with
-`vae.learn.train.train`, once in fp32 and once inside `torch.autocast("cpu", dtype=torch.bfloat16)`
+`vae.learn.engine.train`, once in fp32 and once inside `torch.autocast("cpu", dtype=torch.bfloat16)`
 (matrix products in bf16, accumulation, loss and Adam in fp32), for each seed. The test-set ELBO
 of each trained model is then computed in fp32 with the same noise, so only training differs.
 The rule for making bf16 a default: its ELBO within 0.5% of fp32's. The fp32 seed-to-seed spread
@@ -29,8 +29,8 @@ def test_elbo(config, state) -> float:
     import torch
 
     from vae.learn.data import load_dataset
+    from vae.learn.engine import TEST_BINARIZATION_SEED, test_inputs
     from vae.learn.metrics import posterior_summary
-    from vae.learn.train import TEST_BINARIZATION_SEED, test_inputs
 
     dataset = load_dataset(config.dataset, seed=config.seed)
     x = test_inputs(config, dataset, torch.device("cpu"))
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
 
     from vae.learn.config import RunConfig
-    from vae.learn.train import train
+    from vae.learn.engine import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)

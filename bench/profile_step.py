@@ -2,8 +2,8 @@
 
     python bench/profile_step.py [--threads 2] [--images 20000]
 
-Profiles (after a warm-up epoch) the canonical DataLoader loop, `vae.learn.train.train` and
-`vae.learn.batched.train_together` with 6 models, on the bench's synthetic images, and prints each
+Profiles (after a warm-up epoch) the canonical DataLoader loop, `vae.learn.engine.train` and
+`vae.learn.engine.train_models` with 6 models, on the bench's synthetic images, and prints each
 one's time by kind of work: matrix products, Adam, the Bernoulli draw, the loss, data loading and
 everything else (many small element-wise ops and their dispatch).
 """
@@ -67,9 +67,8 @@ def main(argv=None) -> int:
 
     from bench.canonical_vae import train_canonical
     from bench.train_speed import BETAS, bench_config, make_images
-    from vae.learn.batched import train_together
     from vae.learn.data import Dataset, DatasetInfo, DataSplit
-    from vae.learn.train import train
+    from vae.learn.engine import train, train_models
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -85,9 +84,9 @@ def main(argv=None) -> int:
     configs = [config.__class__.from_dict({**config.to_dict(), "beta": b}) for b in BETAS]
     trainers = {
         "canonical loop": (lambda: train_canonical(x[:n], zeros, 1), n),
-        "vae.learn.train.train": (lambda: train(config, dataset=dataset), n),
-        f"vae.learn.batched, {len(BETAS)} models": (
-            lambda: train_together(configs, dataset=dataset),
+        "vae.learn.engine.train (a stack of one)": (lambda: train(config, dataset=dataset), n),
+        f"vae.learn.engine.train_models, a stack of {len(BETAS)}": (
+            lambda: train_models(configs, dataset=dataset),
             n * len(BETAS),
         ),
     }

@@ -13,17 +13,17 @@ only generates the data, starts children and prints the table.
 Rows
 1. GEMM ceiling: fp32 torch.mm GFLOP/s at the model's shapes (the 11 matrix products of one
    training step, run back to back), with 2 threads and with 1.
-2. Single run: the canonical DataLoader loop (bench/canonical_vae.py) vs `vae.learn.train.train`,
+2. Single run: the canonical DataLoader loop (bench/canonical_vae.py) vs `vae.learn.engine.train`,
    training images/s over epochs >= 2, final training loss per image, peak RSS, page faults.
 3. β sweep (6 values, 3 epochs each): the canonical loop run sequentially vs the job runner's
-   parallel worker processes, one grouped worker (`vae.learn.batched`, 6 stacked models) and two grouped
-   workers of 3 models; wall time from process start to the last run finished.
+   parallel worker processes, one worker training a stack of 6 models (`vae.learn.engine`) and two
+   workers with stacks of 3; wall time from process start to the last run finished.
 
 The synthetic images are thin strokes and blobs rendered with a fixed seed and thresholded to
 {0, 1}. Binary pixels make the two objectives the same number: the example's BCE(sum) + KLD(sum)
 per image equals the project's D + βR (its Bernoulli binarisation of a 0/1 image is the image).
-The project's runs skip the final IWAE evaluation (the example has none); every per-epoch metric,
-checkpoint and status write of a real run is included.
+The project's sweep rows pass a no-op as the worker's evaluation step (the example has no final
+evaluation); every per-epoch metric, checkpoint and status write of a real run is included.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def child_gemm(args: dict) -> dict:
         for (x, w), o in zip(pairs, outs, strict=True):
             torch.mm(x, w, out=o)
 
-    # vae.learn.batched with 6 models: one wide product for the shared first layer, bmm for the rest
+    # vae.learn.stack.StackedMLP with 6 models: one wide product for the shared first layer, bmm for the rest
     x, w1, dh1 = r(b, n), r(k * h, n), r(b, k * h)
     acts = {s: r(k, b, s) for s in (h, 2 * j, j, n)}
     weights = {(i, o): r(k, i, o) for i, o in ((h, 2 * j), (j, h), (h, n))}
@@ -220,7 +220,7 @@ def child_canonical(args: dict) -> dict:
 
 
 def child_project(args: dict) -> dict:
-    from vae.learn.train import train
+    from vae.learn.engine import train
 
     _, dataset = load_data(args["data"])
     config = bench_config(epochs=args["epochs"], seed=args["seed"], threads=args["threads"])
@@ -255,19 +255,26 @@ def child_canonical_sweep(args: dict) -> dict:
 
 
 def child_worker(args: dict) -> dict:
-    """`python -m vae.execution.worker`, with the bench data in place of the named data set."""
-    import vae.execution.worker
-    import vae.learn.batched
+    """The worker's job (`vae.execution.worker.run_job`), on the bench data.
+
+    The bench's synthetic images stand in for the named data set (the one substitution made
+    here); the final evaluation runs only when args["evaluate"] says so: the canonical example has
+    none, so the sweep rows that compare with it leave it out.
+    """
+    from vae.execution import worker
+    from vae.execution.evaluation import evaluate_run
+    from vae.execution.store import RunStore
 
     _, dataset = load_data(args["data"])
-    vae.execution.worker.load_dataset = lambda *a, **k: dataset
-    vae.learn.batched.load_dataset = lambda *a, **k: dataset
-    # The example has no final evaluation (IWAE etc.): leave it out here too.
-    for name in ("evaluate_run", "evaluate_after_training"):
-        if hasattr(vae.execution.worker, name):
-            setattr(vae.execution.worker, name, lambda *a, **k: None)
-    code = vae.execution.worker.main(["--store", args["store"], "--threads", str(args["threads"]), *args["run_ids"]])  # fmt: skip
-    return {"code": code, **_usage()}
+    worker.load_dataset = lambda *a, **k: dataset
+    store = RunStore(args["store"])
+    control = worker.JobControl(store)
+    control.install()
+    evaluate = evaluate_run if args.get("evaluate") else (lambda store, run_id: None)
+    outcomes = worker.run_job(
+        store, args["run_ids"], control, threads=args["threads"], evaluate=evaluate
+    )
+    return {"outcomes": list(outcomes.values()), **_usage()}
 
 
 CHILDREN = {
@@ -343,16 +350,21 @@ def run_children_together(specs, *, threads: int, malloc: bool) -> list[dict]:
 
 
 class BenchBackend:
-    """The job runner's LocalProcessBackend, starting the bench's worker child instead."""
+    """The job runner's local-process backend, starting the bench's worker child instead."""
 
-    def __init__(self, data: str):
-        self.data = data
+    name = "bench"
 
-    def start(self, store_root, run_ids, threads):
-        from vae.execution.jobs import ProcessHandle
+    def __init__(self, data: str, evaluate: bool = False):
+        self.data, self.evaluate = data, evaluate
 
-        args = {"data": self.data, "store": str(store_root), "threads": threads, "run_ids": run_ids}
-        log = open(Path(store_root) / ".worker.log", "ab")  # noqa: SIM115 - the child owns it
+    def start(self, store, run_ids, threads):
+        from vae.execution.local import LocalJob
+        from vae.execution.procs import process_start_time
+
+        args = {"data": self.data, "store": str(store.root), "threads": threads,
+                "run_ids": run_ids, "evaluate": self.evaluate}  # fmt: skip
+        store.root.mkdir(parents=True, exist_ok=True)
+        log = open(store.root / ".worker.log", "ab")  # noqa: SIM115 - the child owns it
         try:
             process = subprocess.Popen(
                 child_command("worker", args), env=child_env(threads, malloc=True), cwd=ROOT,
@@ -360,9 +372,12 @@ class BenchBackend:
             )  # fmt: skip
         finally:
             log.close()
-        return ProcessHandle(process)
+        return LocalJob(store, run_ids, process.pid, process_start_time(process.pid), process)
 
-    def adopt(self, pid, pid_start, run_id):
+    def owns(self, ref):
+        return False
+
+    def attach(self, store, ref, run_ids):
         return None
 
 
@@ -379,7 +394,7 @@ def sweep_with_job_runner(data: str, root: Path, epochs: int) -> dict:
 
     store = RunStore(root)
     cores = os.cpu_count() or 1
-    manager = JobManager(store, max_concurrent=cores, backend=BenchBackend(data))
+    manager = JobManager(store, max_concurrent=cores, backend=BenchBackend(data), batch_sweeps=False)
     started = time.perf_counter()
     run_ids = manager.submit_sweep(bench_config(epochs=epochs, threads=0), BETAS)
     manager.wait(run_ids, timeout_s=1800, poll_s=0.05)
@@ -388,7 +403,7 @@ def sweep_with_job_runner(data: str, root: Path, epochs: int) -> dict:
 
 
 def sweep_grouped(data: str, root: Path, epochs: int, groups: int) -> dict:
-    """`groups` grouped workers (vae.learn.batched), sharing the cores; all start at once."""
+    """`groups` workers each training a stack (vae.learn.engine), sharing the cores, at once."""
     from vae.execution.store import RunStore
 
     store = RunStore(root)
@@ -399,9 +414,9 @@ def sweep_grouped(data: str, root: Path, epochs: int, groups: int) -> dict:
     run_ids = [store.create_run(config.__class__.from_dict({**config.to_dict(), "beta": b}), group="g") for b in BETAS]  # fmt: skip
     backend = BenchBackend(data)
     size = -(-len(run_ids) // groups)
-    handles = [backend.start(root, run_ids[i : i + size], threads) for i in range(0, len(run_ids), size)]  # fmt: skip
-    for handle in handles:
-        handle.process.wait()
+    jobs = [backend.start(store, run_ids[i : i + size], threads) for i in range(0, len(run_ids), size)]  # fmt: skip
+    for job in jobs:
+        job.process.wait()
     wall = time.perf_counter() - started
     return _sweep_outcome(store, run_ids, wall, f"{groups} process(es), {threads} thread(s)")
 
@@ -525,7 +540,7 @@ def main(argv=None) -> int:
         say("|---|---|---|")
         rows = [
             ("single", f"one model's training step: its 11 GEMMs at batch {BATCH}"),
-            ("stacked", f"{len(BETAS)} stacked models' step, as `vae.learn.batched` issues them"),
+            ("stacked", f"{len(BETAS)} stacked models' step, as `vae.learn.stack.StackedMLP` issues them"),
             ("fc1", f"{BATCH}×784 @ 784×400 alone"),
             ("big", "1024×1024 @ 1024×1024 alone"),
         ]
@@ -551,7 +566,7 @@ def main(argv=None) -> int:
         say("|---|---|---|---|---|---|---|---|")
         labels = {
             "canonical": "canonical loop (DataLoader, default malloc)",
-            "project": "`vae.learn.train.train`",
+            "project": "`vae.learn.engine.train` (a stack of one)",
         }
 
         def epochs_ips(run):  # median images/s over epochs >= 2 of one run
@@ -583,9 +598,9 @@ def main(argv=None) -> int:
         # 3. the sweep
         ways = {
             "canonical": f"canonical loop, 6 runs one after another (1 process, {cores} threads)",
-            "jobs": "one worker process per run (job runner without batching)",
-            "grouped": "one grouped worker: 6 stacked models (`vae.learn.batched`)",
-            "grouped2": f"{cores} grouped workers of {-(-6 // cores)} stacked models (the job runner's default)",
+            "jobs": "job runner, one worker process per run (stacking off), no final evaluation",
+            "grouped": "one worker: a stack of 6 models (`vae.learn.engine`), no final evaluation",
+            "grouped2": f"{cores} workers with stacks of {-(-6 // cores)} (the job runner's layout), no final evaluation",
         }
         sweeps = {k: [] for k in ways}
         for rep in range(sweep_reps):
@@ -641,7 +656,7 @@ def main(argv=None) -> int:
             say(f"- β sweep ≥ 3× the canonical loop run sequentially: best is {label}, "
                 f"**{speedup[0]:.2f}×** " + ("(met)." if speedup[0] >= 3 else f"(missed: {3 / speedup[0]:.2f}× short)."))  # fmt: skip
         say(f"- Efficiency > 50% of the GEMM ceiling: canonical {summary['canonical']['eff'][0]:.0f}%, "
-            f"`vae.learn.train.train` {summary['project']['eff'][0]:.0f}%"
+            f"`vae.learn.engine.train` {summary['project']['eff'][0]:.0f}%"
             + (f", best sweep {best[2][0]:.0f}%." if best else "."))  # fmt: skip
         say()
         say(f"Bench wall time {time.perf_counter() - began:.0f} s; load average at the end: "

@@ -8,6 +8,8 @@ from pathlib import Path
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from vae.execution.worker import JobControl, run_job
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")  # AppTest needs an absolute path
 PAGES = [
     "pages/train.py",
@@ -41,3 +43,18 @@ def open_app(monkeypatch, store_root: Path, page: str | None = None, **query) ->
     if page:
         at.switch_page(page).run()
     return at
+
+
+def train_run(store, run_id: str, stop=lambda: False):
+    """Train one stored run in this process, as `python -m vae train` does; returns its end state."""
+    control = JobControl(store)
+    control.stop_requested = False
+    if stop is not None:
+        control.cancelled = lambda ids: set(ids) if stop() else set()
+    return run_job(store, [run_id], control)[run_id]
+
+
+def worker_pid(status: dict) -> int | None:
+    """The pid of the local worker process a running run's status names."""
+    job = status.get("job")
+    return job.get("pid") if isinstance(job, dict) else None

@@ -18,7 +18,6 @@ from vae.learn.data import (
     SHAPES_FACTOR_SIZES,
     DataError,
     binarize,
-    dataset_names,
     load_dataset,
 )
 
@@ -62,7 +61,7 @@ def write_fake_mnist(root: Path, folder: str, n_train: int = 20, n_test: int = 1
 
 
 def test_registry_lists_all_data_sets():
-    assert dataset_names() == ["digits", "mnist", "fashion-mnist", "shapes32", "shapes64"]
+    assert list(DATASETS) == ["digits", "mnist", "fashion-mnist", "shapes32", "shapes64"]
     assert DEFAULT_DATASET in DATASETS
     for key, info in DATASETS.items():
         assert info.name == key and info.title and info.description

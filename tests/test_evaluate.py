@@ -8,14 +8,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import train_run
 from torch import nn
 
-from vae.execution.worker import StopFlag, run_one
+from vae.execution.evaluation import evaluate_run
 from vae.learn.config import RunConfig
+from vae.learn.engine import train
 from vae.learn.evaluate import (
     decoder_elements,
     evaluate_model,
-    evaluate_run,
     grid,
     iwae_bound,
     latent_map,
@@ -27,7 +28,6 @@ from vae.learn.evaluate import (
     reconstructions,
 )
 from vae.learn.model import build_model
-from vae.learn.train import train
 
 EVAL_KEYS = {
     "elbo", "rate", "distortion", "kl_per_dim", "posterior_var", "mean_cov", "active_units",
@@ -322,7 +322,7 @@ def test_evaluate_model_computes_mig_when_the_data_has_factors(trained):
 
 def test_evaluate_run_writes_eval_json(store, tiny_config):
     run_id = store.create_run(tiny_config)
-    assert run_one(store, run_id, StopFlag()) == "finished"
+    assert train_run(store, run_id) == "finished"
     saved = store.read_eval(run_id)
     assert saved is not None and saved.keys() >= EVAL_KEYS
     assert saved["iw_samples"] == 100 and saved["epoch"] == 1

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import wait_for
+from helpers import train_run, wait_for, worker_pid
 from live_app import IDLE, LiveApp, alive, launch_chromium, stop_workers, worker_pids
 
 from vae.execution.store import RunStore
-from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -71,7 +70,7 @@ def open_page(page, url: str) -> None:
 def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
     store = RunStore(tmp_path / "runs")
     finished = store.create_run(RunConfig(**TINY, epochs=1, name="finished before"))
-    run_one(store, finished, StopFlag())
+    train_run(store, finished)
     finished_files = {p.name: p.read_bytes() for p in store.run_dir(finished).iterdir()}
 
     first = servers()
@@ -87,7 +86,7 @@ def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
 
     statuses = wait_for(both_training, what="both runs training")
     before = dict(zip((adopted, killed), statuses, strict=True))
-    adopted_pid, killed_pid = before[adopted]["pid"], before[killed]["pid"]
+    adopted_pid, killed_pid = worker_pid(before[adopted]), worker_pid(before[killed])
 
     first.kill()
     assert alive(adopted_pid) and alive(killed_pid)  # the workers outlive the server
@@ -101,7 +100,7 @@ def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
     wait_for(lambda: store.read_status(killed)["state"] == "interrupted", 60, what="interrupted")
     assert "gone" in store.read_status(killed)["reason"]
     status = store.read_status(adopted)
-    assert status["state"] == "running" and status["pid"] == adopted_pid, status
+    assert status["state"] == "running" and worker_pid(status) == adopted_pid, status
     assert worker_pids(store.root) == [adopted_pid]  # adopted, not started a second time
     for run_id in (finished, adopted, killed):  # every run listed on the Train page
         page.locator("[data-testid='stText']", has_text=run_id).first.wait_for()
@@ -113,7 +112,7 @@ def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
     def all_finished():
         status = store.read_status(adopted)
         if status["state"] == "running":
-            assert status["pid"] == adopted_pid, status  # the same process until it finishes
+            assert worker_pid(status) == adopted_pid, status  # the same process until it finishes
         states = [store.read_status(r)["state"] for r in (adopted, killed)]
         assert not {"failed", "interrupted", "cancelled"} & set(states), states
         return states == ["finished", "finished"]
@@ -144,7 +143,7 @@ class RunsACommand:
 def test_html_run_name_stays_text_and_malicious_upload_is_refused(tmp_path, servers, page):
     store = RunStore(tmp_path / "runs")
     run_id = store.create_run(RunConfig(**TINY, epochs=1, name=XSS_NAME))
-    run_one(store, run_id, StopFlag())
+    train_run(store, run_id)
     server = servers()
     for path in ("/", "/checkpoints", "/posterior"):
         open_page(page, f"{server.url}{path}?run={run_id}")

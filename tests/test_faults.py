@@ -23,13 +23,12 @@ from pathlib import Path
 import pytest
 import streamlit as st
 import torch
-from helpers import PAGES, open_app, wait_for
+from helpers import PAGES, open_app, train_run, wait_for, worker_pid
 from streamlit.testing.v1 import AppTest
 
 from vae.execution.checkpoint import CheckpointError
 from vae.execution.jobs import JobManager
 from vae.execution.store import FILES, RunStore, StoreError
-from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,23 +167,23 @@ def test_sigkill_mid_epoch_interrupts_only_that_run_and_resume_matches(store, wo
     def both_running_victim_past_epoch_1():
         manager.reconcile()
         a, b = store.read_status(victim), store.read_status(other)
-        return a.get("epoch", 0) >= 1 and b.get("pid") and b["state"] == "running" and (a, b)
+        return a.get("epoch", 0) >= 1 and worker_pid(b) and b["state"] == "running" and (a, b)
 
     victim_status, other_status = wait_for(both_running_victim_past_epoch_1, what="epoch 1")
     time.sleep(0.3)  # into the next epoch's steps
-    os.kill(victim_status["pid"], signal.SIGKILL)
-    other_pid = other_status["pid"]
+    os.kill(worker_pid(victim_status), signal.SIGKILL)
+    other_pid = worker_pid(other_status)
 
     wait_for(
         lambda: manager.reconcile() or store.read_status(victim)["state"] == "interrupted",
         what="victim interrupted",
     )
     status = store.read_status(victim)
-    assert "SIGKILL" in status["reason"] and "pid" not in status
+    assert "SIGKILL" in status["reason"] and "job" not in status
     now = store.read_status(other)
     assert now["state"] in ("running", "finished"), now
     if now["state"] == "running":
-        assert now["pid"] == other_pid and alive(other_pid)
+        assert worker_pid(now) == other_pid and alive(other_pid)
 
     saved = store.load_checkpoint(victim, final=False)  # the last completed epoch, loadable
     assert 1 <= saved["epoch"] < config.epochs
@@ -213,7 +212,7 @@ WRITER = """
 import sys, torch
 from vae.execution.checkpoint import make_checkpoint
 from vae.execution.store import RunStore
-from vae.learn.train import new_state
+from vae.learn.engine import new_state
 store, run_id = RunStore(sys.argv[1]), sys.argv[2]
 config = store.read_config(run_id)
 state = new_state(config, (1, 28, 28), torch.device("cpu"))
@@ -294,9 +293,9 @@ def damaged_store(tmp_path_factory):
     """One good finished run and one of each kind of damage a crash or a bad edit can leave."""
     store = RunStore(tmp_path_factory.mktemp("damaged") / "runs")
     good = store.create_run(tiny(epochs=2, name="good"))
-    run_one(store, good, StopFlag())
+    train_run(store, good)
     bad_checkpoint = store.create_run(tiny(name="bad checkpoint"))
-    run_one(store, bad_checkpoint, StopFlag())
+    train_run(store, bad_checkpoint)
     for name in ("model.pt", "final.pt"):
         path = store.path(bad_checkpoint, name)
         path.write_bytes(path.read_bytes()[:3000])  # torn, as if written in place and cut off
@@ -391,7 +390,7 @@ def readonly_store(tmpfs):
     root = tmpfs("8m")
     store = RunStore(root / "runs")
     run_id = store.create_run(tiny(name="kept"))
-    run_one(store, run_id, StopFlag())
+    train_run(store, run_id)
     JobManager(store).reconcile()  # as a server would have: the lock file exists
     remount(root, "ro")
     return store, run_id
@@ -405,7 +404,7 @@ def test_read_only_store_refuses_changes_with_a_message(readonly_store, tiny_con
         "submit": lambda: manager.submit(tiny_config),
         "sweep": lambda: manager.submit_sweep(tiny_config, [1, 2]),
         f"delete run {run_id}": lambda: manager.delete(run_id),
-        f"update the status of {run_id}": lambda: store.update_status(run_id, "failed", "x"),
+        f"cancel run {run_id}": lambda: store.request_cancel(run_id),
     }
     for what, attempt in attempts.items():
         with pytest.raises(StoreError, match="read-only file system") as info:
@@ -488,7 +487,7 @@ def test_disk_filling_during_training_fails_the_run_and_keeps_its_checkpoint(tmp
     status = store.read_status(run_id)
     assert status["state"] == "failed", status
     assert "the disk is full" in status["reason"]
-    assert "pid" not in status
+    assert "job" not in status
     checkpoint = store.load_checkpoint(run_id, final=False)
     assert 1 <= checkpoint["epoch"] < 8
     assert leftovers(store.root) == []
@@ -506,7 +505,7 @@ def test_status_is_recorded_on_a_completely_full_disk(tmpfs, tiny_config):
     root = tmpfs("1m")
     store = RunStore(root / "runs")
     run_id = store.create_run(tiny_config)
-    store.update_status(run_id, "running", pid=1234, epoch=3)
+    store.update_status(run_id, "running", job={"backend": "local", "pid": 1234}, epoch=3)
     fill_disk(root)
     with pytest.raises(OSError) as info:
         (root / "probe").write_bytes(b"x" * 10)
@@ -514,7 +513,7 @@ def test_status_is_recorded_on_a_completely_full_disk(tmpfs, tiny_config):
     store.update_status(run_id, "failed", "could not save the checkpoint: the disk is full")
     status = store.read_status(run_id)
     assert status["state"] == "failed" and "disk is full" in status["reason"]
-    assert "pid" not in status and status["epoch"] == 3
+    assert "job" not in status and status["epoch"] == 3
     assert leftovers(root) == []
 
 
@@ -567,8 +566,8 @@ def test_ten_clients_at_once_queue_at_the_configured_concurrency(store, workers)
             records = store.list_runs(with_metrics=False)
             seen_running.append(sum(r.state == "running" for r in records))
             for r in records:
-                if r.state == "running" and r.status.get("pid"):
-                    pids.setdefault(r.run_id, set()).add(r.status["pid"])
+                if r.state == "running" and worker_pid(r.status):
+                    pids.setdefault(r.run_id, set()).add(worker_pid(r.status))
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)

@@ -5,9 +5,10 @@ import signal
 
 import pytest
 import torch
-from helpers import wait_for
+from helpers import wait_for, worker_pid
 
 from vae.execution.jobs import JobManager
+from vae.execution.procs import local_ref
 from vae.execution.store import StoreError
 from vae.learn.config import RunConfig
 
@@ -35,7 +36,7 @@ def test_sigkill_marks_interrupted_and_resume_completes(store, slow_config):
     run_id = manager.submit(config)
     # status.json's epoch is written after that epoch's checkpoint (metrics come before it)
     wait_for(lambda: store.read_status(run_id).get("epoch", 0) >= 2 or manager.reconcile(), 120)
-    pid = store.read_status(run_id)["pid"]
+    pid = worker_pid(store.read_status(run_id))
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] == "interrupted")
     status = store.read_status(run_id)
@@ -85,7 +86,7 @@ def test_restarted_manager_adopts_a_live_worker(store, slow_config):
     first = JobManager(store, max_concurrent=1, batch_sweeps=False)
     config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": 3})
     run_id = first.submit(config)
-    wait_for(lambda: first.reconcile() or store.read_status(run_id).get("pid"))
+    wait_for(lambda: first.reconcile() or worker_pid(store.read_status(run_id)))
     # The server process "restarts": a new manager on the same store; the worker lives on.
     second = JobManager(store, max_concurrent=1, batch_sweeps=False)
     second.reconcile()
@@ -97,7 +98,9 @@ def test_restarted_manager_adopts_a_live_worker(store, slow_config):
 
 def test_dead_worker_found_by_a_new_manager_is_interrupted(store, tiny_config):
     run_id = store.create_run(tiny_config)
-    store.update_status(run_id, "running", pid=2**22 + 12345, pid_start="1")
+    store.update_status(
+        run_id, "running", job={**local_ref(), "pid": 2**22 + 12345, "pid_start": "1"}
+    )
     JobManager(store).reconcile()
     status = store.read_status(run_id)
     assert status["state"] == "interrupted" and "gone" in status["reason"]
@@ -126,3 +129,98 @@ def test_sweep_trains_as_one_stacked_group_per_slot(store, tiny_config):
     assert all([m["epoch"] for m in r.metrics] == [1] for r in records)
     rates = [r.last_metrics["rate"] for r in records]
     assert rates[0] > rates[-1]  # β = 0.5 keeps more information in z than β = 4
+
+
+def _sweep_in_one_worker(store, slow_config, epochs=6, betas=(0.5, 2, 8)):
+    manager = JobManager(store, max_concurrent=1)
+    config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": epochs})
+    run_ids = manager.submit_sweep(config, betas)
+    assert len({id(manager.jobs[r]) for r in run_ids}) == 1  # one job trains the whole stack
+    return manager, run_ids
+
+
+def test_cancelling_one_run_of_a_stack_stops_only_that_run(store, slow_config):
+    manager, run_ids = _sweep_in_one_worker(store, slow_config)
+    victim = run_ids[1]
+    wait_for(lambda: manager.reconcile() or store.read_status(victim).get("epoch", 0) >= 1)
+    manager.cancel(victim)
+    manager.wait(run_ids, timeout_s=300)
+    status = store.read_status(victim)
+    assert status["state"] == "cancelled" and status["reason"].startswith("cancelled after epoch")
+    kept = store.load_checkpoint(victim, final=False)["epoch"]
+    assert [m["epoch"] for m in store.read_metrics(victim)] == list(range(1, kept + 1))
+    assert kept < 6
+    for other in (run_ids[0], run_ids[2]):
+        assert store.read_status(other)["state"] == "finished"
+        assert [m["epoch"] for m in store.read_metrics(other)] == [1, 2, 3, 4, 5, 6]
+    manager.resume(victim)  # resumable on its own
+    manager.wait([victim], timeout_s=300)
+    assert store.read_status(victim)["state"] == "finished"
+    assert [m["epoch"] for m in store.read_metrics(victim)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigkill_of_a_stacks_worker_interrupts_every_member_and_each_resumes(store, slow_config):
+    manager, run_ids = _sweep_in_one_worker(store, slow_config, epochs=4)
+    wait_for(lambda: manager.reconcile() or store.read_status(run_ids[0]).get("epoch", 0) >= 1)
+    os.kill(worker_pid(store.read_status(run_ids[0])), signal.SIGKILL)
+    wait_for(lambda: manager.reconcile() or all(
+        store.read_status(r)["state"] == "interrupted" for r in run_ids
+    ))  # fmt: skip
+    for run_id in run_ids:
+        assert "SIGKILL" in store.read_status(run_id)["reason"]
+        assert store.load_checkpoint(run_id, final=False)["epoch"] >= 1
+    manager.resume(run_ids[0])  # each alone...
+    manager.wait([run_ids[0]], timeout_s=300)
+    for run_id in run_ids[1:]:  # ...or the rest together
+        manager.resume(run_id)
+    manager.wait(run_ids, timeout_s=300)
+    for run_id in run_ids:
+        assert store.read_status(run_id)["state"] == "finished"
+        assert [m["epoch"] for m in store.read_metrics(run_id)] == [1, 2, 3, 4]
+
+
+def test_a_run_whose_loss_turns_nan_fails_alone_in_its_stack(store, tiny_config):
+    """Three runs at epoch 1 of one stack; one's weights are blown up: only it fails."""
+    from vae.execution.worker import JobControl, run_job
+
+    config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 3})
+    manager = JobManager(store, max_concurrent=1)
+    run_ids = [store.create_run(c, group="g") for c in (
+        RunConfig.from_dict({**config.to_dict(), "beta": b}) for b in (0.5, 1, 2)
+    )]  # fmt: skip
+    control = JobControl(store)
+    control.stop_requested = False
+    original = control.cancelled
+    control.cancelled = lambda ids: set(ids) if store.read_metrics(run_ids[-1]) else original(ids)
+    assert set(run_job(store, run_ids, control).values()) == {"cancelled"}  # all at epoch 1
+    victim = run_ids[1]
+    checkpoint = torch.load(store.path(victim, "model.pt"), weights_only=True)
+    checkpoint["model_state"] = {k: v * 1e30 for k, v in checkpoint["model_state"].items()}
+    store.save_checkpoint(victim, checkpoint)
+    for run_id in run_ids:  # queued together, so one worker resumes them as one stack
+        store.update_status(run_id, "queued", "resumed")
+    manager.reconcile()
+    assert len({id(manager.jobs[r]) for r in run_ids}) == 1
+    manager.wait(run_ids, timeout_s=300)
+    status = store.read_status(victim)
+    assert status["state"] == "failed" and "NaN/inf" in status["reason"], status
+    assert store.load_checkpoint(victim, final=False)["epoch"] == 1  # the last good epoch kept
+    for other in (run_ids[0], run_ids[2]):
+        assert store.read_status(other)["state"] == "finished"
+        assert [m["epoch"] for m in store.read_metrics(other)] == [1, 2, 3]
+
+
+def test_run_states_refuse_illegal_moves(store, tiny_config):
+    from vae.execution.states import IllegalTransition
+
+    run_id = store.create_run(tiny_config)
+    with pytest.raises(IllegalTransition):
+        store.update_status(run_id, "finished")  # queued runs have not trained
+    store.update_status(run_id, "running")
+    store.update_status(run_id, "finished")
+    for state in ("queued", "running", "failed", "interrupted"):
+        with pytest.raises(IllegalTransition):
+            store.update_status(run_id, state)  # a finished run stays finished
+    assert store.read_status(run_id)["state"] == "finished"
+    with pytest.raises(StoreError):
+        JobManager(store).resume(run_id)

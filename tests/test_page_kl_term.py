@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import streamlit
+from helpers import train_run
 from streamlit.testing.v1 import AppTest
 
 from vae.execution.store import RunStore
-from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 from vae.present import kl_teaching as kt
 
@@ -72,7 +72,7 @@ def test_a_trained_run_shows_its_per_dimension_bars(store_root):
     store = RunStore(store_root)
     config = RunConfig(dataset="digits", hidden_dims=[32], latent_dim=3, epochs=1, threads=1)
     run_id = store.create_run(config)
-    assert run_one(store, run_id, StopFlag()) == "finished"
+    assert train_run(store, run_id) == "finished"
     at = open_page()
     charts = at.get("vega_lite_chart")
     assert len(charts) == 2

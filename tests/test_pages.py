@@ -5,12 +5,11 @@ import time
 
 import pytest
 import streamlit as st
-from helpers import APP, PAGES, open_app
+from helpers import APP, PAGES, open_app, train_run
 from streamlit.testing.v1 import AppTest
 
 from vae.execution.jobs import JobManager
 from vae.execution.store import RunStore, StoreError
-from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 
 
@@ -22,7 +21,7 @@ def trained_store(tmp_path_factory):
         config = RunConfig(
             hidden_dims=[32], latent_dim=3, epochs=2, batch_size=256, beta=beta, threads=1
         )
-        run_one(store, store.create_run(config), StopFlag())
+        train_run(store, store.create_run(config))
     return store
 
 
@@ -167,7 +166,7 @@ def test_run_names_are_shown_as_text_not_html(monkeypatch, tmp_path):
     store = RunStore(tmp_path / "runs")
     config = RunConfig(hidden_dims=[16], latent_dim=2, epochs=1, batch_size=512, threads=1)
     config.name = "<img src=x onerror=alert(1)> **bold**"
-    run_one(store, store.create_run(config), StopFlag())
+    train_run(store, store.create_run(config))
     for page in ("pages/train.py", "pages/checkpoints.py", "pages/posterior.py"):
         at = open_app(monkeypatch, store.root, page)
         assert not at.exception

@@ -28,7 +28,7 @@ from vae.execution.checkpoint import (
     read_checkpoint,
 )
 from vae.learn.config import RunConfig
-from vae.learn.train import new_state
+from vae.learn.engine import new_state
 
 REPO = Path(__file__).resolve().parent.parent
 APP_CODE = [REPO / "app.py", REPO / "ui.py", *sorted((REPO / "pages").glob("*.py"))]

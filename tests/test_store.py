@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from helpers import worker_pid
 
 from vae.execution.checkpoint import CheckpointError, read_checkpoint
 from vae.execution.store import RunStore, StoreError, atomic_write_bytes, is_valid_run_id
@@ -79,17 +80,17 @@ def test_broken_folders_are_listed_with_a_reason(store, tiny_config):
 
 def test_status_transitions_record_times(store, tiny_config):
     run_id = store.create_run(tiny_config)
-    store.update_status(run_id, "running", pid=123)
+    store.update_status(run_id, "running", job={"backend": "local", "pid": 123})
     running = store.read_status(run_id)
-    assert running["pid"] == 123 and "started" in running
+    assert worker_pid(running) == 123 and "started" in running
     store.update_status(run_id, "finished")
     done = store.read_status(run_id)
-    assert "pid" not in done and done["ended"] >= done["started"]
+    assert "job" not in done and done["ended"] >= done["started"]
 
 
 def test_checkpoint_round_trip_and_truncation(store, tiny_config):
     from vae.execution.checkpoint import make_checkpoint
-    from vae.learn.train import new_state
+    from vae.learn.engine import new_state
 
     run_id = store.create_run(tiny_config)
     state = new_state(tiny_config, (1, 28, 28), torch.device("cpu"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vae.learn.config import RunConfig
-from vae.learn.train import NonFiniteLossError, train
+from vae.learn.engine import NonFiniteLossError, train
 
 
 def collect(config, **kwargs):

@@ -13,7 +13,11 @@ import contextlib
 import sys
 import time
 
+from vae.execution.evaluation import evaluate_run
+from vae.execution.jobs import JobManager
+from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
+from vae.execution.worker import JobControl, run_job
 from vae.learn.config import ConfigError, RunConfig
 
 CONFIG_HELP = {
@@ -77,24 +81,20 @@ def print_epoch(run_id: str, m: dict) -> None:
 
 
 def cmd_train(args, store: RunStore) -> int:
-    from vae.execution.worker import StopFlag, run_one
-
     config = config_from_args(args)
     run_id = store.create_run(config)
     print(f"run {run_id}: {config.describe()} -> {store.run_dir(run_id)}", flush=True)
-    stop = StopFlag()
-    stop.install()
-    outcome = run_one(store, run_id, stop, progress=lambda m: print_epoch(run_id, m))
+    control = JobControl(store)
+    control.install()
+    outcome = run_job(store, [run_id], control, progress=print_epoch)[run_id]
     status = store.read_status(run_id)
     print(f"run {run_id} {outcome}{': ' + status['reason'] if status.get('reason') else ''}")
-    if outcome == "finished":
+    if outcome == RunState.FINISHED:
         print_eval(store.read_eval(run_id))
-    return 0 if outcome == "finished" else 1
+    return 0 if outcome == RunState.FINISHED else 1
 
 
 def cmd_sweep(args, store: RunStore) -> int:
-    from vae.execution.jobs import JobManager
-
     config = config_from_args(args)
     manager = JobManager(store, max_concurrent=args.jobs)
     run_ids = manager.submit_sweep(config, args.betas)
@@ -109,7 +109,7 @@ def cmd_sweep(args, store: RunStore) -> int:
                     print_epoch(run_id, m)
                 printed[run_id] = len(rows)
             states = [store.read_status(r)["state"] for r in run_ids]
-            if all(s not in ("queued", "running") for s in states):
+            if all(s not in ACTIVE for s in states):
                 break
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -120,12 +120,10 @@ def cmd_sweep(args, store: RunStore) -> int:
         print("sweep cancelled")
         return 130
     print_runs(store, run_ids)
-    return 0 if all(s == "finished" for s in states) else 1
+    return 0 if all(s == RunState.FINISHED for s in states) else 1
 
 
 def cmd_eval(args, store: RunStore) -> int:
-    from vae.learn.evaluate import evaluate_run
-
     evaluation = evaluate_run(store, args.run_id, iw_samples=args.iw_samples)
     print_eval(evaluation)
     return 0

@@ -1,154 +1,35 @@
 """The job manager: a queue of runs on disk, executed by a pluggable backend.
 
-The store is the source of truth: a run is queued when its status.json says so, running while its
-worker process lives. The manager only reconciles the two: it starts queued runs when a slot is
-free, notices workers that died (their runs become `interrupted`, resumable from the last epoch),
-and adopts workers that outlived a previous server process. A restarted server therefore lists and
-continues everything. The one seam for other execution engines is `Backend`.
+The store is the source of truth: a run is queued when its status.json says so, running while
+the job named in its status (`status["job"]`, a backend's ref) is alive. The manager only
+reconciles the two: it starts queued runs when a slot is free (a β sweep's runs as stacks, one per
+free slot), notices jobs that ended without finishing their runs (those become `interrupted`,
+resumable from their last epoch), and re-attaches to jobs that outlived an earlier server. A
+restarted server therefore lists and continues everything. Execution engines plug in through
+`vae.execution.backend.Backend`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-from vae.execution.store import ACTIVE_STATES, RunStore, StoreError
-from vae.execution.worker import process_start_time
-from vae.learn.batched import can_train_together
+from vae.execution.backend import Backend, Job
+from vae.execution.local import LocalProcessBackend
+from vae.execution.states import ACTIVE, RESUMABLE, RunState
+from vae.execution.store import RunRecord, RunStore, StoreError
 from vae.learn.config import RunConfig
+from vae.learn.engine import can_train_together
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CANCEL_GRACE_S = 10.0
-STARTUP_GRACE_S = 60.0
-
-
-class Handle(Protocol):
-    """A started job, as the backend sees it."""
-
-    pid: int | None
-
-    def alive(self) -> bool: ...
-    def stop(self, force: bool = False) -> None: ...
-    def describe_exit(self) -> str: ...
-
-
-class Backend(Protocol):
-    """Where jobs run. Local processes by default; a cluster engine (e.g. Ray) can plug in here."""
-
-    def start(self, store_root: Path, run_ids: list[str], threads: int) -> Handle: ...
-    def adopt(self, pid: int, pid_start: str | None, run_id: str) -> Handle | None: ...
-
-
-@dataclass
-class ProcessHandle:
-    process: subprocess.Popen
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, force: bool = False) -> None:
-        _signal_group(self.process.pid, signal.SIGKILL if force else signal.SIGTERM)
-
-    def describe_exit(self) -> str:
-        code = self.process.poll()
-        if code is not None and code < 0:
-            return f"the worker process was killed by signal {-code} ({signal.Signals(-code).name})"
-        return f"the worker process exited with code {code} without finishing the run"
-
-
-@dataclass
-class AdoptedHandle:
-    """A worker left running by an earlier server process: watched through /proc, not wait()."""
-
-    pid: int
-    pid_start: str | None
-
-    def alive(self) -> bool:
-        start = process_start_time(self.pid)
-        if start is None:
-            return False
-        if _is_zombie(self.pid):
-            return False
-        return self.pid_start is None or start == self.pid_start
-
-    def stop(self, force: bool = False) -> None:
-        _signal_group(self.pid, signal.SIGKILL if force else signal.SIGTERM)
-
-    def describe_exit(self) -> str:
-        return "the worker process is gone (it ended while no server was watching it)"
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # workers lead their own session, so this reaches only them
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-class LocalProcessBackend:
-    """Each job is `python -m vae.execution.worker` in a new session (survives the server, killable alone)."""
-
-    def start(self, store_root: Path, run_ids: list[str], threads: int) -> ProcessHandle:
-        env = dict(os.environ)
-        env.update(
-            OMP_NUM_THREADS=str(threads),
-            MKL_NUM_THREADS=str(threads),
-            # Keep glibc from returning each step's temporaries to the OS (page faults cost ~25%).
-            MALLOC_TRIM_THRESHOLD_="268435456",
-            MALLOC_MMAP_THRESHOLD_="268435456",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
-        )
-        command = [sys.executable, "-m", "vae.execution.worker", "--store", str(store_root)]
-        command += ["--threads", str(threads), *run_ids]
-        log = open(Path(store_root) / ".worker.log", "ab")  # noqa: SIM115 - child owns it
-        try:
-            process = subprocess.Popen(
-                command, env=env, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        finally:
-            log.close()
-        return ProcessHandle(process)
-
-    def adopt(self, pid: int, pid_start: str | None, run_id: str) -> AdoptedHandle | None:
-        handle = AdoptedHandle(pid, pid_start)
-        if not handle.alive():
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        return handle if run_id.encode() in cmdline else None
-
-
-@dataclass
-class Job:
-    run_ids: list[str]
-    handle: Handle
-    cancel_requested_at: float | None = None
+CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is killed
 
 
 @dataclass
@@ -159,10 +40,11 @@ class JobManager:
     max_concurrent: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     backend: Backend = field(default_factory=LocalProcessBackend)
     threads_per_job: int = 0  # 0: cores / max_concurrent
-    batch_sweeps: bool = True  # a sweep's runs that differ only in β train as one batched job
+    batch_sweeps: bool = True  # a sweep's runs that differ only in β train as stacks
 
     def __post_init__(self):
-        self.jobs: dict[str, Job] = {}  # run id -> its job (one job may own several runs)
+        self.jobs: dict[str, Job] = {}  # run id -> the job training it (one job, several runs)
+        self._cancel_asked: dict[str, float] = {}  # run id -> when its cancel was asked
         self._lock = threading.RLock()
         self._scheduler: threading.Thread | None = None
         self._stop = threading.Event()
@@ -197,26 +79,28 @@ class JobManager:
         return run_ids
 
     def cancel(self, run_id: str) -> None:
+        """Stop this run only: at once if queued, else at its last completed epoch."""
         with self._lock:
-            status = self.store.read_status(run_id)
-            if status["state"] == "queued":
-                self.store.update_status(run_id, "cancelled", "cancelled while queued")
+            state = self.store.read_status(run_id)["state"]
+            if state == RunState.QUEUED:
+                self.store.update_status(run_id, RunState.CANCELLED, "cancelled while queued")
                 return
-            if status["state"] == "running" and run_id not in self.jobs:
-                self.reconcile()  # a worker started by an earlier server: adopt it first
+            if state == RunState.RUNNING and run_id not in self.jobs:
+                self.reconcile()  # a job started by an earlier server: attach to it first
             job = self.jobs.get(run_id)
-            if status["state"] != "running" or job is None:
-                raise StoreError(f"run {run_id} is {status['state']}, not queued or running")
-            job.cancel_requested_at = time.time()
-            job.handle.stop()
+            if state != RunState.RUNNING or job is None:
+                raise StoreError(f"run {run_id} is {state}, not queued or running")
+            self._cancel_asked[run_id] = time.time()
+            job.cancel_run(run_id)
 
     def resume(self, run_id: str) -> None:
         """Queue an interrupted, cancelled or failed run again; it continues from model.pt."""
         with self._lock:
             state = self.store.read_status(run_id)["state"]
-            if state not in ("interrupted", "cancelled", "failed"):
+            if state not in RESUMABLE:
                 raise StoreError(f"run {run_id} is {state}; only stopped runs can be resumed")
-            self.store.update_status(run_id, "queued", f"resumed from {state}")
+            self.store.clear_cancel_request(run_id)
+            self.store.update_status(run_id, RunState.QUEUED, f"resumed from {state}")
         self.reconcile()
 
     def delete(self, run_id: str) -> None:
@@ -225,6 +109,10 @@ class JobManager:
                 raise StoreError(f"run {run_id} is running; cancel it first")
             self.store.delete_run(run_id)
 
+    def job_of(self, run_id: str) -> Job | None:
+        """The job training this run (its `run_ids` are the runs that share it), if any."""
+        return self.jobs.get(run_id)
+
     # ---- the reconcile loop ------------------------------------------------------------
     def threads(self) -> int:
         if self.threads_per_job:
@@ -232,12 +120,12 @@ class JobManager:
         return max(1, (os.cpu_count() or 1) // self.max_concurrent)
 
     def reconcile(self) -> None:
-        """Bring processes and the store into agreement; start queued runs into free slots."""
+        """Bring jobs and the store into agreement; start queued runs into free slots."""
         with self._lock, _StoreLock(self.store.root):
-            self._reap_finished_jobs()
+            self._reap_ended_jobs()
             records = self.store.list_runs(with_metrics=False)
-            self._adopt_or_interrupt(r for r in records if r.state == "running")
-            queued = [r for r in records if r.state == "queued"]
+            self._attach_or_interrupt([r for r in records if r.state == RunState.RUNNING])
+            queued = [r for r in records if r.state == RunState.QUEUED]
             queued.sort(key=lambda r: r.status.get("updated", 0))
             started: set[str] = set()
             for record in queued:
@@ -248,12 +136,14 @@ class JobManager:
                     started.update(batch)
                     self._start(batch)
 
-    def _batch_for(self, record, queued, started: set[str]) -> list[str]:
-        """The queued runs to start in one worker with `record`.
+    def _batch_for(
+        self, record: RunRecord, queued: list[RunRecord], started: set[str]
+    ) -> list[str]:
+        """The queued runs to start in one job with `record`.
 
-        A sweep whose runs differ only in β trains as stacked models (vae.learn.batched), split into one
-        group per slot: measured on 2 cores, 2 workers of 3 stacked models beat 1 worker of 6 and
-        6 separate processes (bench/RESULTS.md).
+        A sweep whose runs differ only in β trains as stacks, split into one stack per slot:
+        measured on 2 cores, 2 workers of 3 stacked models beat 1 worker of 6 and 6 separate
+        processes (bench/RESULTS.md).
         """
         group = record.status.get("group")
         if not (self.batch_sweeps and group):
@@ -269,62 +159,69 @@ class JobManager:
         return len({id(job) for job in self.jobs.values()})
 
     def _start(self, run_ids: list[str]) -> None:
-        # Claim the runs before the process exists, so a fast worker's own status always wins.
+        # Under the store lock: no other server sees these runs between the claim and the ref.
         for run_id in run_ids:
-            self.store.update_status(run_id, "running", "starting")
+            self.store.update_status(run_id, RunState.RUNNING, "starting a worker")
         try:
-            handle = self.backend.start(self.store.root, run_ids, self.threads())
+            job = self.backend.start(self.store, run_ids, self.threads())
         except OSError as exc:
             for run_id in run_ids:
-                self.store.update_status(run_id, "failed", f"could not start a worker: {exc}")
+                self.store.update_status(
+                    run_id, RunState.FAILED, f"could not start a worker: {exc}"
+                )
             return
-        job = Job(run_ids, handle)
         for run_id in run_ids:
+            self.store.update_status(run_id, RunState.RUNNING, "starting a worker", job=job.ref())
             self.jobs[run_id] = job
 
-    def _reap_finished_jobs(self) -> None:
+    def _reap_ended_jobs(self) -> None:
         for run_id, job in list(self.jobs.items()):
-            if job.handle.alive():
+            asked = self._cancel_asked.get(run_id)
+            if job.alive():
                 if (
-                    job.cancel_requested_at
-                    and time.time() - job.cancel_requested_at > CANCEL_GRACE_S
+                    asked
+                    and time.time() - asked > CANCEL_GRACE_S
+                    and self._only_run_of(job, run_id)
                 ):
-                    job.handle.stop(force=True)
+                    job.stop(force=True)  # a lone run that ignored its cancel
                 continue
             del self.jobs[run_id]
+            self._cancel_asked.pop(run_id, None)
             try:
-                status = self.store.read_status(run_id)
+                state = self.store.read_status(run_id)["state"]
             except StoreError:
                 continue
-            if status["state"] == "running":  # the worker died without saying why
-                if job.cancel_requested_at:
-                    self.store.update_status(run_id, "cancelled", "cancelled (worker stopped)")
+            if state == RunState.RUNNING:  # the job ended without saying how this run ended
+                if asked:
+                    self.store.update_status(
+                        run_id, RunState.CANCELLED, "cancelled (worker stopped)"
+                    )
                 else:
-                    self.store.update_status(run_id, "interrupted", job.handle.describe_exit())
+                    self.store.update_status(run_id, RunState.INTERRUPTED, job.describe_exit())
 
-    def _adopt_or_interrupt(self, running_records) -> None:
-        for record in running_records:
-            if record.run_id in self.jobs:
+    def _only_run_of(self, job: Job, run_id: str) -> bool:
+        return [r for r, j in self.jobs.items() if j is job] == [run_id]
+
+    def _attach_or_interrupt(self, running: list[RunRecord]) -> None:
+        """Runs marked running that no job of ours trains: attach to their job, or interrupt."""
+        by_ref: dict[str, list[RunRecord]] = {}
+        for record in running:
+            if record.run_id not in self.jobs:
+                ref = record.status.get("job")
+                by_ref.setdefault(json.dumps(ref, sort_keys=True), []).append(record)
+        for key, records in by_ref.items():
+            ref = json.loads(key)
+            if isinstance(ref, dict) and not self.backend.owns(ref):
+                continue  # another machine's or another engine's job: not ours to judge
+            run_ids = [r.run_id for r in records]
+            job = self.backend.attach(self.store, ref, run_ids) if isinstance(ref, dict) else None
+            if job is not None:
+                for run_id in run_ids:
+                    self.jobs[run_id] = job
                 continue
-            pid = record.status.get("pid")
-            starting = record.status.get("reason") == "starting"
-            if (
-                pid is None
-                and starting
-                and time.time() - record.status["updated"] < STARTUP_GRACE_S
-            ):
-                continue  # another server process is launching it right now
-            handle = None
-            if isinstance(pid, int):
-                handle = self.backend.adopt(pid, record.status.get("pid_start"), record.run_id)
-            if handle is not None:  # one job per worker process, even when it trains a group
-                same = [j for j in self.jobs.values() if j.handle.pid == handle.pid]
-                job = same[0] if same else Job([], handle)
-                job.run_ids.append(record.run_id)
-                self.jobs[record.run_id] = job
-            else:
+            for run_id in run_ids:
                 reason = "the worker process is gone (server restarted or process killed)"
-                self.store.update_status(record.run_id, "interrupted", reason)
+                self.store.update_status(run_id, RunState.INTERRUPTED, reason)
 
     # ---- background scheduler -----------------------------------------------------------
     def start_scheduler(self, interval_s: float = 1.0) -> None:
@@ -346,7 +243,7 @@ class JobManager:
         self._stop.set()
 
     def active_run_ids(self) -> list[str]:
-        return [r.run_id for r in self.store.list_runs(False) if r.state in ACTIVE_STATES]
+        return [r.run_id for r in self.store.list_runs(False) if r.state in ACTIVE]
 
     def wait(self, run_ids: Iterable[str], timeout_s: float = 600, poll_s: float = 0.2) -> None:
         """Block until the runs leave queued/running (CLI and tests; never the page thread)."""
@@ -354,7 +251,7 @@ class JobManager:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             self.reconcile()
-            if all(self.store.read_status(r)["state"] not in ACTIVE_STATES for r in run_ids):
+            if all(self.store.read_status(r)["state"] not in ACTIVE for r in run_ids):
                 return
             time.sleep(poll_s)
         raise TimeoutError(f"runs still active after {timeout_s:.0f} s")

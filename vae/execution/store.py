@@ -26,14 +26,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae.execution.checkpoint import CheckpointError, read_checkpoint
+from vae.execution.checkpoint import CheckpointError, checkpoint_bytes, read_checkpoint
+from vae.execution.states import ACTIVE, BROKEN, RunState, check_transition
 from vae.learn.config import ConfigError, RunConfig
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
-STATES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
-ACTIVE_STATES = ("queued", "running")
-FILES = ("config.json", "status.json", "metrics.jsonl", "model.pt", "final.pt", "eval.json")
+FILES = (
+    "config.json",
+    "status.json",
+    "metrics.jsonl",
+    "model.pt",
+    "final.pt",
+    "eval.json",
+    "cancel.request",  # asks the run's worker to stop this run alone
+)
 
 
 class StoreError(RuntimeError):
@@ -124,7 +131,7 @@ class RunRecord:
 
     @property
     def state(self) -> str:
-        return "broken" if self.broken else self.status.get("state", "unknown")
+        return BROKEN if self.broken else self.status.get("state", "unknown")
 
     @property
     def last_metrics(self) -> dict:
@@ -154,7 +161,13 @@ class RunStore:
         config.validated()
         run_id = new_run_id()
         now = time.time()
-        status = {"state": "queued", "reason": "", "created": now, "updated": now, "group": group}
+        status = {
+            "state": check_transition(None, RunState.QUEUED),
+            "reason": "",
+            "created": now,
+            "updated": now,
+            "group": group,
+        }
         tmp_dir = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -186,7 +199,7 @@ class RunStore:
             raise StoreError(f"status.json of {run_id} is missing") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise StoreError(f"status.json is unreadable: {exc}") from None
-        if not isinstance(status, dict) or status.get("state") not in STATES:
+        if not isinstance(status, dict) or status.get("state") not in set(RunState):
             raise StoreError("status.json has no valid state")
         return status
 
@@ -260,19 +273,23 @@ class RunStore:
         return None
 
     # ---- writing -------------------------------------------------------------------------
-    def update_status(self, run_id: str, state: str, reason: str = "", **extra) -> dict:
-        assert state in STATES, state
+    def update_status(self, run_id: str, state: RunState, reason: str = "", **extra) -> dict:
+        """Move the run to `state` (IllegalTransition if its life does not allow that move).
+
+        An unreadable status.json is replaced (its old state is unknown, so any move repairs it).
+        """
         try:
             status = self.read_status(run_id)
+            state = check_transition(status["state"], state)
         except StoreError:
-            status = {"created": time.time()}
+            status, state = {"created": time.time()}, RunState(state)
         now = time.time()
         status.update(extra, state=state, reason=reason, updated=now)
-        if state == "running":
+        if state is RunState.RUNNING:
             status.setdefault("started", now)
-        if state not in ACTIVE_STATES:
+        if state not in ACTIVE:
             status["ended"] = now
-            status.pop("pid", None)
+            status.pop("job", None)
         path = self.path(run_id, "status.json")
         data = json.dumps(status, indent=1, allow_nan=False).encode()
         try:
@@ -304,9 +321,21 @@ class RunStore:
         except OSError as exc:
             raise _explain_os_error(exc, "save metrics") from None
 
-    def save_checkpoint(self, run_id: str, checkpoint: dict, final: bool = False) -> None:
-        from vae.execution.checkpoint import checkpoint_bytes
+    def request_cancel(self, run_id: str) -> None:
+        """Leave a note asking the run's worker to stop this run (see vae.execution.worker)."""
+        try:
+            atomic_write_bytes(self.path(run_id, "cancel.request"), str(time.time()).encode())
+        except OSError as exc:
+            raise _explain_os_error(exc, f"cancel run {run_id}") from None
 
+    def cancel_requested(self, run_id: str) -> bool:
+        return self.path(run_id, "cancel.request").exists()
+
+    def clear_cancel_request(self, run_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(run_id, "cancel.request").unlink()
+
+    def save_checkpoint(self, run_id: str, checkpoint: dict, final: bool = False) -> None:
         # Only the run's worker writes checkpoints, so a temp file found here is what a killed
         # worker left mid-write: remove it rather than let the folder grow with each crash.
         for stale in self.run_dir(run_id).glob(".*.pt.*.tmp"):

@@ -1,129 +1,266 @@
 """The process that trains runs: `python -m vae.execution.worker --store ROOT RUN_ID [RUN_ID ...]`.
 
 One worker per job, in its own OS process, so a crash or a kill touches only its own runs. It
-reads each run's config from the store, resumes from model.pt if there is one, and writes
-metrics, checkpoints and status back. SIGTERM asks it to stop after the current step (cancel).
+reads each run's config from the store, resumes from model.pt where there is one, trains runs that
+can share a stack together (vae.learn.engine), and writes each run's metrics, checkpoints and
+status. It obeys two kinds of stop (`JobControl`): SIGTERM/SIGINT stop the whole job; a
+`cancel.request` note in one run's folder (followed by SIGUSR1 to wake it up) stops that run alone,
+at its last completed epoch, while the others train on.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
+import time
 import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
 
 from vae.execution.checkpoint import CheckpointError, make_checkpoint, model_from_checkpoint
+from vae.execution.evaluation import evaluate_run
+from vae.execution.procs import local_ref
+from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import RunConfig
-from vae.learn.data import DataError, load_dataset
-from vae.learn.train import NonFiniteLossError, TrainState, new_state, resolve_device, train
+from vae.learn.data import DataError, Dataset, load_dataset
+from vae.learn.engine import (
+    NonFiniteLossError,
+    TrainCallbacks,
+    TrainState,
+    make_optimizer,
+    new_state,
+    resolve_device,
+    stack_key,
+    train_models,
+)
+
+CANCEL_POLL_S = 2.0  # cancel notes are looked for this often even without SIGUSR1
+Evaluate = Callable[[RunStore, str], object]
 
 
-class StopFlag:
-    """Set by SIGTERM/SIGINT; polled by the training loop between steps."""
+class JobControl:
+    """What stops a worker: the whole job (SIGTERM/SIGINT), or single runs (cancel notes)."""
 
-    def __init__(self):
-        self.stop = False
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.stop_requested = False
+        self._look_now = True
+        self._looked_at = 0.0
+        self._cancelled: set[str] = set()
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+            signal.signal(sig, self._stop)
+        signal.signal(signal.SIGUSR1, self._wake)
 
-    def _handle(self, signum, frame) -> None:
-        self.stop = True
+    def _stop(self, signum, frame) -> None:
+        self.stop_requested = True
 
-    def __call__(self) -> bool:
-        return self.stop
+    def _wake(self, signum, frame) -> None:
+        self._look_now = True
+
+    def cancelled(self, run_ids: Sequence[str]) -> set[str]:
+        """The runs among `run_ids` with a cancel note; cheap enough to ask before every step."""
+        now = time.monotonic()
+        if self._look_now or now - self._looked_at > CANCEL_POLL_S:
+            self._look_now, self._looked_at = False, now
+            self._cancelled = {r for r in run_ids if self.store.cancel_requested(r)}
+        return self._cancelled & set(run_ids)
 
 
-def process_start_time(pid: int) -> str | None:
-    """Kernel start time of a process (guards against a recycled pid); None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+@dataclass
+class Member:
+    """One run of a job, ready to train."""
+
+    run_id: str
+    config: RunConfig
+    state: TrainState
 
 
-def restore_state(store: RunStore, run_id: str, config: RunConfig, image_shape) -> TrainState:
-    """A fresh state, or the one saved in model.pt when the run was interrupted or cancelled."""
+class RunFiles(TrainCallbacks):
+    """Writes each run's files as the engine trains a stack, and passes on the job's stops."""
+
+    def __init__(self, store, members: list[Member], dataset: Dataset, control, progress=None):
+        self.store, self.members, self.control, self.progress = store, members, control, progress
+        self.shape = dataset.info.image_shape
+        self.run_ids = [m.run_id for m in members]
+        self.write_errors: dict[int, str] = {}
+
+    def on_epoch(self, index: int, metrics: dict, state: TrainState) -> None:
+        member = self.members[index]
+        try:
+            self.store.append_metrics(member.run_id, metrics)
+            checkpoint = make_checkpoint(member.config, state, self.shape, metrics)
+            self.store.save_checkpoint(member.run_id, checkpoint)
+            self.store.update_status(member.run_id, RunState.RUNNING, epoch=state.epoch)
+        except StoreError as exc:
+            self.write_errors[index] = str(exc)
+        if self.progress is not None:
+            self.progress(member.run_id, metrics)
+
+    def stop_all(self) -> bool:
+        return self.control.stop_requested
+
+    def to_drop(self) -> set[int]:
+        cancelled = self.control.cancelled(self.run_ids)
+        return set(self.write_errors) | {i for i, r in enumerate(self.run_ids) if r in cancelled}
+
+
+def load_state(store: RunStore, run_id: str, config: RunConfig, shape) -> TrainState:
+    """A fresh state, or the one saved in model.pt when the run was stopped before its end."""
     device = resolve_device(config)
-    state = new_state(config, image_shape, device)
     if not store.path(run_id, "model.pt").exists():
         store.truncate_metrics(run_id, 0)
-        return state
+        return new_state(config, shape, device)
     checkpoint = store.load_checkpoint(run_id, final=False)
-    state.model = model_from_checkpoint(checkpoint, device).train()
-    state.optimizer = type(state.optimizer)(state.model.parameters(), lr=config.lr)
+    model = model_from_checkpoint(checkpoint, device).train()
+    optimizer = make_optimizer(model.parameters(), config)
     if "optimizer_state" in checkpoint:
-        state.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        optimizer.load_state_dict(checkpoint["optimizer_state"])
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
     if "rng_state" in checkpoint:
-        state.generator.set_state(checkpoint["rng_state"])
-    state.epoch, state.step = checkpoint["epoch"], checkpoint["step"]
-    store.truncate_metrics(run_id, state.epoch)
-    return state
+        generator.set_state(checkpoint["rng_state"])
+    store.truncate_metrics(run_id, checkpoint["epoch"])
+    return TrainState(model, optimizer, generator, checkpoint["epoch"], checkpoint["step"])
 
 
-def run_one(store: RunStore, run_id: str, stop: StopFlag, threads: int = 0, progress=None) -> str:
-    """Train one run to its end; returns the final state written to status.json."""
-    config = store.read_config(run_id)
-    if threads and not config.threads:
-        config.threads = threads
-    pid = os.getpid()
-    store.update_status(run_id, "running", pid=pid, pid_start=process_start_time(pid))
+def run_job(
+    store: RunStore,
+    run_ids: Sequence[str],
+    control: JobControl,
+    *,
+    threads: int = 0,
+    owner: dict | None = None,
+    evaluate: Evaluate = evaluate_run,
+    progress: Callable[[str, dict], None] | None = None,
+) -> dict[str, RunState]:
+    """Train the runs of one job to their end; returns each run's final state.
+
+    Runs that agree on everything but β and stand at the same place (all fresh, or resumed from
+    the same epoch of one stack) train as one stack; the others one after another. `owner` (the
+    job's ref) is written into each run's status; `evaluate` is the last step of a finished run.
+    """
+    outcomes: dict[str, RunState] = {}
+    members: list[Member] = []
+    for run_id in run_ids:
+        if control.stop_requested or control.cancelled([run_id]):
+            outcomes[run_id] = _stop_before_start(store, run_id)
+            continue
+        try:
+            store.update_status(run_id, RunState.RUNNING, job=owner or local_ref())
+        except IllegalTransition:  # e.g. cancelled while it waited: not this worker's to train
+            outcomes[run_id] = RunState(store.read_status(run_id)["state"])
+            continue
+        except StoreError as exc:
+            outcomes[run_id] = fail(store, run_id, str(exc))
+            continue
+        try:
+            config = store.read_config(run_id)
+            if threads and not config.threads:
+                config.threads = threads
+            # download=True: MNIST files missing under the data root are fetched when a
+            # connection exists; without one the run fails with a message naming the files.
+            dataset = load_dataset(
+                config.dataset, config.data_root, download=True, seed=config.seed
+            )
+            state = load_state(store, run_id, config, dataset.info.image_shape)
+            members.append(Member(run_id, config, state))
+        except Exception as exc:  # this run fails; the job's others go on
+            outcomes[run_id] = fail(store, run_id, _describe(exc))
+    stacks: dict[tuple, list[Member]] = {}
+    for member in members:
+        key = (stack_key(member.config), member.state.progress())
+        stacks.setdefault(key, []).append(member)
+    for stack in stacks.values():
+        outcomes.update(_train_stack(store, stack, control, evaluate, progress))
+    return {r: outcomes[r] for r in run_ids}
+
+
+def _train_stack(store, members: list[Member], control, evaluate, progress) -> dict:
+    waiting = {m.run_id for m in members if control.stop_requested or control.cancelled([m.run_id])}
+    outcomes = {r: _stop_before_start(store, r) for r in waiting}
+    members = [m for m in members if m.run_id not in waiting]
+    if not members:
+        return outcomes
+    first = members[0].config
+    dataset = load_dataset(first.dataset, first.data_root, seed=first.seed)
+    files = RunFiles(store, members, dataset, control, progress)
     try:
-        # download=True: MNIST files missing under the data root are fetched when a connection
-        # exists; without one the run fails with a message naming the files to put there.
-        dataset = load_dataset(config.dataset, config.data_root, download=True, seed=config.seed)
-        shape = dataset.info.image_shape
-        state = restore_state(store, run_id, config, shape)
-
-        def on_epoch(metrics: dict, state: TrainState) -> None:
-            store.append_metrics(run_id, metrics)
-            store.save_checkpoint(run_id, make_checkpoint(config, state, shape, metrics))
-            store.update_status(run_id, "running", pid=pid, epoch=state.epoch)
-            if progress is not None:
-                progress(metrics)
-
-        state = train(config, dataset=dataset, state=state, on_epoch=on_epoch, should_stop=stop)
-        if state.stopped:
-            store.update_status(run_id, "cancelled", f"cancelled after epoch {state.epoch}")
-            return "cancelled"
-        return finish_run(store, run_id, config, state, shape)
-    except (NonFiniteLossError, DataError, CheckpointError, StoreError) as exc:
-        return _fail(store, run_id, str(exc))
-    except Exception as exc:  # the run fails, the worker reports it; nothing else is touched
-        tail = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        return _fail(store, run_id, f"{type(exc).__name__}: {exc} ({tail})")
+        result = train_models(
+            [m.config for m in members],
+            dataset=dataset,
+            states=[m.state for m in members],
+            callbacks=files,
+        )
+    except Exception as exc:  # every run of the stack fails with the same reason
+        return outcomes | {m.run_id: fail(store, m.run_id, _describe(exc)) for m in members}
+    for index, member in enumerate(members):
+        run_id, state = member.run_id, result.states[index]
+        if index in files.write_errors:
+            outcomes[run_id] = fail(store, run_id, files.write_errors[index])
+        elif result.errors[index] is not None:
+            outcomes[run_id] = fail(store, run_id, str(result.errors[index]))
+        elif index in result.dropped or result.stopped:
+            store.clear_cancel_request(run_id)
+            reason = f"cancelled after epoch {state.epoch}"
+            outcomes[run_id] = _set(store, run_id, RunState.CANCELLED, reason)
+        else:
+            outcomes[run_id] = finish_run(store, member, dataset, evaluate)
+    return outcomes
 
 
-def finish_run(store: RunStore, run_id: str, config: RunConfig, state: TrainState, shape) -> str:
-    """Save final.pt, write eval.json, mark the run finished; shared by single and batched runs.
+def finish_run(store: RunStore, member: Member, dataset: Dataset, evaluate: Evaluate) -> RunState:
+    """Save final.pt, evaluate, mark the run finished.
 
     The model is saved before it is evaluated, so an evaluation error is noted in the status
     reason but never turns a trained run into a failed one.
     """
-    metrics = store.read_metrics(run_id)
-    last = metrics[-1] if metrics else {}
-    store.save_checkpoint(run_id, make_checkpoint(config, state, shape, last), final=True)
-    from vae.learn.evaluate import evaluate_run  # late: keeps the worker's start-up short
-
+    run_id, state = member.run_id, member.state
+    try:
+        metrics = store.read_metrics(run_id)
+        last = metrics[-1] if metrics else {}
+        checkpoint = make_checkpoint(member.config, state, dataset.info.image_shape, last)
+        store.save_checkpoint(run_id, checkpoint, final=True)
+    except (CheckpointError, StoreError) as exc:
+        return fail(store, run_id, str(exc))
     reason = ""
     try:
-        evaluate_run(store, run_id)
+        evaluate(store, run_id)
     except Exception as exc:
         reason = f"evaluation failed: {exc}"[:500]
-    store.update_status(run_id, "finished", reason, epoch=state.epoch)
-    return "finished"
+    return _set(store, run_id, RunState.FINISHED, reason, epoch=state.epoch)
 
 
-def _fail(store: RunStore, run_id: str, reason: str) -> str:
+def _stop_before_start(store: RunStore, run_id: str) -> RunState:
+    store.clear_cancel_request(run_id)
+    return _set(store, run_id, RunState.CANCELLED, "cancelled before it started")
+
+
+def _set(store: RunStore, run_id: str, state: RunState, reason: str, **extra) -> RunState:
     try:
-        store.update_status(run_id, "failed", reason[:2000])
+        store.update_status(run_id, state, reason, **extra)
     except StoreError:
-        print(f"run {run_id} failed and its status could not be saved: {reason}", file=sys.stderr)
-    return "failed"
+        print(
+            f"run {run_id} ended {state} but its status could not be saved: {reason}",
+            file=sys.stderr,
+        )
+    return state
+
+
+def fail(store: RunStore, run_id: str, reason: str) -> RunState:
+    return _set(store, run_id, RunState.FAILED, reason[:2000])
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, NonFiniteLossError | DataError | CheckpointError | StoreError):
+        return str(exc)
+    tail = traceback.format_exc(limit=3).strip().splitlines()[-1]
+    return f"{type(exc).__name__}: {exc} ({tail})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,25 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_ids", nargs="+")
     args = parser.parse_args(argv)
     store = RunStore(args.store)
-    stop = StopFlag()
-    stop.install()
-    if len(args.run_ids) > 1:  # a sweep's runs that differ only in β train as one stacked model
-        from vae.learn import batched
-
-        try:
-            configs = [store.read_config(run_id) for run_id in args.run_ids]
-        except StoreError:
-            configs = []  # run_one reports the unreadable run
-        if batched.can_train_together(configs):
-            outcomes = batched.run_group(store, args.run_ids, stop, args.threads)
-            return 0 if all(o != "failed" for o in outcomes) else 1
-    outcomes = []
-    for run_id in args.run_ids:
-        if stop():
-            store.update_status(run_id, "cancelled", "cancelled before it started")
-            continue
-        outcomes.append(run_one(store, run_id, stop, args.threads))
-    return 0 if all(o != "failed" for o in outcomes) else 1
+    control = JobControl(store)
+    control.install()
+    outcomes = run_job(store, args.run_ids, control, threads=args.threads)
+    return 0 if all(o is not RunState.FAILED for o in outcomes.values()) else 1
 
 
 if __name__ == "__main__":

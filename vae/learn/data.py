@@ -129,10 +129,6 @@ DATASETS: dict[str, DatasetInfo] = {
 DEFAULT_DATASET = "digits"
 
 
-def dataset_names() -> list[str]:
-    return list(DATASETS)
-
-
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli draw with probabilities x: dynamic binarization, a fresh draw every epoch."""
     return torch.bernoulli(x, generator=generator)

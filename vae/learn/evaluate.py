@@ -7,17 +7,18 @@ it writes eval.json, so every number in it is a plain, finite JSON value.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from vae.learn.metrics import posterior_summary
+from vae.learn.data import SHAPES_FACTOR_SIZES
+from vae.learn.engine import test_inputs
+from vae.learn.metrics import eval_mode, posterior_summary
 from vae.learn.objective import kl_per_dim
 
 # Elements in the largest tensor of one decoder call (2**24 float32 = 64 MB, logits or a hidden
@@ -47,18 +48,6 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
 def _as_input(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x on the model's device and in its float type."""
     return x.to(model_device(model), _model_dtype(model))
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Evaluate in eval mode without gradients, then restore the caller's train/eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _generator(model: torch.nn.Module, seed: int) -> torch.Generator:
@@ -332,8 +321,6 @@ def _json_ready(value):
 
 def _factor_sizes(dataset, factors: torch.Tensor) -> list[int] | None:
     """The known factor sizes of the shapes sets; None (inferred from the data) otherwise."""
-    from vae.learn.data import SHAPES_FACTOR_SIZES
-
     name = getattr(getattr(dataset, "info", None), "name", "")
     if name.startswith("shapes") and factors.shape[1] == len(SHAPES_FACTOR_SIZES):
         return list(SHAPES_FACTOR_SIZES)
@@ -347,8 +334,6 @@ def evaluate_model(model, dataset, config, iw_samples: int = 100, seed: int = 0)
     inputs the training loop also uses, the mean IWAE bound with k=iw_samples, and MIG when the
     data set has ground-truth factors (else None).
     """
-    from vae.learn.train import test_inputs  # late import: train pulls in the data module
-
     started = time.perf_counter()
     x = test_inputs(config, dataset, model_device(model))
     summary = posterior_summary(model, x, generator=_generator(model, seed))
@@ -370,22 +355,3 @@ def evaluate_model(model, dataset, config, iw_samples: int = 100, seed: int = 0)
         "evaluated_at": time.time(),
     }
     return _json_ready(result)
-
-
-def evaluate_run(store, run_id: str, iw_samples: int = 100) -> dict:
-    """Evaluate a run's final (else latest) checkpoint on its data set and save eval.json."""
-    from vae.execution.checkpoint import model_from_checkpoint
-    from vae.learn.data import load_dataset
-    from vae.learn.train import resolve_device
-
-    checkpoint = store.load_checkpoint(run_id)
-    config = store.read_config(run_id)
-    device = resolve_device(config)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        device = torch.device("cpu")
-    dataset = load_dataset(config.dataset, config.data_root, seed=config.seed)
-    model = model_from_checkpoint(checkpoint, device)
-    result = evaluate_model(model, dataset, config, iw_samples=iw_samples)
-    result["epoch"] = int(checkpoint["epoch"])
-    store.save_eval(run_id, result)
-    return result

@@ -1,7 +1,10 @@
-"""Decoder likelihoods p(x|z). Each returns D = -log p(x|z) in nats per data point.
+"""Decoder likelihoods p(x|z). Each gives D = -log p(x|z) in nats per data point.
 
 A proper likelihood (normalised over the data space) is what makes D and the rate R share a unit,
 so the rate-distortion plane and the ELBO = -(D + R) mean something.
+
+The formulas live in `pixel_nll`, written once for every caller: a single model's images
+[B, C, H, W] and the training loop's stacked, flattened outputs [K, B, n] alike.
 """
 
 from __future__ import annotations
@@ -12,15 +15,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LOG_2PI = math.log(2.0 * math.pi)
+LOG_VAR_RANGE = (-14.0, 6.0)  # the Gaussian decoder's log-variance is kept where the loss is finite
+
+
+def pixel_nll(kind: str, x: torch.Tensor, logits: torch.Tensor, log_var=None) -> torch.Tensor:
+    """-log p(x|logits) per pixel, broadcasting x against logits (e.g. [B, n] vs [K, B, n]).
+
+    bernoulli: softplus(l) - x l, the binary cross-entropy with logits, for x in [0, 1].
+    gaussian: mean sigmoid(l), variance exp(log_var) clamped to LOG_VAR_RANGE, with its normaliser.
+    """
+    if kind == "bernoulli":
+        return F.softplus(logits) - x * logits
+    if kind == "gaussian":
+        log_var = log_var.clamp(*LOG_VAR_RANGE)
+        squared = (x - torch.sigmoid(logits)) ** 2
+        return 0.5 * (squared * torch.exp(-log_var) + log_var + LOG_2PI)
+    raise ValueError(f"unknown likelihood {kind!r}")
+
 
 class BernoulliLikelihood(nn.Module):
     """Bernoulli on binary pixels; the decoder's outputs are logits."""
 
     kind = "bernoulli"
 
+    def log_var_tensor(self) -> None:
+        return None
+
     def nll(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return per_pixel.flatten(start_dim=-3).sum(-1)
+        """D per image: the pixel terms summed over the last three (image) dimensions."""
+        return pixel_nll(self.kind, x, logits).flatten(start_dim=-3).sum(-1)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
@@ -39,14 +63,15 @@ class GaussianLikelihood(nn.Module):
         else:
             self.register_buffer("log_var", log_var)
 
+    def log_var_tensor(self) -> torch.Tensor:
+        return self.log_var
+
     def clamped_log_var(self) -> torch.Tensor:
-        """The log-variance actually used: kept in a range where the loss stays finite."""
-        return self.log_var.clamp(-14.0, 6.0)
+        """The log-variance actually used (reported as the decoder's σ)."""
+        return self.log_var.clamp(*LOG_VAR_RANGE)
 
     def nll(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        mean = torch.sigmoid(logits)
-        log_var = self.clamped_log_var()
-        per_pixel = 0.5 * ((x - mean) ** 2 * torch.exp(-log_var) + log_var + math.log(2 * math.pi))
+        per_pixel = pixel_nll(self.kind, x, logits, self.log_var)
         return per_pixel.flatten(start_dim=-3).sum(-1)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ definition of rate, distortion, posterior variance and active units.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,23 +33,32 @@ class PosteriorSummary:
         return asdict(self)
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluate in eval mode without gradients, then restore the caller's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def active_units(mean_cov: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     return int((mean_cov > threshold).sum())
 
 
-@torch.no_grad()
 def posterior_summary(model, x: torch.Tensor, batch_size: int = 2048, generator=None):
     """Encode x (already binarised if the likelihood needs it) and summarise q(z|x) and D."""
-    was_training = model.training
-    model.eval()
     mus, kls, variances, distortions = [], [], [], []
-    for chunk in x.split(batch_size):
-        logits, mu, logvar = model(chunk, generator=generator)
-        mus.append(mu)
-        kls.append(kl_per_dim(mu, logvar))
-        variances.append(logvar.exp())
-        distortions.append(model.likelihood.nll(chunk, logits))
-    model.train(was_training)
+    with eval_mode(model):
+        for chunk in x.split(batch_size):
+            logits, mu, logvar = model(chunk, generator=generator)
+            mus.append(mu)
+            kls.append(kl_per_dim(mu, logvar))
+            variances.append(logvar.exp())
+            distortions.append(model.likelihood.nll(chunk, logits))
     mu = torch.cat(mus).double()
     kl = torch.cat(kls).double().mean(0)
     mean_cov = mu.var(0, unbiased=False) if len(mu) > 1 else torch.zeros_like(kl)

@@ -25,6 +25,15 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def posterior_params(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the encoder's 2J outputs into (mu, log sigma^2), the log-variance kept in range.
+
+    Every encoder, single or stacked, ends here, so the clamp is written once.
+    """
+    mu, logvar = features.chunk(2, dim=-1)
+    return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+
 class VAE(nn.Module):
     """Shared VAE machinery; subclasses provide `encoder_net` (x -> 2J features) and `decode`."""
 
@@ -35,16 +44,25 @@ class VAE(nn.Module):
         self.likelihood = likelihood
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encoder_net(x).chunk(2, dim=-1)
-        return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return posterior_params(self.encoder_net(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
-        """Returns (logits, mu, logvar): one reparameterised sample z per data point."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
+    ):
+        """Returns (logits, mu, logvar): one reparameterised sample z = mu + eps sigma per point.
+
+        eps ~ N(0, I) is drawn from `generator` unless given (the training loop passes the noise
+        it shares between the models of a stack).
+        """
         mu, logvar = self.encode(x)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if eps is None:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + eps * torch.exp(0.5 * logvar)
         return self.decode(z), mu, logvar
 

@@ -1,4 +1,4 @@
-"""Stacked training of a β sweep (vae.learn.batched): the same numbers as one run at a time, same files."""
+"""Stacked training of a β sweep: the same numbers as one run at a time, and the same files."""
 
 import json
 
@@ -6,10 +6,17 @@ import pytest
 import torch
 
 from vae.execution.checkpoint import model_from_checkpoint
-from vae.execution.worker import StopFlag, run_one
-from vae.learn.batched import can_train_together, run_group, train_together
+from vae.execution.states import RunState
+from vae.execution.worker import JobControl, run_job
 from vae.learn.config import RunConfig
-from vae.learn.train import NonFiniteLossError, train
+from vae.learn.engine import (
+    NonFiniteLossError,
+    TrainCallbacks,
+    bernoulli_draw,
+    can_train_together,
+    train,
+    train_models,
+)
 
 BETAS = (0.25, 1.0, 4.0)
 STEPS = 20  # digits has 4,000 training images: batch 200 makes one epoch 20 steps
@@ -23,6 +30,49 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
 
 
+class Recorder(TrainCallbacks):
+    """Collects each model's metrics; stops everything after `stop_after` steps; drops models."""
+
+    def __init__(self, stop_after=None, drop=None):
+        self.metrics: dict[int, list[dict]] = {}
+        self.steps, self.stop_after, self.drop = 0, stop_after, drop or {}
+
+    def on_epoch(self, index, metrics, state):
+        self.metrics.setdefault(index, []).append(metrics)
+
+    def stop_all(self):
+        self.steps += 1
+        return self.stop_after is not None and self.steps > self.stop_after
+
+    def to_drop(self):
+        return {i for i, step in self.drop.items() if self.steps >= step}
+
+
+def train_together(configs, callbacks=None, **kwargs):
+    recorder = callbacks or Recorder()
+    return train_models(configs, callbacks=recorder, **kwargs), recorder
+
+
+class Control(JobControl):
+    """A JobControl whose whole-job stop is a test's predicate."""
+
+    def __init__(self, store, stop=lambda: False):
+        super().__init__(store)
+        self.predicate = stop
+
+    @property
+    def stop_requested(self):
+        return self.predicate()
+
+    @stop_requested.setter
+    def stop_requested(self, value):
+        pass
+
+
+def run_alone(store, run_id, stop=lambda: False):
+    return run_job(store, [run_id], Control(store, stop))[run_id]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -31,14 +81,15 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
         {"likelihood": "gaussian", "learn_variance": True},
         {"objective": "warmup", "warmup_steps": 10},
         {"objective": "free_bits", "free_bits": 0.2},
+        {"architecture": "conv", "hidden_dims": [32]},  # stacked through torch.func
     ],
 )
 def test_each_model_matches_training_it_alone(tiny_config, extra):
-    """Losses and parameters after 20 steps agree with vae.learn.train.train to 1e-4 relative."""
+    """Losses and parameters after 20 steps agree with a stack of one to 1e-4 relative."""
     base = RunConfig.from_dict({**tiny_config.to_dict(), "batch_size": 200, "hidden_dims": [32, 16], **extra})  # fmt: skip
     configs = with_betas(base)
-    together: dict[int, list[dict]] = {}
-    result = train_together(configs, on_epoch=lambda i, m, s: together.setdefault(i, []).append(m))
+    result, recorder = train_together(configs)
+    together = recorder.metrics
     for i, config in enumerate(configs):
         alone = []
         state = train(config, on_epoch=lambda m, s, rows=alone: rows.append(m))
@@ -53,7 +104,7 @@ def test_each_model_matches_training_it_alone(tiny_config, extra):
         assert mine.keys() == theirs.keys()
         for name in theirs:
             assert rel_diff(mine[name], theirs[name]) < 1e-4, (config.beta, name)
-        # The Adam state a checkpoint carries is the lone run's too (so run_one can resume it).
+        # The Adam state a checkpoint carries is the lone run's too (so the run can resume alone).
         opt_a, opt_b = result.states[i].optimizer.state_dict(), state.optimizer.state_dict()
         assert opt_a["param_groups"] == opt_b["param_groups"]
         for index, entry in opt_b["state"].items():
@@ -80,8 +131,9 @@ def test_can_train_together(tiny_config):
         other = RunConfig.from_dict({**configs[1].to_dict(), field: value})
         assert not can_train_together([configs[0], other]), field
     conv = {"architecture": "conv", "hidden_dims": [32]}
+    assert can_train_together(with_betas(RunConfig.from_dict({**tiny_config.to_dict(), **conv})))
     assert not can_train_together(
-        with_betas(RunConfig.from_dict({**tiny_config.to_dict(), **conv}))
+        [configs[0], RunConfig.from_dict({**configs[1].to_dict(), **conv})]
     )
     bad = RunConfig.from_dict({**configs[1].to_dict(), "beta": -1.0})
     assert not can_train_together([configs[0], bad])
@@ -98,11 +150,10 @@ def test_nan_fails_like_a_lone_run(tiny_config):
     x[123, 0, 14, 14] = float("nan")
     corrupt = replace(clean, train=replace(clean.train, x=x))
     configs = with_betas(RunConfig.from_dict({**tiny_config.to_dict(), "likelihood": "gaussian"}))
-    saved = []
-    result = train_together(configs, dataset=corrupt, on_epoch=lambda i, m, s: saved.append(m))
+    result, recorder = train_together(configs, dataset=corrupt)
     with pytest.raises(NonFiniteLossError) as alone:
         train(configs[0], dataset=corrupt)
-    assert saved == []
+    assert recorder.metrics == {}
     for error in result.errors:
         assert isinstance(error, NonFiniteLossError)
         assert error.step == alone.value.step and error.epoch == alone.value.epoch
@@ -114,18 +165,19 @@ def _read_lines(store, run_id):
     ]
 
 
-def test_run_group_writes_each_runs_files(store, tiny_config):
+def test_run_job_writes_each_runs_files(store, tiny_config):
     config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 2})
     run_ids = [store.create_run(c, group="sweep-test") for c in with_betas(config)]
     reference = store.create_run(with_betas(config)[1])  # β = 1 trained alone, for comparison
-    assert run_one(store, reference, StopFlag()) == "finished"
+    assert run_alone(store, reference) == RunState.FINISHED
 
-    assert run_group(store, run_ids, stop=lambda: False, threads=1) == ["finished"] * 3
+    outcomes = run_job(store, run_ids, Control(store), threads=1)
+    assert list(outcomes.values()) == [RunState.FINISHED] * 3
     expected = _read_lines(store, reference)
     for run_id, beta in zip(run_ids, BETAS, strict=True):
         status = store.read_status(run_id)
         assert status["state"] == "finished" and status["epoch"] == 2
-        assert status["group"] == "sweep-test" and "pid" not in status
+        assert status["group"] == "sweep-test" and "job" not in status
         lines = _read_lines(store, run_id)
         assert [m["epoch"] for m in lines] == [1, 2]
         assert [m.keys() for m in lines] == [m.keys() for m in expected]
@@ -142,54 +194,110 @@ def test_run_group_writes_each_runs_files(store, tiny_config):
         assert grouped[-1][key] == pytest.approx(expected[-1][key], rel=1e-4)
 
 
-def test_run_group_resumes_an_interrupted_member_alone(store, tiny_config):
+def test_a_member_resumed_alone_continues_bit_exactly(store, tiny_config):
+    """A sweep member cancelled after epoch 1 resumes alone: epoch 2 equals an unbroken run's."""
     config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 2})
     run_ids = [store.create_run(c, group="g") for c in with_betas(config)]
     first = run_ids[0]
-    # run 0 stops after its first epoch (as if cancelled): it has a model.pt at epoch 1
-    assert run_one(store, first, lambda: bool(store.read_metrics(first))) == "cancelled"
-    assert run_group(store, run_ids, stop=lambda: False, threads=1) == ["finished"] * 3
+    assert run_alone(store, first, lambda: bool(store.read_metrics(first))) == "cancelled"
+    assert store.read_status(first)["reason"] == "cancelled after epoch 1"
+    store.update_status(first, RunState.QUEUED, "resumed")  # as JobManager.resume does
+    outcomes = run_job(store, run_ids, Control(store), threads=1)
+    assert list(outcomes.values()) == [RunState.FINISHED] * 3
+    unbroken = store.create_run(with_betas(config)[0])
+    assert run_alone(store, unbroken) == RunState.FINISHED
     for run_id in run_ids:
         assert [m["epoch"] for m in store.read_metrics(run_id)] == [1, 2]
         assert store.read_status(run_id)["state"] == "finished"
+    resumed, straight = store.read_metrics(first)[-1], store.read_metrics(unbroken)[-1]
+    for key in ("train_loss", "rate", "distortion", "kl_per_dim"):
+        assert resumed[key] == straight[key], key
 
 
-def test_run_group_cancel(store, tiny_config):
+def test_stopping_the_job_cancels_every_member_at_its_last_epoch(store, tiny_config):
     config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 3})
     run_ids = [store.create_run(c) for c in with_betas(config)]
     # stop once the first epoch's files are written: every run is cancelled after epoch 1
-    outcomes = run_group(store, run_ids, stop=lambda: bool(store.read_metrics(run_ids[-1])))
-    assert outcomes == ["cancelled"] * 3
+    control = Control(store, stop=lambda: bool(store.read_metrics(run_ids[-1])))
+    assert list(run_job(store, run_ids, control).values()) == [RunState.CANCELLED] * 3
     for run_id in run_ids:
         status = store.read_status(run_id)
         assert status["state"] == "cancelled" and "epoch 1" in status["reason"]
         assert store.load_checkpoint(run_id, final=False)["epoch"] == 1
-    # and each one resumes alone from its checkpoint
-    assert run_one(store, run_ids[1], StopFlag()) == "finished"
+        store.update_status(run_id, RunState.QUEUED, "resumed")
+    # the three stand at the same place, so they resume as one stack again
+    stacks = []
+    real = train_models
+    import vae.execution.worker as worker
+
+    def spy(configs, **kwargs):
+        stacks.append(len(configs))
+        return real(configs, **kwargs)
+
+    worker.train_models, saved = spy, worker.train_models
+    try:
+        outcomes = run_job(store, run_ids, Control(store))
+    finally:
+        worker.train_models = saved
+    assert stacks == [3] and list(outcomes.values()) == [RunState.FINISHED] * 3
     assert [m["epoch"] for m in store.read_metrics(run_ids[1])] == [1, 2, 3]
 
 
-def test_worker_main_trains_compatible_runs_as_one_group(store, tiny_config, monkeypatch):
-    import vae.learn.batched
-    from vae.execution import worker
+def test_cancelling_one_member_stops_only_it(store, tiny_config):
+    """A cancel note for one run of a stack: it stops at its last epoch; the others finish."""
+    config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 3})
+    run_ids = [store.create_run(c) for c in with_betas(config)]
+    victim = run_ids[1]
 
-    calls = []
-    real = vae.learn.batched.run_group
-    monkeypatch.setattr(vae.learn.batched, "run_group", lambda *a, **k: calls.append(a[1]) or real(*a, **k))  # fmt: skip
+    class CancelAfterFirstEpoch(Control):
+        def cancelled(self, ids):
+            if store.read_metrics(victim) and not store.cancel_requested(victim):
+                store.request_cancel(victim)  # as JobManager.cancel does
+                self._look_now = True
+            return super().cancelled(ids)
+
+    outcomes = run_job(store, run_ids, CancelAfterFirstEpoch(store))
+    assert outcomes == {
+        run_ids[0]: RunState.FINISHED,
+        victim: RunState.CANCELLED,
+        run_ids[2]: RunState.FINISHED,
+    }
+    assert store.read_status(victim)["reason"] == "cancelled after epoch 1"
+    assert not store.cancel_requested(victim)  # the note is consumed
+    assert [m["epoch"] for m in store.read_metrics(victim)] == [1]
+    for other in (run_ids[0], run_ids[2]):
+        assert [m["epoch"] for m in store.read_metrics(other)] == [1, 2, 3]
+    # the others computed what they would have computed with the victim in the stack
+    reference = store.create_run(with_betas(config)[2])
+    assert run_alone(store, reference) == RunState.FINISHED
+    assert store.read_metrics(run_ids[2])[-1]["train_loss"] == pytest.approx(
+        store.read_metrics(reference)[-1]["train_loss"], rel=1e-4
+    )
+    # and the cancelled run resumes alone to its end
+    store.update_status(victim, RunState.QUEUED, "resumed")
+    assert run_alone(store, victim) == RunState.FINISHED
+    assert [m["epoch"] for m in store.read_metrics(victim)] == [1, 2, 3]
+
+
+def test_compatible_runs_train_as_one_stack_others_one_by_one(store, tiny_config, monkeypatch):
+    import vae.execution.worker as worker
+
+    stacks = []
+    real = worker.train_models
+    monkeypatch.setattr(worker, "train_models", lambda configs, **k: stacks.append([c.beta for c in configs]) or real(configs, **k))  # fmt: skip
     run_ids = [store.create_run(c) for c in with_betas(tiny_config, (1.0, 2.0))]
     assert worker.main(["--store", str(store.root), "--threads", "1", *run_ids]) == 0
-    assert calls == [run_ids]
+    assert stacks == [[1.0, 2.0]]
     other = RunConfig.from_dict({**tiny_config.to_dict(), "seed": 3})
     mixed = [store.create_run(tiny_config), store.create_run(other)]
     assert worker.main(["--store", str(store.root), "--threads", "1", *mixed]) == 0
-    assert calls == [run_ids]  # different seeds: trained one by one
+    assert stacks == [[1.0, 2.0], [1.0], [1.0]]  # different seeds: one by one
     assert all(store.read_status(r)["state"] == "finished" for r in run_ids + mixed)
 
 
 def test_fast_bernoulli_draw_is_torch_bernoulli_bit_for_bit():
     """vae.learn.train draws binarised pixels with rand < p: the same pixels and generator state."""
     from vae.learn.data import binarize, load_dataset
-    from vae.learn.train import bernoulli_draw
 
     x = load_dataset("digits").train.x[:500]
     for seed in (0, 7):
@@ -209,7 +317,7 @@ def test_stopping_mid_epoch_leaves_each_model_where_a_lone_run_would_be(tiny_con
         calls = []
         return lambda: len(calls) >= steps or calls.append(1)
 
-    result = train_together(configs, should_stop=after(5))
+    result, _ = train_together(configs, callbacks=Recorder(stop_after=5))
     assert result.stopped
     for i, config in enumerate(configs):
         alone = train(config, should_stop=after(5))
@@ -222,20 +330,20 @@ def test_stopping_mid_epoch_leaves_each_model_where_a_lone_run_would_be(tiny_con
 
 def test_a_model_that_turns_nan_fails_alone(tiny_config, monkeypatch):
     """NaN in one model's loss (here: its β) stops that run only; the others are unaffected."""
-    import vae.learn.batched
+    import vae.learn.engine
     from vae.learn.objective import BetaVAE
 
-    real = vae.learn.batched.make_objective
+    real = vae.learn.engine.make_objective
 
     def poisoned(config, beta=None):
-        if isinstance(beta, torch.Tensor):  # the stacked objective: model 1 gets β = NaN
-            return BetaVAE(torch.where(torch.arange(len(beta)) == 1, float("nan"), beta))
+        if isinstance(beta, torch.Tensor):  # the stacked objective: the β = 1 model gets NaN
+            return BetaVAE(torch.where(beta == 1.0, float("nan"), beta))
         return real(config, beta)
 
-    monkeypatch.setattr(vae.learn.batched, "make_objective", poisoned)
+    monkeypatch.setattr(vae.learn.engine, "make_objective", poisoned)
     configs = with_betas(tiny_config)
-    epochs: list[int] = []
-    result = train_together(configs, on_epoch=lambda i, m, s: epochs.append(i))
+    result, recorder = train_together(configs)
+    epochs = sorted(recorder.metrics)
     assert isinstance(result.errors[1], NonFiniteLossError) and result.errors[1].step == 1
     assert result.errors[0] is None and result.errors[2] is None and epochs == [0, 2]
     for i in (0, 2):

@@ -1,0 +1,58 @@
+"""The one seam where execution engines plug in: a `Backend` starts jobs, a `Job` is one of them.
+
+A job trains one or more runs (a stack of a β sweep, or one run) and is named by a JSON-ready
+`ref` that is saved in each of its runs' status.json, so that any later process (a restarted
+server, a second app, the CLI) can `attach` to it again or learn that it is gone. Local processes
+(vae.execution.local) are the default implementation; a cluster engine implements the same two
+protocols.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from vae.execution.store import RunStore
+
+
+class Job(Protocol):
+    """A started job, as the job manager sees it."""
+
+    run_ids: list[str]
+
+    def ref(self) -> dict:
+        """JSON-ready identity of the job, saved as status["job"] of each of its runs."""
+        ...
+
+    def alive(self) -> bool: ...
+
+    def cancel_run(self, run_id: str) -> None:
+        """Stop this one run at its last completed epoch; the job's other runs train on."""
+        ...
+
+    def stop(self, force: bool = False) -> None:
+        """Stop the whole job (force: at once, without waiting for a step to end)."""
+        ...
+
+    def describe_exit(self) -> str:
+        """Why the job ended, in words, for runs it left unfinished."""
+        ...
+
+    def where(self) -> str:
+        """Where it executes, for the pages (e.g. "local" or a cluster node)."""
+        ...
+
+
+class Backend(Protocol):
+    """Where jobs run."""
+
+    name: str  # matches ref()["backend"] of the jobs it starts
+
+    def start(self, store: RunStore, run_ids: list[str], threads: int) -> Job: ...
+
+    def attach(self, store: RunStore, ref: dict, run_ids: list[str]) -> Job | None:
+        """The job `ref` names if it still runs, else None (its runs are then interrupted)."""
+        ...
+
+    def owns(self, ref: dict) -> bool:
+        """Whether this backend can tell if `ref` is alive (else its runs are left alone)."""
+        ...

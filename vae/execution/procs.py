@@ -1,0 +1,69 @@
+"""Local process identity: is the process that a status file names still the same, live process?
+
+A pid alone can be recycled by the kernel, so a process is named by (pid, kernel start time), read
+from /proc/<pid>/stat in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> str | None:
+    """Kernel start time of a process (guards against a recycled pid); None where unknown."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def is_running(pid: int, start_time: str | None) -> bool:
+    """True while `pid` is that same process and has not ended (a zombie has ended)."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] == "Z" or len(fields) <= 19:
+        return False
+    return start_time is None or fields[19] == start_time
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def local_ref(pid: int | None = None) -> dict:
+    """The job ref (vae.execution.backend) of a local process: host, pid and kernel start time."""
+    pid = pid or os.getpid()
+    return {
+        "backend": "local",
+        "host": this_host(),
+        "pid": pid,
+        "pid_start": process_start_time(pid),
+    }
+
+
+def signal_process(pid: int, sig: int, group: bool = False) -> None:
+    """Send `sig` to a process (or, with group=True, to the session it leads); ignore if gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            try:
+                os.killpg(pid, sig)
+                return
+            except (ProcessLookupError, PermissionError):
+                pass
+        os.kill(pid, sig)
+
+
+def describe_signal(code: int | None) -> str:
+    """A worker's exit code as words."""
+    if code is not None and code < 0:
+        return f"the worker process was killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"the worker process exited with code {code} without finishing the run"
