@@ -394,7 +394,9 @@ def sweep_with_job_runner(data: str, root: Path, epochs: int) -> dict:
 
     store = RunStore(root)
     cores = os.cpu_count() or 1
-    manager = JobManager(store, max_concurrent=cores, backend=BenchBackend(data), batch_sweeps=False)
+    manager = JobManager(
+        store, max_concurrent=cores, backend=BenchBackend(data), batch_sweeps=False
+    )
     started = time.perf_counter()
     run_ids = manager.submit_sweep(bench_config(epochs=epochs, threads=0), BETAS)
     manager.wait(run_ids, timeout_s=1800, poll_s=0.05)
@@ -540,7 +542,10 @@ def main(argv=None) -> int:
         say("|---|---|---|")
         rows = [
             ("single", f"one model's training step: its 11 GEMMs at batch {BATCH}"),
-            ("stacked", f"{len(BETAS)} stacked models' step, as `vae.learn.stack.StackedMLP` issues them"),
+            (
+                "stacked",
+                f"{len(BETAS)} stacked models' step, as `vae.learn.stack.StackedMLP` issues them",
+            ),
             ("fc1", f"{BATCH}×784 @ 784×400 alone"),
             ("big", "1024×1024 @ 1024×1024 alone"),
         ]
