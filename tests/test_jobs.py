@@ -161,7 +161,9 @@ def test_cancelling_one_run_of_a_stack_stops_only_that_run(store, slow_config):
 
 def test_sigkill_of_a_stacks_worker_interrupts_every_member_and_each_resumes(store, slow_config):
     manager, run_ids = _sweep_in_one_worker(store, slow_config, epochs=4)
-    wait_for(lambda: manager.reconcile() or store.read_status(run_ids[0]).get("epoch", 0) >= 1)
+    wait_for(lambda: manager.reconcile() or all(
+        store.read_status(r).get("epoch", 0) >= 1 for r in run_ids
+    ))  # fmt: skip
     os.kill(worker_pid(store.read_status(run_ids[0])), signal.SIGKILL)
     wait_for(lambda: manager.reconcile() or all(
         store.read_status(r)["state"] == "interrupted" for r in run_ids
