@@ -3,6 +3,7 @@
 import streamlit as st
 
 from ui import run_store
+from vae.execution.states import RunState
 from vae.present.views import curves_chart, curves_frame, tradeoff_chart, tradeoff_frame
 
 st.title("Rate–distortion tradeoff")
@@ -23,7 +24,7 @@ def live_chart() -> None:
         st.info("No run has finished an epoch yet. Start one on the Train page.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         return
-    running = int((frame["state"] == "running").sum())
+    running = int((frame["state"] == RunState.RUNNING).sum())
     training = f" · {running} still training (drawn faded)" if running else ""
     st.caption(f"{len(frame)} runs{training} · updates every 2 s")
     event = st.altair_chart(tradeoff_chart(frame), on_select="rerun", key="tradeoff_chart")

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from ui import job_manager, run_label
+from vae.execution.states import ACTIVE, RESUMABLE
 from vae.execution.store import StoreError
 from vae.learn.config import LIMITS, RunConfig, parse_number, parse_number_list, validation_errors
 from vae.learn.data import DATASETS, DEFAULT_DATASET
@@ -13,6 +14,10 @@ LR_STEPS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 1e-2]
 BATCH_SIZES = [32, 64, 128, 256, 512, 1024]
 HIDDEN_SIZES = [64, 128, 256, 400, 512, 1024]
 DEFAULTS = RunConfig()
+CANCEL_HELP = (
+    "Stops this run only, at its last completed epoch (kept: Resume continues from it). "
+    "Other runs of its sweep, even those trained in the same process, train on."
+)
 
 manager = job_manager()
 st.title("Train β-VAEs")
@@ -191,14 +196,14 @@ def jobs_panel() -> None:
         label_col, bar_col, action_col = st.columns([4, 5, 1.2])
         label_col.text(run_label(record, with_state=False))
         fraction, text = progress(record)
-        if record.state in ("running", "queued"):
+        if record.state in ACTIVE:
             bar_col.progress(fraction, text=f"{record.state} · {text}")
-            if action_col.button("Cancel", key=f"cancel-{record.run_id}"):
+            if action_col.button("Cancel", key=f"cancel-{record.run_id}", help=CANCEL_HELP):
                 _act(manager.cancel, record.run_id)
         else:
             reason = record.status.get("reason", "")
             bar_col.caption(f"{record.state} · {text}" + (f" · {reason}" if reason else ""))
-            resumable = record.state in ("interrupted", "cancelled", "failed")
+            resumable = record.state in RESUMABLE
             if resumable and action_col.button("Resume", key=f"resume-{record.run_id}"):
                 _act(manager.resume, record.run_id)
     with st.expander(f"All runs ({len(records)})"):

@@ -32,7 +32,7 @@ from vae.learn.engine import new_state
 
 REPO = Path(__file__).resolve().parent.parent
 APP_CODE = [REPO / "app.py", REPO / "ui.py", *sorted((REPO / "pages").glob("*.py"))]
-APP_CODE += sorted((REPO / "vae").glob("*.py"))
+APP_CODE += sorted((REPO / "vae").rglob("*.py"))
 SHAPE = (1, 28, 28)
 
 

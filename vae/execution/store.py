@@ -295,7 +295,7 @@ class RunStore:
         try:
             atomic_write_bytes(path, data)
         except OSError as exc:
-            # A full disk must not leave a run "running" forever: the status can still say why.
+            # A full disk must not leave a run running forever: the status can still say why.
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             if not (full and overwrite_in_place(path, data)):
                 raise _explain_os_error(exc, f"update the status of {run_id}") from None

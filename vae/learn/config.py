@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
+from vae.learn.data import DATASETS
+
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 OBJECTIVES = ("beta", "capacity", "warmup", "free_bits")
@@ -123,8 +125,6 @@ def _check_number(value, low: float, high: float, integer: bool) -> str | None:
 
 def validation_errors(config: RunConfig) -> dict[str, str]:
     """Every problem with a config, keyed by field name (empty when valid)."""
-    from vae.learn.data import DATASETS  # late import: data pulls in torchvision
-
     errors: dict[str, str] = {}
     integer_fields = {"latent_dim", "epochs", "batch_size", "seed", "threads"}
     integer_fields |= {"capacity_steps", "warmup_steps"}

@@ -14,6 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from vae.execution.states import RunState
 from vae.execution.store import RunRecord
 from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
 
@@ -33,7 +34,7 @@ def progress(record: RunRecord) -> tuple[float, str]:
     if last.get("images_per_s"):
         text += f" · {last['images_per_s']:,.0f} img/s"
         seconds = [m.get("seconds", 0) for m in record.metrics[-3:]]
-        if record.state == "running" and seconds and epoch < total:
+        if record.state == RunState.RUNNING and seconds and epoch < total:
             text += f" · ETA {format_seconds(np.median(seconds) * (total - epoch))}"
     return (min(1.0, epoch / total) if total else 0.0), text
 
@@ -189,7 +190,9 @@ def tradeoff_chart(frame: pd.DataFrame) -> alt.LayerChart:
             y=y,
             color=color,
             strokeWidth=alt.condition(pick, alt.value(2), alt.value(0)),
-            opacity=alt.condition("datum.state == 'running'", alt.value(0.55), alt.value(0.95)),
+            opacity=alt.condition(
+                f"datum.state == '{RunState.RUNNING.value}'", alt.value(0.55), alt.value(0.95)
+            ),
             tooltip=[
                 alt.Tooltip("run_id:N", title="run"),
                 alt.Tooltip("name:N"),

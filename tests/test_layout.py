@@ -1,0 +1,87 @@
+"""The library's layout holds: learning code below execution code, no cycles, states named once."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = {"vae.learn": 0, "vae.execution": 1, "vae.present": 2, "vae.cli": 3, "vae.__main__": 3}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def vae_imports(tree: ast.AST) -> list[tuple[str, ast.AST]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vae"):
+            found.append((node.module, node))
+        elif isinstance(node, ast.Import):
+            found += [(a.name, node) for a in node.names if a.name.startswith("vae")]
+    return found
+
+
+def layer(name: str) -> int:
+    return next(v for k, v in LAYERS.items() if name == k or name.startswith(k + "."))
+
+
+def library_modules() -> dict[str, ast.AST]:
+    return {
+        module_name(p): ast.parse(p.read_text())
+        for p in (ROOT / "vae").rglob("*.py")
+        if module_name(p) != "vae"
+    }
+
+
+def test_learning_code_never_imports_execution_or_presentation():
+    for name, tree in library_modules().items():
+        for target, _ in vae_imports(tree):
+            if target == "vae":
+                continue
+            assert layer(target) <= layer(name), f"{name} imports {target} (a layer above it)"
+
+
+def test_no_import_cycle_and_no_import_inside_a_function():
+    modules = library_modules()
+    graph = {
+        name: {t for t, _ in vae_imports(tree) if t in modules} for name, tree in modules.items()
+    }
+    for name, tree in modules.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                inner = vae_imports(node)
+                assert not inner, f"{name}.{node.name} imports {inner[0][0]} inside a function"
+
+    def visit(name: str, path: list[str]) -> None:
+        for target in graph[name]:
+            assert target not in path, f"import cycle: {' -> '.join([*path, target])}"
+            visit(target, [*path, target])
+
+    for name in graph:
+        visit(name, [name])
+
+
+def test_run_state_names_are_written_only_where_they_are_defined():
+    states = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+    pattern = re.compile("[\"'](" + "|".join(states) + ")[\"']")
+    places = [*(ROOT / "vae").rglob("*.py"), *(ROOT / "pages").glob("*.py"), ROOT / "ui.py"]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in places
+        if p.name != "states.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
+
+
+def test_one_optimizer_step_in_the_library():
+    steps = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in (ROOT / "vae").rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if ".step()" in line
+    ]
+    assert steps == ["vae/learn/engine.py:" + steps[0].split(":")[1]] and len(steps) == 1
