@@ -13,7 +13,16 @@ def store(tmp_path):
 
 @pytest.fixture
 def tiny_config():
-    """Real data (the offline digits set), a small MLP, one epoch: fast enough for many tests."""
+    """Real data (the offline digits set), a small MLP, one epoch: fast enough for many tests.
+
+    fp32, so that numbers compare exactly on every CPU (`auto` picks bf16 on some of them).
+    """
     return RunConfig(
-        dataset="digits", hidden_dims=[64], latent_dim=4, epochs=1, batch_size=256, threads=1
+        dataset="digits",
+        hidden_dims=[64],
+        latent_dim=4,
+        epochs=1,
+        batch_size=256,
+        threads=1,
+        precision="fp32",
     )

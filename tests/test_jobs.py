@@ -1,7 +1,12 @@
 """The job manager with real worker processes: kill, interrupt, resume, cancel, queue limits."""
 
+import contextlib
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,3 +231,76 @@ def test_run_states_refuse_illegal_moves(store, tiny_config):
     assert store.read_status(run_id)["state"] == "finished"
     with pytest.raises(StoreError):
         JobManager(store).resume(run_id)
+
+
+def test_a_cli_run_beside_a_job_manager_is_never_interrupted_nor_doubled(store, tmp_path):
+    """`python -m vae train` on the app's store: the manager leaves it alone; resume refuses."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    command = [sys.executable, "-m", "vae", "--store", str(store.root), "train", "--epochs", "30"]
+    command += ["--hidden-dims", "64", "--latent-dim", "4", "--batch-size", "64", "--threads", "1"]
+    cli = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        run_id = wait_for(lambda: next((r.run_id for r in store.list_runs(False)), None))
+        wait_for(lambda: store.read_status(run_id).get("epoch", 0) >= 1)
+        manager = JobManager(store, max_concurrent=1)
+        for _ in range(3):
+            manager.reconcile()
+            assert store.read_status(run_id)["state"] == "running"
+        assert run_id in manager.jobs  # attached to the CLI's process: a slot, and cancellable
+        with pytest.raises(StoreError):
+            manager.resume(run_id)  # running: nothing to resume
+        store.update_status(run_id, "interrupted", "a careless writer")  # as the old bug did
+        with pytest.raises(StoreError, match="held by a live process"):
+            manager.resume(run_id)  # the CLI still owns it: a second worker would double it
+        store.update_status(run_id, "queued", "forced")  # even when forced into the queue...
+        wait_for(lambda: manager.reconcile() or cli.poll() is not None, 300)
+        assert cli.returncode == 0, cli.stderr.read().decode()[-2000:]
+    finally:
+        cli.kill()
+    assert store.read_status(run_id)["state"] == "finished"
+    assert [m["epoch"] for m in store.read_metrics(run_id)] == list(range(1, 31))  # none twice
+
+
+def test_two_managers_on_one_store_share_the_slots(store, slow_config):
+    first = JobManager(store, max_concurrent=2, batch_sweeps=False)
+    second = JobManager(store, max_concurrent=2, batch_sweeps=False)
+    config = RunConfig.from_dict({**slow_config.to_dict(), "epochs": 2})
+    run_ids = [first.store.create_run(RunConfig.from_dict({**config.to_dict(), "seed": s})) for s in range(5)]  # fmt: skip
+    most = 0
+    while any(store.read_status(r)["state"] in ("queued", "running") for r in run_ids):
+        first.reconcile()
+        second.reconcile()
+        live = {worker_pid(store.read_status(r)) for r in run_ids}
+        most = max(most, len(live - {None}))
+        time.sleep(0.1)
+    assert most == 2
+    assert all(store.read_status(r)["state"] == "finished" for r in run_ids)
+
+
+def test_a_stopped_worker_shows_as_stalled_and_can_be_cancelled(store, slow_config, monkeypatch):
+    import vae.execution.lease
+    from vae.present.views import progress
+
+    monkeypatch.setattr(vae.execution.lease, "STALL_AFTER_S", 2.5)  # seconds, for the test
+
+    manager = JobManager(store, max_concurrent=1)
+    run_id = manager.submit(slow_config)
+    wait_for(lambda: manager.reconcile() or store.read_status(run_id).get("epoch", 0) >= 1)
+    pid = worker_pid(store.read_status(run_id))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(3)  # longer than the heartbeat interval
+        manager.reconcile()
+        assert store.read_status(run_id)["state"] == "running"  # alive: not interrupted
+        assert progress(store.get(run_id))[1].startswith("stalled: no sign of life for")
+        manager.cancel(run_id)
+        wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] != "running")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    status = store.read_status(run_id)
+    assert status["state"] == "cancelled", status
+    manager.resume(run_id)  # its last epoch is kept
+    manager.wait([run_id], timeout_s=300)
+    epochs = [m["epoch"] for m in store.read_metrics(run_id)]
+    assert epochs == list(range(1, slow_config.epochs + 1))

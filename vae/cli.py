@@ -15,6 +15,7 @@ import time
 
 from vae.execution.evaluation import evaluate_run
 from vae.execution.jobs import JobManager
+from vae.execution.layout import cached_layout
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.execution.worker import JobControl, run_job
@@ -43,6 +44,7 @@ CONFIG_HELP = {
     "seed": "random seed (same seed and config: same numbers)",
     "threads": "torch threads (0: all cores for train, shared out for sweep)",
     "device": "auto (CUDA when available), cpu or cuda",
+    "precision": "auto (bf16 where the hardware computes it natively), fp32 or bf16",
     "name": "a label for the run",
 }
 
@@ -97,8 +99,16 @@ def cmd_train(args, store: RunStore) -> int:
 def cmd_sweep(args, store: RunStore) -> int:
     config = config_from_args(args)
     manager = JobManager(store, max_concurrent=args.jobs)
+    if args.jobs is None and cached_layout(store.root) is None:
+        print("measuring how to lay out jobs on this machine (once; cached in the store)...")
+    layout = manager.measure_layout()
     run_ids = manager.submit_sweep(config, args.betas)
-    print(f"sweep of {len(run_ids)} runs, {args.jobs} at a time: {' '.join(run_ids)}", flush=True)
+    size = -(-len(run_ids) // layout.processes)
+    print(
+        f"sweep of {len(run_ids)} runs as {min(layout.processes, len(run_ids))} job(s) at once, "
+        f"each a stack of up to {size} run(s) with {layout.threads} thread(s): {' '.join(run_ids)}",
+        flush=True,
+    )
     printed = {r: 0 for r in run_ids}
     try:
         while True:
@@ -168,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="train one run per β, in parallel worker processes")
     add_config_arguments(sweep, skip=("beta",))
     sweep.add_argument("--betas", type=float, nargs="+", required=True, help="the β values")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    sweep.add_argument(
+        "--jobs", type=int, default=None,
+        help="jobs at once, each a stack of runs (default: the layout measured on this machine)",
+    )  # fmt: skip
     ev = sub.add_parser("eval", help="evaluate a run on the test split (writes eval.json)")
     ev.add_argument("run_id")
     ev.add_argument(

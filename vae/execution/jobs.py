@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution.backend import Backend, Job
+from vae.execution.layout import Layout, cached_layout, choose_layout
+from vae.execution.lease import is_held, stalled_for
 from vae.execution.local import LocalProcessBackend
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import RunRecord, RunStore, StoreError
@@ -34,17 +36,23 @@ CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is kille
 
 @dataclass
 class JobManager:
-    """Starts at most `max_concurrent` jobs; call `reconcile()` (or `start_scheduler()`) to advance."""
+    """Starts at most `max_concurrent` jobs; call `reconcile()` (or `start_scheduler()`) to advance.
+
+    Left at None, jobs at once and threads per job follow the layout measured on this machine
+    (vae.execution.layout; until it is measured: one single-thread job per core).
+    """
 
     store: RunStore
-    max_concurrent: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    max_concurrent: int | None = None
     backend: Backend = field(default_factory=LocalProcessBackend)
-    threads_per_job: int = 0  # 0: cores / max_concurrent
+    threads_per_job: int = 0  # 0: from the layout, or cores / max_concurrent
     batch_sweeps: bool = True  # a sweep's runs that differ only in β train as stacks
 
     def __post_init__(self):
         self.jobs: dict[str, Job] = {}  # run id -> the job training it (one job, several runs)
         self._cancel_asked: dict[str, float] = {}  # run id -> when its cancel was asked
+        self._foreign_jobs: set[str] = set()  # live jobs on the store that this one cannot watch
+        self._layout: Layout | None = None
         self._lock = threading.RLock()
         self._scheduler: threading.Thread | None = None
         self._stop = threading.Event()
@@ -91,7 +99,10 @@ class JobManager:
             if state != RunState.RUNNING or job is None:
                 raise StoreError(f"run {run_id} is {state}, not queued or running")
             self._cancel_asked[run_id] = time.time()
-            job.cancel_run(run_id)
+            if stalled_for(self.store.run_dir(run_id)) is not None:
+                job.stop(force=True)  # it cannot hear a polite request: its other runs interrupt
+            else:
+                job.cancel_run(run_id)
 
     def resume(self, run_id: str) -> None:
         """Queue an interrupted, cancelled or failed run again; it continues from model.pt."""
@@ -99,6 +110,8 @@ class JobManager:
             state = self.store.read_status(run_id)["state"]
             if state not in RESUMABLE:
                 raise StoreError(f"run {run_id} is {state}; only stopped runs can be resumed")
+            if is_held(self.store.run_dir(run_id)):
+                raise StoreError(f"run {run_id} is still held by a live process; wait or cancel it")
             self.store.clear_cancel_request(run_id)
             self.store.update_status(run_id, RunState.QUEUED, f"resumed from {state}")
         self.reconcile()
@@ -114,10 +127,24 @@ class JobManager:
         return self.jobs.get(run_id)
 
     # ---- the reconcile loop ------------------------------------------------------------
+    def layout(self) -> Layout:
+        """Jobs at once and threads per job: the settings given, else the measured layout."""
+        cores = os.cpu_count() or 1
+        if self.max_concurrent is not None:
+            threads = self.threads_per_job or max(1, cores // self.max_concurrent)
+            return Layout(self.max_concurrent, threads)
+        if self._layout is None:
+            self._layout = cached_layout(self.store.root)
+        return self._layout or Layout(cores, self.threads_per_job or 1)
+
+    def measure_layout(self) -> Layout:
+        """Measure (once per machine, cached in the store) and use the fastest layout."""
+        if self.max_concurrent is None:
+            self._layout = choose_layout(self.store.root)
+        return self.layout()
+
     def threads(self) -> int:
-        if self.threads_per_job:
-            return self.threads_per_job
-        return max(1, (os.cpu_count() or 1) // self.max_concurrent)
+        return self.threads_per_job or self.layout().threads
 
     def reconcile(self) -> None:
         """Bring jobs and the store into agreement; start queued runs into free slots."""
@@ -129,7 +156,7 @@ class JobManager:
             queued.sort(key=lambda r: r.status.get("updated", 0))
             started: set[str] = set()
             for record in queued:
-                if self._running_job_count() >= self.max_concurrent:
+                if self._running_job_count() >= self.layout().processes:
                     break
                 if record.run_id not in started:
                     batch = self._batch_for(record, queued, started)
@@ -141,9 +168,8 @@ class JobManager:
     ) -> list[str]:
         """The queued runs to start in one job with `record`.
 
-        A sweep whose runs differ only in β trains as stacks, split into one stack per slot:
-        measured on 2 cores, 2 workers of 3 stacked models beat 1 worker of 6 and 6 separate
-        processes (bench/RESULTS.md).
+        A sweep whose runs differ only in β trains as stacks, split into one stack per job slot
+        of the layout (bench/RESULTS.md has the layouts measured per machine).
         """
         group = record.status.get("group")
         if not (self.batch_sweeps and group):
@@ -151,12 +177,13 @@ class JobManager:
         members = [r for r in queued if r.status.get("group") == group]
         if len(members) < 2 or not can_train_together([r.config for r in members]):
             return [record.run_id]
-        size = -(-len(members) // self.max_concurrent)  # ceil: one share per slot
+        size = -(-len(members) // self.layout().processes)  # ceil: one share per slot
         waiting = [r.run_id for r in members if r.run_id not in started]
         return waiting[:size]
 
     def _running_job_count(self) -> int:
-        return len({id(job) for job in self.jobs.values()})
+        """Jobs this manager watches plus live ones it cannot attach to (another host, engine)."""
+        return len({id(job) for job in self.jobs.values()}) + len(self._foreign_jobs)
 
     def _start(self, run_ids: list[str]) -> None:
         # Under the store lock: no other server sees these runs between the claim and the ref.
@@ -209,17 +236,22 @@ class JobManager:
             if record.run_id not in self.jobs:
                 ref = record.status.get("job")
                 by_ref.setdefault(json.dumps(ref, sort_keys=True), []).append(record)
+        self._foreign_jobs = set()
         for key, records in by_ref.items():
             ref = json.loads(key)
-            if isinstance(ref, dict) and not self.backend.owns(ref):
-                continue  # another machine's or another engine's job: not ours to judge
             run_ids = [r.run_id for r in records]
-            job = self.backend.attach(self.store, ref, run_ids) if isinstance(ref, dict) else None
+            ours = isinstance(ref, dict) and self.backend.owns(ref)
+            job = self.backend.attach(self.store, ref, run_ids) if ours else None
             if job is not None:
                 for run_id in run_ids:
                     self.jobs[run_id] = job
                 continue
-            for run_id in run_ids:
+            held = [r for r in run_ids if is_held(self.store.run_dir(r))]
+            if held or (isinstance(ref, dict) and not ours):
+                self._foreign_jobs.add(key)  # alive, or not ours to judge: it holds a slot
+            if ref is not None and not ours:
+                continue  # another machine's or another engine's job: not ours to judge
+            for run_id in set(run_ids) - set(held):  # nobody holds it: its job is gone
                 reason = "the worker process is gone (server restarted or process killed)"
                 self.store.update_status(run_id, RunState.INTERRUPTED, reason)
 
@@ -230,6 +262,10 @@ class JobManager:
             return
 
         def loop():
+            try:
+                self.measure_layout()  # first use on this machine: a few seconds, in this thread
+            except Exception as exc:  # measuring is an optimisation: keep the default layout
+                print(f"job manager: layout not measured: {exc}", file=sys.stderr)
             while not self._stop.wait(interval_s):
                 try:
                     self.reconcile()

@@ -22,6 +22,7 @@ import torch
 
 from vae.execution.checkpoint import CheckpointError, make_checkpoint, model_from_checkpoint
 from vae.execution.evaluation import evaluate_run
+from vae.execution.lease import Lease
 from vae.execution.procs import local_ref
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
@@ -82,13 +83,19 @@ class Member:
 
 
 class RunFiles(TrainCallbacks):
-    """Writes each run's files as the engine trains a stack, and passes on the job's stops."""
+    """Writes each run's files as the engine trains a stack, and passes on the job's stops.
 
-    def __init__(self, store, members: list[Member], dataset: Dataset, control, progress=None):
+    A run that leaves the stack early (cancelled alone, its files unwritable, its loss NaN) gets
+    its final status at once and gives up its lease, so it can be resumed while the others train.
+    """
+
+    def __init__(self, store, members: list[Member], dataset, control, leases, progress=None):
         self.store, self.members, self.control, self.progress = store, members, control, progress
+        self.leases: dict[str, Lease] = leases
         self.shape = dataset.info.image_shape
         self.run_ids = [m.run_id for m in members]
         self.write_errors: dict[int, str] = {}
+        self.settled: dict[int, RunState] = {}  # runs whose outcome is already written
 
     def on_epoch(self, index: int, metrics: dict, state: TrainState) -> None:
         member = self.members[index]
@@ -106,8 +113,23 @@ class RunFiles(TrainCallbacks):
         return self.control.stop_requested
 
     def to_drop(self) -> set[int]:
+        for run_id in self.run_ids:
+            self.leases[run_id].beat()
         cancelled = self.control.cancelled(self.run_ids)
         return set(self.write_errors) | {i for i, r in enumerate(self.run_ids) if r in cancelled}
+
+    def on_dropped(self, index: int, error: Exception | None) -> None:
+        run_id = self.run_ids[index]
+        if index in self.write_errors:
+            self.settled[index] = fail(self.store, run_id, self.write_errors[index])
+        elif error is not None:
+            self.settled[index] = fail(self.store, run_id, str(error))
+        else:
+            epoch = self.members[index].state.epoch
+            self.store.clear_cancel_request(run_id)
+            reason = f"cancelled after epoch {epoch}"
+            self.settled[index] = _set(self.store, run_id, RunState.CANCELLED, reason)
+        self.leases[run_id].release()
 
 
 def load_state(store: RunStore, run_id: str, config: RunConfig, shape) -> TrainState:
@@ -147,41 +169,66 @@ def run_job(
     """
     outcomes: dict[str, RunState] = {}
     members: list[Member] = []
-    for run_id in run_ids:
-        if control.stop_requested or control.cancelled([run_id]):
-            outcomes[run_id] = _stop_before_start(store, run_id)
-            continue
-        try:
-            store.update_status(run_id, RunState.RUNNING, job=owner or local_ref())
-        except IllegalTransition:  # e.g. cancelled while it waited: not this worker's to train
-            outcomes[run_id] = RunState(store.read_status(run_id)["state"])
-            continue
-        except StoreError as exc:
-            outcomes[run_id] = fail(store, run_id, str(exc))
-            continue
-        try:
-            config = store.read_config(run_id)
-            if threads and not config.threads:
-                config.threads = threads
-            # download=True: MNIST files missing under the data root are fetched when a
-            # connection exists; without one the run fails with a message naming the files.
-            dataset = load_dataset(
-                config.dataset, config.data_root, download=True, seed=config.seed
-            )
-            state = load_state(store, run_id, config, dataset.info.image_shape)
-            members.append(Member(run_id, config, state))
-        except Exception as exc:  # this run fails; the job's others go on
-            outcomes[run_id] = fail(store, run_id, _describe(exc))
-    stacks: dict[tuple, list[Member]] = {}
-    for member in members:
-        key = (stack_key(member.config), member.state.progress())
-        stacks.setdefault(key, []).append(member)
-    for stack in stacks.values():
-        outcomes.update(_train_stack(store, stack, control, evaluate, progress))
+    leases: dict[str, Lease] = {}
+    try:
+        for run_id in run_ids:
+            lease = _take_lease(store, run_id)
+            if lease is None:  # another live process owns this run: leave it alone
+                outcomes[run_id] = _current_state(store, run_id)
+                continue
+            leases[run_id] = lease
+            member = _prepare(store, run_id, control, threads, owner, outcomes)
+            if member is not None:
+                members.append(member)
+        stacks: dict[tuple, list[Member]] = {}
+        for member in members:
+            key = (stack_key(member.config), member.state.progress())
+            stacks.setdefault(key, []).append(member)
+        for stack in stacks.values():
+            outcomes.update(_train_stack(store, stack, control, leases, evaluate, progress))
+    finally:
+        for lease in leases.values():
+            lease.release()
     return {r: outcomes[r] for r in run_ids}
 
 
-def _train_stack(store, members: list[Member], control, evaluate, progress) -> dict:
+def _take_lease(store: RunStore, run_id: str) -> Lease | None:
+    lease = Lease(store.run_dir(run_id))
+    try:
+        return lease if lease.acquire() else None
+    except OSError as exc:  # no run folder, a read-only store...: say so in the run if possible
+        fail(store, run_id, f"could not take the run's lease: {exc.strerror or exc}")
+        return None
+
+
+def _prepare(store, run_id, control, threads, owner, outcomes) -> Member | None:
+    """Mark one run running and load its config, data and state; None (outcome noted) if not."""
+    if control.stop_requested or control.cancelled([run_id]):
+        outcomes[run_id] = _stop_before_start(store, run_id)
+        return None
+    try:
+        store.update_status(run_id, RunState.RUNNING, job=owner or local_ref())
+    except IllegalTransition:  # e.g. cancelled while it waited: not this worker's to train
+        outcomes[run_id] = _current_state(store, run_id)
+        return None
+    except StoreError as exc:
+        outcomes[run_id] = fail(store, run_id, str(exc))
+        return None
+    try:
+        config = store.read_config(run_id)
+        if threads and not config.threads:
+            config.threads = threads
+        # download=True: MNIST files missing under the data root are fetched when a connection
+        # exists; without one the run fails with a message naming the files to put there.
+        dataset = load_dataset(config.dataset, config.data_root, download=True, seed=config.seed)
+        state = load_state(store, run_id, config, dataset.info.image_shape)
+        return Member(run_id, config, state)
+    except Exception as exc:  # this run fails; the job's others go on
+        outcomes[run_id] = fail(store, run_id, _describe(exc))
+        return None
+
+
+def _train_stack(store, members: list[Member], control, leases, evaluate, progress) -> dict:
     waiting = {m.run_id for m in members if control.stop_requested or control.cancelled([m.run_id])}
     outcomes = {r: _stop_before_start(store, r) for r in waiting}
     members = [m for m in members if m.run_id not in waiting]
@@ -189,7 +236,7 @@ def _train_stack(store, members: list[Member], control, evaluate, progress) -> d
         return outcomes
     first = members[0].config
     dataset = load_dataset(first.dataset, first.data_root, seed=first.seed)
-    files = RunFiles(store, members, dataset, control, progress)
+    files = RunFiles(store, members, dataset, control, leases, progress)
     try:
         result = train_models(
             [m.config for m in members],
@@ -201,16 +248,17 @@ def _train_stack(store, members: list[Member], control, evaluate, progress) -> d
         return outcomes | {m.run_id: fail(store, m.run_id, _describe(exc)) for m in members}
     for index, member in enumerate(members):
         run_id, state = member.run_id, result.states[index]
-        if index in files.write_errors:
+        if index in files.settled:
+            outcomes[run_id] = files.settled[index]
+        elif index in files.write_errors:
             outcomes[run_id] = fail(store, run_id, files.write_errors[index])
-        elif result.errors[index] is not None:
-            outcomes[run_id] = fail(store, run_id, str(result.errors[index]))
-        elif index in result.dropped or result.stopped:
+        elif result.stopped:
             store.clear_cancel_request(run_id)
             reason = f"cancelled after epoch {state.epoch}"
             outcomes[run_id] = _set(store, run_id, RunState.CANCELLED, reason)
         else:
             outcomes[run_id] = finish_run(store, member, dataset, evaluate)
+        leases[run_id].release()
     return outcomes
 
 
@@ -234,6 +282,13 @@ def finish_run(store: RunStore, member: Member, dataset: Dataset, evaluate: Eval
     except Exception as exc:
         reason = f"evaluation failed: {exc}"[:500]
     return _set(store, run_id, RunState.FINISHED, reason, epoch=state.epoch)
+
+
+def _current_state(store: RunStore, run_id: str) -> RunState:
+    try:
+        return RunState(store.read_status(run_id)["state"])
+    except StoreError:
+        return RunState.FAILED
 
 
 def _stop_before_start(store: RunStore, run_id: str) -> RunState:

@@ -15,6 +15,7 @@ ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
 OBJECTIVES = ("beta", "capacity", "warmup", "free_bits")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 # Bounds the UI sliders and the CLI share; anything outside is refused with a message.
 LIMITS: dict[str, tuple[float, float]] = {
@@ -69,6 +70,7 @@ class RunConfig:
     seed: int = 0
     threads: int = 0  # 0: let the job runner decide
     device: str = "auto"
+    precision: str = "auto"  # auto: bf16 where the hardware computes it natively, else fp32
     name: str = ""
 
     def to_dict(self) -> dict:
@@ -150,6 +152,7 @@ def validation_errors(config: RunConfig) -> dict[str, str]:
         "likelihood": LIKELIHOODS,
         "objective": OBJECTIVES,
         "device": DEVICES,
+        "precision": PRECISIONS,
         "dataset": tuple(DATASETS),
     }
     for name, allowed in choices.items():

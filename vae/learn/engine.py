@@ -34,6 +34,7 @@ from vae.learn.likelihood import pixel_nll
 from vae.learn.metrics import posterior_summary
 from vae.learn.model import VAE, build_model
 from vae.learn.objective import kl_per_dim, make_objective
+from vae.learn.precision import autocast, resolve_precision
 from vae.learn.stack import stack_models
 
 NAN_CHECK_EVERY = 200  # steps between host syncs that look for a non-finite loss
@@ -85,6 +86,9 @@ class TrainCallbacks:
     def to_drop(self) -> Collection[int]:
         """Checked before every step (keep it cheap): models to stop at their last epoch."""
         return ()
+
+    def on_dropped(self, index: int, error: Exception | None) -> None:
+        """Model `index` left the stack: through `to_drop` (error None), or its loss turned NaN."""
 
 
 @dataclass
@@ -213,6 +217,7 @@ def train_models(
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = resolve_device(config)
+    precision = resolve_precision(config.precision, device)
     dataset = dataset or load_dataset(config.dataset, config.data_root, seed=config.seed)
     if states is None:
         first = new_state(config, dataset.info.image_shape, device)
@@ -268,6 +273,8 @@ def train_models(
             result.errors[i] = error
         if bad:
             drop(set(bad))
+        for i, error in bad.items():
+            callbacks.on_dropped(i, error)
 
     while epoch < config.epochs and rows:
         started = time.perf_counter()
@@ -277,7 +284,9 @@ def train_models(
         for i in range(steps_per_epoch):
             xb = data[perm[i * bs : (i + 1) * bs]]
             eps = torch.randn((len(xb), config.latent_dim), generator=generator, device=device)
-            logits, mu, logvar = stack.forward(xb, eps)
+            with autocast(precision, device):
+                logits, mu, logvar = stack.forward(xb, eps)
+            logits, mu, logvar = logits.float(), mu.float(), logvar.float()  # loss terms in fp32
             nll = pixel_nll(config.likelihood, xb.flatten(1), logits, stack.decoder_log_var())
             distortion, kl = nll.sum(-1), kl_per_dim(mu, logvar)  # [K, B], [K, B, J]
             loss = objective(distortion, kl, step)  # [K]
@@ -299,6 +308,8 @@ def train_models(
             if gone:
                 result.dropped |= gone
                 drop(gone)
+                for index in gone:
+                    callbacks.on_dropped(index, None)
             if not rows:
                 return result
         data = perm = None  # let go of this epoch's draw before the next one is made
@@ -311,6 +322,7 @@ def train_models(
             metrics = epoch_metrics(
                 configs[index], state, losses[:, r], seconds, n, objectives[index], test_x
             )
+            metrics["precision"] = precision
             callbacks.on_epoch(index, metrics, state)
     return result
 

@@ -14,6 +14,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from vae.execution.lease import stalled_for
 from vae.execution.states import RunState
 from vae.execution.store import RunRecord
 from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
@@ -36,6 +37,9 @@ def progress(record: RunRecord) -> tuple[float, str]:
         seconds = [m.get("seconds", 0) for m in record.metrics[-3:]]
         if record.state == RunState.RUNNING and seconds and epoch < total:
             text += f" · ETA {format_seconds(np.median(seconds) * (total - epoch))}"
+    silent = stalled_for(record.path) if record.state == RunState.RUNNING else None
+    if silent is not None:
+        text = f"stalled: no sign of life for {format_seconds(silent)} · {text}"
     return (min(1.0, epoch / total) if total else 0.0), text
 
 
