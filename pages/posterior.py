@@ -41,17 +41,17 @@ def show(record) -> None:
     counts = unit_counts(last)
     a, b, c, d = st.columns(4)
     a.metric(
-        "informative dims",
+        "informative",
         f"{counts.informative} / {counts.latent_dim}",
         help=f"dimensions with {INFORMATIVE_RULE}: they carry information about x",
     )
     b.metric(
-        "active units (Burda)",
+        "active (Burda)",
         f"{counts.active} / {counts.latent_dim}",
         help=f"dimensions with {ACTIVE_RULE}. {WHY_COUNTS_DIFFER}",
     )
-    c.metric("rate R (nats)", f"{last['rate']:.2f}")
-    d.metric("distortion D (nats)", f"{last['distortion']:.2f}")
+    c.metric("R (nats)", f"{last['rate']:.2f}")
+    d.metric("D (nats)", f"{last['distortion']:.2f}")
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )

@@ -7,6 +7,7 @@ import streamlit as st
 from ui import run_store
 from vae.present.tradeoff import (
     beta_domain,
+    beta_values,
     comparable_sets,
     curves_chart,
     curves_frame,
@@ -78,7 +79,8 @@ def live_chart() -> None:
         if not slopes.empty:
             names = {"beta_low": "β₁", "beta_high": "β₂", "slope": "chord slope ΔD/ΔR",
                      "expected": "−√(β₁β₂)", "within": "between −β₂ and −β₁"}  # fmt: skip
-            st.dataframe(slopes.rename(columns=names), hide_index=True, key="slopes_table")
+            shown = slopes.round({"slope": 2, "expected": 2}).rename(columns=names)
+            st.dataframe(shown, hide_index=True, key="slopes_table")
 
     by_id = {r.run_id: r for r in records}
     options = list(frame["run_id"])
@@ -100,7 +102,7 @@ def live_chart() -> None:
     if chosen:
         splits = ("test", "train") if show_train else ("test",)
         curves = curves_frame([by_id[r] for r in chosen if r in by_id], splits)
-        st.altair_chart(curves_chart(curves, beta_domain(frame)))
+        st.altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)))
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
                "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip

@@ -130,14 +130,23 @@ def beta_domain(frame: pd.DataFrame) -> list[float]:
     return [low, high]
 
 
-def beta_color(domain: list[float]) -> alt.Color:
-    """β on a log scale, labelled in β (not log β); the plane and the curves share it."""
+def beta_color(domain: list[float], values: list[float] | None = None) -> alt.Color:
+    """β on a log scale, labelled in β (not log β) at `values` (the runs' β); the plane and the
+    curves share it."""
+    legend = alt.Legend(type="gradient", format="~g", gradientLength=200)
+    if values:
+        legend = alt.Legend(type="gradient", format="~g", gradientLength=200, values=values)
     return alt.Color(
         "beta_plot:Q",
         title="β",
         scale=alt.Scale(type="log", scheme="viridis", domain=domain),
-        legend=alt.Legend(format="~g", tickCount=6),
+        legend=legend,
     )
+
+
+def beta_values(frame: pd.DataFrame) -> list[float]:
+    """The distinct β of a frame (floored like the colour scale), for legend labels."""
+    return sorted({float(b) for b in frame["beta_plot"]})
 
 
 def elbo_levels(frame: pd.DataFrame, count: int = 4) -> list[float]:
@@ -184,6 +193,8 @@ def elbo_label_position(
     # Start where the line enters the plot (top or left edge) and walk down it.
     start = max(x0, level - y1)
     stop = min(x1, level - y0)
+    if start >= stop:  # the line misses the plot
+        return None
     for rate in np.linspace(start, stop, 60):
         distortion = level - rate
         if rate + room_x <= x1 and distortion + room_y <= y1 and distortion >= y0:
@@ -224,7 +235,7 @@ def tradeoff_chart(frame: pd.DataFrame, show_slopes: bool = False) -> alt.LayerC
     y = alt.Y(
         "distortion:Q", title="distortion D = −log p(x|z) (nats)", scale=alt.Scale(domain=y_domain)
     )
-    color = beta_color(beta_domain(frame))
+    color = beta_color(beta_domain(frame), beta_values(frame))
 
     iso_rows, label_rows = [], []
     for level in elbo_levels(frame):
@@ -366,7 +377,9 @@ def curves_frame(records: list[RunRecord], splits: tuple[str, ...] = ("test",)) 
     return pd.DataFrame(rows, columns=columns)
 
 
-def curves_chart(frame: pd.DataFrame, domain: list[float]) -> alt.FacetChart:
+def curves_chart(
+    frame: pd.DataFrame, domain: list[float], values: list[float] | None = None
+) -> alt.FacetChart:
     """R, D and −ELBO per epoch, one panel each; colour is β on the plane's scale (`domain`),
     solid lines the test split, dashed the training batches."""
     return (
@@ -375,7 +388,7 @@ def curves_chart(frame: pd.DataFrame, domain: list[float]) -> alt.FacetChart:
         .encode(
             x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y("nats:Q", scale=alt.Scale(zero=False), title="nats"),
-            color=beta_color(domain),
+            color=beta_color(domain, values),
             detail="run:N",
             strokeDash=alt.StrokeDash(
                 "split:N",

@@ -77,6 +77,10 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
 
 
 # ---- posterior per dimension ------------------------------------------------------------------
+# Streamlit fits the whole chart (legend, rotated labels, titles) into this height.
+DIMS_CHART_HEIGHT = 340
+
+
 def dims_frame(metrics: dict) -> pd.DataFrame:
     """Per-dimension KL, mean σ², Cov_x(μ) of one epoch, sorted by KL (largest first).
 
@@ -166,7 +170,7 @@ def dims_charts(
         .encode(y="y:Q")
     )
     kl_chart = alt.layer(kl, threshold).properties(
-        height=220, title=f"KL per dimension (dotted: {INFORMATIVE_RULE})"
+        height=DIMS_CHART_HEIGHT, title=f"KL per dimension (dotted: {INFORMATIVE_RULE})"
     )
     var_bars = (
         alt.Chart(frame)
@@ -184,7 +188,7 @@ def dims_charts(
         .encode(y="y:Q")
     )
     variance = alt.layer(var_bars, prior).properties(
-        height=220, title="Posterior variance (dashed: the prior's σ² = 1)"
+        height=DIMS_CHART_HEIGHT, title="Posterior variance (dashed: the prior's σ² = 1)"
     )
     return kl_chart, variance
 
@@ -261,7 +265,7 @@ def units_chart(frame: pd.DataFrame) -> alt.Chart:
                 alt.Tooltip("dims:Q", title="dimensions"),
             ],
         )
-        .properties(height=220)
+        .properties(height=300)
     )
 
 
