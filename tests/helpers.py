@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).resolve().parent.parent / "app.py")  # AppTest needs an absolute path
 PAGES = [
     "pages/train.py",
+    "pages/gallery.py",
     "pages/tradeoff.py",
     "pages/posterior.py",
     "pages/samples.py",
