@@ -133,9 +133,7 @@ def beta_domain(frame: pd.DataFrame) -> list[float]:
 def beta_color(domain: list[float], values: list[float] | None = None) -> alt.Color:
     """β on a log scale, labelled in β (not log β) at `values` (the runs' β); the plane and the
     curves share it."""
-    legend = alt.Legend(type="gradient", format="~g", gradientLength=200)
-    if values:
-        legend = alt.Legend(type="gradient", format="~g", gradientLength=200, values=values)
+    legend = alt.Legend(format="~g", values=values) if values else alt.Legend(format="~g")
     return alt.Color(
         "beta_plot:Q",
         title="β",
@@ -381,10 +379,12 @@ def curves_chart(
     frame: pd.DataFrame, domain: list[float], values: list[float] | None = None
 ) -> alt.FacetChart:
     """R, D and −ELBO per epoch, one panel each; colour is β on the plane's scale (`domain`),
-    solid lines the test split, dashed the training batches."""
+    solid lines the test split, dashed the training batches. Points mark epochs while they are
+    few enough to tell apart."""
+    few_epochs = frame["epoch"].nunique() <= 12
     return (
         alt.Chart(frame)
-        .mark_line(point=True)
+        .mark_line(point=few_epochs, strokeWidth=2)
         .encode(
             x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y("nats:Q", scale=alt.Scale(zero=False), title="nats"),

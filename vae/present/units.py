@@ -11,14 +11,15 @@ from dataclasses import dataclass
 
 from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
 
-INFORMATIVE = "informative"
-ACTIVE_ONLY = "active, KL ≈ 0"
-COLLAPSED = "collapsed"
-UNIT_CLASSES = (INFORMATIVE, ACTIVE_ONLY, COLLAPSED)
-UNIT_COLOURS = ("#1f77b4", "#9ecae1", "#c7c7c7")
-
 ACTIVE_RULE = f"Cov_x(μⱼ) > {ACTIVE_UNIT_THRESHOLD:g}"
 INFORMATIVE_RULE = f"KLⱼ > {INFORMATIVE_KL_THRESHOLD:g} nats"
+
+# The three kinds of dimension, named with their rule so a chart legend explains itself.
+INFORMATIVE = f"informative ({INFORMATIVE_RULE})"
+ACTIVE_ONLY = f"active only ({ACTIVE_RULE}, KLⱼ ≤ {INFORMATIVE_KL_THRESHOLD:g})"
+COLLAPSED = "collapsed to the prior"
+UNIT_CLASSES = (INFORMATIVE, ACTIVE_ONLY, COLLAPSED)
+UNIT_COLOURS = ("#1f77b4", "#9ecae1", "#c7c7c7")
 WHY_COUNTS_DIFFER = (
     f"They can disagree early in training and at large β: a dimension whose mean still wanders "
     f"a little with x passes {ACTIVE_RULE} while its posterior variance is near the prior's 1, "

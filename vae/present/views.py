@@ -141,9 +141,9 @@ def dims_charts(
     x = alt.X("label:N", sort=order, title="latent dimension (sorted by KL)")
     color = alt.Color(
         "unit:N",
-        title=f"{INFORMATIVE_RULE}; {ACTIVE_RULE}",
+        title=None,
         scale=alt.Scale(domain=list(UNIT_CLASSES), range=list(UNIT_COLOURS)),
-        legend=alt.Legend(orient="top", labelLimit=200, titleLimit=400),
+        legend=alt.Legend(orient="top", labelLimit=300, columns=2),
     )
     tooltip = [
         alt.Tooltip("label:N", title="dimension"),
@@ -245,28 +245,38 @@ def units_chart(frame: pd.DataFrame) -> alt.Chart:
     long = data.melt(
         id_vars=["beta", "latent_dim"],
         value_vars=["informative", "active"],
-        var_name="count",
+        var_name="test",
         value_name="dims",
     )
-    long["count"] = long["count"].map(
+    long["test"] = long["test"].map(
         {"informative": f"informative ({INFORMATIVE_RULE})", "active": f"active ({ACTIVE_RULE})"}
     )
     top = int(frame["latent_dim"].max()) if len(frame) else 1
+    betas = sorted(set(long["beta"]))
+    x_scale = alt.Scale(type="log", domain=[betas[0], betas[-1]], nice=False) if betas else None
+    names = [f"informative ({INFORMATIVE_RULE})", f"active ({ACTIVE_RULE})"]
     return (
         alt.Chart(long)
-        .mark_line(point=True)
+        .mark_line(point=alt.OverlayMarkDef(size=60), strokeWidth=2.5)
         .encode(
-            x=alt.X("beta:Q", title="β", scale=alt.Scale(type="log"), axis=alt.Axis(format="~g")),
+            x=alt.X(
+                "beta:Q", title="β", scale=x_scale or alt.Undefined,
+                axis=alt.Axis(format="~g", values=betas, grid=False),
+            ),
             y=alt.Y("dims:Q", title="latent dimensions", scale=alt.Scale(domain=[0, top])),
-            color=alt.Color("count:N", title=None, legend=alt.Legend(orient="top", labelLimit=300)),
+            color=alt.Color(
+                "test:N", title=None,
+                scale=alt.Scale(domain=names, range=["#1f77b4", "#ff7f0e"]),
+                legend=alt.Legend(orient="top", labelLimit=300),
+            ),
             tooltip=[
                 alt.Tooltip("beta:Q", title="β", format="~g"),
-                alt.Tooltip("count:N", title="count"),
+                alt.Tooltip("test:N", title="test"),
                 alt.Tooltip("dims:Q", title="dimensions"),
             ],
         )
         .properties(height=300)
-    )
+    )  # fmt: skip
 
 
 def latent_map_extent(frames: list[pd.DataFrame]) -> list[float]:
