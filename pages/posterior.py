@@ -30,10 +30,10 @@ field = st.radio(
     "Heatmap of", ["posterior_var", "kl_per_dim"], horizontal=True, key="heatmap_field",
     format_func={"posterior_var": "posterior variance σⱼ²", "kl_per_dim": "KLⱼ"}.get,
 )  # fmt: skip
-picked = pick_runs(records, compare)
-scales = dims_scales([record.metrics for _, record in picked])
 if compare:
     st.caption("Both sides share their axes and colour ranges, so equal heights mean equal values.")
+picked = pick_runs(records, compare)
+scales = dims_scales([record.metrics for _, record in picked])
 
 
 def show(record) -> None:
@@ -46,9 +46,9 @@ def show(record) -> None:
         help=f"dimensions with {INFORMATIVE_RULE}: they carry information about x",
     )
     b.metric(
-        "active (Burda)",
+        "active",
         f"{counts.active} / {counts.latent_dim}",
-        help=f"dimensions with {ACTIVE_RULE}. {WHY_COUNTS_DIFFER}",
+        help=f"active units (Burda et al. 2015): dimensions with {ACTIVE_RULE}. {WHY_COUNTS_DIFFER}",
     )
     c.metric("R (nats)", f"{last['rate']:.2f}")
     d.metric("D (nats)", f"{last['distortion']:.2f}")

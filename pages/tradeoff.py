@@ -106,7 +106,8 @@ def live_chart() -> None:
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
                "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip
-    st.dataframe(frame[list(columns)].rename(columns=columns), hide_index=True, key="runs_table")
+    table = frame[list(columns)].round({"rate": 2, "distortion": 2, "neg_elbo": 2})
+    st.dataframe(table.rename(columns=columns), hide_index=True, key="runs_table")
 
 
 live_chart()

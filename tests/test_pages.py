@@ -317,7 +317,7 @@ def test_posterior_shows_both_unit_counts_with_their_thresholds(monkeypatch, swe
     counts = unit_counts(high.last_metrics)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["informative"] == f"{counts.informative} / {counts.latent_dim}"
-    assert metrics["active (Burda)"] == f"{counts.active} / {counts.latent_dim}"
+    assert metrics["active"] == f"{counts.active} / {counts.latent_dim}"
     caption = " ".join(c.value for c in at.caption)
     assert "KLⱼ > 0.05 nats" in caption and "Cov_x(μⱼ) > 0.01" in caption
     assert "disagree" in caption

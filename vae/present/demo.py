@@ -15,7 +15,7 @@ from vae.learn.config import LIMITS, RunConfig
 DEMO_NAME = "β demo"
 DEMO_BETAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 DEMO_LATENT_DIM = 16
-DEMO_EPOCHS = 40
+DEMO_EPOCHS = 30
 DEMO_EPOCHS_ENV = "VAE_DEMO_EPOCHS"  # a whole number of epochs that replaces DEMO_EPOCHS (tests)
 
 DEMO_GUIDE = f"""\

@@ -15,9 +15,9 @@ ACTIVE_RULE = f"Cov_x(μⱼ) > {ACTIVE_UNIT_THRESHOLD:g}"
 INFORMATIVE_RULE = f"KLⱼ > {INFORMATIVE_KL_THRESHOLD:g} nats"
 
 # The three kinds of dimension, named with their rule so a chart legend explains itself.
-INFORMATIVE = f"informative ({INFORMATIVE_RULE})"
-ACTIVE_ONLY = f"active only ({ACTIVE_RULE}, KLⱼ ≤ {INFORMATIVE_KL_THRESHOLD:g})"
-COLLAPSED = "collapsed to the prior"
+INFORMATIVE = f"informative (KLⱼ > {INFORMATIVE_KL_THRESHOLD:g})"
+ACTIVE_ONLY = f"active only ({ACTIVE_RULE})"
+COLLAPSED = "collapsed"
 UNIT_CLASSES = (INFORMATIVE, ACTIVE_ONLY, COLLAPSED)
 UNIT_COLOURS = ("#1f77b4", "#9ecae1", "#c7c7c7")
 WHY_COUNTS_DIFFER = (
