@@ -393,3 +393,19 @@ def test_tradeoff_curve_picker_chooses_the_curves(monkeypatch, sweep_store):
     picker.set_value([]).run()
     assert not at.exception
     assert len(at.get("vega_lite_chart")) == 1  # no curves chart without runs
+
+
+@pytest.mark.parametrize("page", ["pages/posterior.py", "pages/samples.py"])
+def test_run_pickers_switch_the_run_shown(monkeypatch, sweep_store, page):
+    low, high = _sweep(sweep_store)[0], _sweep(sweep_store)[-1]
+    at = open_app(monkeypatch, sweep_store.root, page)
+    at.selectbox(key="pick_run").select(low.run_id).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.query_params["run"] == [low.run_id]
+    assert any(f"β={low.config.beta:g} " in c.value for c in at.caption)
+    at.toggle[0].set_value(True).run()
+    at.selectbox(key="pick_compare").select(high.run_id).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.query_params["compare"] == [high.run_id]
+    shown = " ".join(c.value for c in at.caption)
+    assert f"β={low.config.beta:g} " in shown and f"β={high.config.beta:g} " in shown
