@@ -17,6 +17,7 @@ PAGES = [
         url_path="train",
         default=True,
     ),
+    st.Page("pages/gallery.py", title="β gallery", icon=":material/view_list:", url_path="gallery"),
     st.Page(
         "pages/tradeoff.py", title="Tradeoff", icon=":material/scatter_plot:", url_path="tradeoff"
     ),

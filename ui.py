@@ -88,12 +88,22 @@ def compare_toggle() -> bool:
 
 def side_by_side(records: list[RunRecord], show, compare: bool) -> None:
     """Pick one run (or two, in columns) and call show(record) for each."""
+    for column, record in pick_runs(records, compare):
+        with column:
+            show(record)
+
+
+def pick_runs(records: list[RunRecord], compare: bool) -> list[tuple]:
+    """Pick one run (or two, in columns); returns (column, record) pairs, so a page can compute
+    what both sides share (axis ranges) before drawing either."""
     keys = ["run", "compare"] if compare else ["run"]
     columns = st.columns(2) if compare else [st.container()]
+    picked = []
     for column, key in zip(columns, keys, strict=True):
         with column:
             default = -2 if key == "compare" and len(records) > 1 else -1
             label = "Run" if key == "run" else "Compare with"
             record = pick_run(records, key=key, label=label, index_default=default)
             if record is not None:
-                show(record)
+                picked.append((column, record))
+    return picked

@@ -1,13 +1,15 @@
-"""Screenshots of every page of the dashboard, on real runs: `python bench/screenshots.py --out docs/screenshots`.
+"""Screenshots of every page of the dashboard after the β demo: `python bench/screenshots.py --out docs/screenshots`.
 
-1. trains a β sweep on the offline digits set through the library (JobManager on a temporary run
-   store: real worker processes, the same files the app reads);
-2. starts `streamlit run app.py` on that store (VAE_STORE) on a free port;
-3. opens each page in headless Chromium at a 1400×1000 viewport, waits until the script run is
-   over and every chart and image has rendered, and writes a full-page PNG to <out>/<page>.png.
+1. starts `streamlit run app.py` on an empty temporary run store (VAE_STORE) on a free port;
+2. in headless Chromium at a 1400×1000 viewport, photographs the first visit (welcome.png), then
+   presses **Start the β demo** as a new user would and waits until its runs finish (real worker
+   processes), printing the wall time and what the demo shows (R, D, unit counts per β);
+3. opens each page, waits until the script run is over and every chart and image has rendered,
+   and writes a full-page PNG to <out>/<page>.png.
 
-Pages that show one run are opened on a chosen run (`?run=ID`): the posterior page on the highest
-β, so dimensions collapsed to the prior are visible (`--compare` opens it beside the lowest β).
+Pages that show one run are opened on a chosen run (`?run=ID`): Posterior compares the largest β
+with the smallest (shared axes), Samples shows the middle β (`--compare`: beside the largest).
+`--demo-epochs N` shortens the demo (through VAE_DEMO_EPOCHS) for a quick trial of the script.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # live_app: the app server the browser tests use
 
-from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp  # noqa: E402
+from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp, stop_workers  # noqa: E402
 
-from vae.execution.jobs import JobManager  # noqa: E402
-from vae.execution.store import RunStore  # noqa: E402
-from vae.learn.config import RunConfig  # noqa: E402
+from vae.execution.store import ACTIVE_STATES, RunStore  # noqa: E402
+from vae.present.demo import DEMO_EPOCHS_ENV, DEMO_NAME  # noqa: E402
+from vae.present.units import unit_counts  # noqa: E402
 
-PAGES = ("train", "tradeoff", "posterior", "samples", "kl_term", "checkpoints")
+PAGES = ("train", "gallery", "tradeoff", "posterior", "samples", "kl_term", "checkpoints")
+DEMO_TIMEOUT_S = 900
 VIEWPORT = {"width": 1400, "height": 1000}
 RENDERED_JS = """() => {
     const charts = [...document.querySelectorAll("[data-testid='stVegaLiteChart']")];
@@ -51,28 +54,52 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train_runs(store: RunStore, betas: list[float], epochs: int, latent_dim: int) -> dict:
-    """A β sweep through the library; returns {β: run id} once every run has finished."""
-    config = RunConfig(dataset="digits", latent_dim=latent_dim, epochs=epochs, name="screenshots")
-    manager = JobManager(store, max_concurrent=max(1, min(len(betas), os.cpu_count() or 1)))
-    run_ids = manager.submit_sweep(config, betas)
-    log(f"training {len(run_ids)} runs (β = {', '.join(f'{b:g}' for b in betas)}, {epochs} epochs)")
-    manager.wait(run_ids, timeout_s=900)
-    states = {r: store.read_status(r)["state"] for r in run_ids}
+def run_demo(page, url: str, store: RunStore, out: Path) -> dict:
+    """Photograph the first visit, press the demo button, wait for the runs; returns {β: run id}."""
+    shot = screenshot(page, f"{url}/", out / "welcome.png")
+    log(f"{out / 'welcome.png'} {'; '.join(shot)}")
+    started = time.monotonic()
+    page.locator(".st-key-demo_button button").click()
+    page.get_by_text("Queued the demo").wait_for(timeout=30_000)
+    runs = [r for r in store.list_runs(with_metrics=False) if r.config.name == DEMO_NAME]
+    log(f"demo: {len(runs)} runs queued (β = {', '.join(f'{r.config.beta:g}' for r in runs)})")
+    while True:
+        states = {r.run_id: store.read_status(r.run_id)["state"] for r in runs}
+        if not any(s in ACTIVE_STATES for s in states.values()):
+            break
+        if time.monotonic() - started > DEMO_TIMEOUT_S:
+            raise SystemExit(f"the demo did not finish in {DEMO_TIMEOUT_S} s: {states}")
+        time.sleep(1.0)
+    log(f"demo finished in {time.monotonic() - started:.0f} s (button press to last run done)")
     if any(s != "finished" for s in states.values()):
-        raise SystemExit(f"not every run finished: {states}")
-    return dict(zip(betas, run_ids, strict=True))
+        raise SystemExit(f"not every demo run finished: {states}")
+    print_demo(store, runs)
+    return {r.config.beta: r.run_id for r in runs}
+
+
+def print_demo(store: RunStore, runs) -> None:
+    """What the demo shows, per β: the numbers the gallery and the Posterior page display."""
+    print(f"{'β':>6} {'epoch':>5} {'R':>7} {'D':>8} {'informative':>11} {'active (Burda)':>14}")
+    for record in sorted(runs, key=lambda r: r.config.beta):
+        m = store.read_metrics(record.run_id)[-1]
+        counts = unit_counts(m)
+        print(
+            f"{record.config.beta:>6g} {m['epoch']:>5} {m['rate']:>7.2f} {m['distortion']:>8.2f} "
+            f"{counts.informative:>7} / {counts.latent_dim:<3} {counts.active:>10} / "
+            f"{counts.latent_dim}"
+        )
 
 
 def page_urls(url: str, runs: dict, compare: bool) -> dict[str, str]:
     betas = sorted(runs)
     low, high, middle = runs[betas[0]], runs[betas[-1]], runs[betas[len(betas) // 2]]
-    posterior = f"{url}/posterior?run={high}" + (f"&compare={low}" if compare else "")
+    posterior = f"{url}/posterior?run={high}&compare={low}"
     samples = f"{url}/samples?run={middle}" + (f"&compare={high}" if compare else "")
     return {
         # The default page is served at "/"; "/train" would open Streamlit's "Page not found"
         # dialog on top of it.
         "train": f"{url}/",
+        "gallery": f"{url}/gallery",
         "tradeoff": f"{url}/tradeoff",
         "posterior": posterior,
         "samples": samples,
@@ -103,11 +130,14 @@ def settled_height(page, timeout_ms: int = 20_000) -> int:
     return last
 
 
-def screenshot(page, url: str, path: Path) -> list[str]:
-    """Full-page PNG of one page; returns problems seen on it (exceptions, dialogs)."""
+def screenshot(page, url: str, path: Path, prepare=None) -> list[str]:
+    """Full-page PNG of one page (after `prepare(page)`, if given); returns problems seen on it
+    (exceptions, dialogs)."""
     page.set_viewport_size(VIEWPORT)
     page.goto(url)
     wait_rendered(page)
+    if prepare is not None:
+        prepare(page)
     problems = []
     for testid, what in (("stException", "a Python exception"), ("stDialog", "a dialog")):
         found = page.locator(f"[data-testid='{testid}']")
@@ -123,45 +153,56 @@ def screenshot(page, url: str, path: Path) -> list[str]:
     return problems
 
 
+def show_slopes(page) -> None:
+    """Tradeoff: switch the slope −β overlay on (the theory on the chart)."""
+    page.locator(".st-key-show_slopes label").click()
+    page.wait_for_timeout(500)
+    wait_rendered(page)
+
+
+PREPARE = {"tradeoff": show_slopes}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "screenshots")
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 4.0, 16.0])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--latent-dim", type=int, default=10)
     parser.add_argument("--pages", nargs="+", choices=PAGES, default=list(PAGES))
     parser.add_argument(
+        "--demo-epochs", type=int, default=None,
+        help=f"shorten the demo to this many epochs (sets {DEMO_EPOCHS_ENV}); default: the demo's own",
+    )  # fmt: skip
+    parser.add_argument(
         "--compare", action="store_true",
-        help="open Posterior and Samples in their side-by-side mode (lowest vs highest β)",
+        help="open Samples in its side-by-side mode (middle vs highest β)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.demo_epochs is not None:
+        os.environ[DEMO_EPOCHS_ENV] = str(args.demo_epochs)  # the app server inherits it
 
     from playwright.sync_api import sync_playwright
 
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vae-screenshots-") as tmp:
         store_root = Path(tmp) / "runs"
-        started = time.monotonic()
-        runs = train_runs(RunStore(store_root), args.betas, args.epochs, args.latent_dim)
-        log(f"runs finished in {time.monotonic() - started:.0f} s; starting the app")
         app = LiveApp(
             store_root, Path(tmp) / "streamlit.log", extra_flags=("--client.toolbarMode", "minimal")
         )  # no "Deploy" button in the pictures
-        url = app.url
         all_problems = {}
         try:
-            urls = page_urls(url, runs, args.compare)
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport=VIEWPORT)
+                runs = run_demo(page, app.url, RunStore(store_root), args.out)
+                urls = page_urls(app.url, runs, args.compare)
                 for name in args.pages:
                     path = args.out / f"{name}.png"
-                    problems = screenshot(page, urls[name], path)
+                    problems = screenshot(page, urls[name], path, PREPARE.get(name))
                     all_problems[name] = problems
                     log(f"{path} {'; '.join(problems) if problems else ''}")
                 browser.close()
         finally:
             app.stop()
+            stop_workers(store_root)
     for name, problems in all_problems.items():
         for problem in problems:
             print(f"{name}: {problem}", file=sys.stderr)

@@ -2,15 +2,22 @@
 
 import streamlit as st
 
-from ui import compare_toggle, run_store, side_by_side
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
-from vae.present.views import dims_charts, dims_frame, dims_over_epochs, heatmap_chart
+from ui import compare_toggle, pick_runs, run_store
+from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER, unit_counts
+from vae.present.views import (
+    dims_charts,
+    dims_frame,
+    dims_over_epochs,
+    dims_scales,
+    heatmap_chart,
+)
 
 st.title("Posterior per latent dimension")
 st.caption(
     "A dimension the decoder does not use collapses to the prior: its KLⱼ falls to 0 and its "
-    f"posterior variance σⱼ² rises to 1. A unit counts as active when Cov_x(μⱼ) > "
-    f"{ACTIVE_UNIT_THRESHOLD} (Burda et al. 2015). Values are test-split averages."
+    "posterior variance σⱼ² rises to 1. Two counts say how many dimensions a run uses: "
+    f"**informative** ({INFORMATIVE_RULE}) and **active units** ({ACTIVE_RULE}, Burda et al. "
+    f"2015). {WHY_COUNTS_DIFFER} Values are test-split averages."
 )
 records = [r for r in run_store().list_runs() if not r.broken and r.metrics]
 if not records:
@@ -20,24 +27,41 @@ if not records:
 
 compare = compare_toggle()
 field = st.radio(
-    "Heatmap of", ["posterior_var", "kl_per_dim"], horizontal=True,
+    "Heatmap of", ["posterior_var", "kl_per_dim"], horizontal=True, key="heatmap_field",
     format_func={"posterior_var": "posterior variance σⱼ²", "kl_per_dim": "KLⱼ"}.get,
 )  # fmt: skip
+if compare:
+    st.caption("Both sides share their axes and colour ranges, so equal heights mean equal values.")
+picked = pick_runs(records, compare)
+scales = dims_scales([record.metrics for _, record in picked])
 
 
 def show(record) -> None:
     last = record.last_metrics
-    a, b, c = st.columns(3)
-    a.metric("active units", f"{last['active_units']} / {record.config.latent_dim}")
-    b.metric("rate R (nats)", f"{last['rate']:.2f}")
-    c.metric("distortion D (nats)", f"{last['distortion']:.2f}")
+    counts = unit_counts(last)
+    a, b, c, d = st.columns(4)
+    a.metric(
+        "informative",
+        f"{counts.informative} / {counts.latent_dim}",
+        help=f"dimensions with {INFORMATIVE_RULE}: they carry information about x",
+    )
+    b.metric(
+        "active",
+        f"{counts.active} / {counts.latent_dim}",
+        help=f"active units (Burda et al. 2015): dimensions with {ACTIVE_RULE}. {WHY_COUNTS_DIFFER}",
+    )
+    c.metric("R (nats)", f"{last['rate']:.2f}")
+    d.metric("D (nats)", f"{last['distortion']:.2f}")
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
-    for chart in dims_charts(dims_frame(last)):
+    for chart in dims_charts(dims_frame(last), scales if compare else None):
         st.altair_chart(chart)
     st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
-    st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field))
+    top = scales.heat_max[field] if compare else None
+    st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field, top))
 
 
-side_by_side(records, show, compare)
+for column, record in picked:
+    with column:
+        show(record)

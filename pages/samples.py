@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from ui import compare_toggle, run_store, side_by_side
+from ui import compare_toggle, pick_runs, run_store
 from vae.execution.checkpoint import CheckpointError, model_from_checkpoint
 from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import (
@@ -14,9 +14,10 @@ from vae.learn.evaluate import (
     prior_samples,
     reconstructions,
 )
-from vae.present.views import latent_map_chart
+from vae.present.views import latent_map_chart, latent_map_extent
 
 IMAGE_WIDTH = 560
+MAP_POINTS = 2000
 
 st.title("Samples")
 st.caption(
@@ -42,33 +43,41 @@ def checkpoint_mtime(run_id: str) -> float:
     return path.stat().st_mtime if path else 0.0
 
 
-compare = compare_toggle()
-seed = st.number_input("Sample seed", 0, 2**31 - 1, 0, key="sample_seed")
-if st.button("Re-draw samples", key="redraw"):
+def redraw() -> None:
+    """Runs before the script (a button callback), so the seed widget may still be changed."""
     st.session_state.sample_seed = int(torch.randint(0, 2**31 - 1, ()).item())
-    st.rerun()
 
 
-def show(record) -> None:
-    try:
-        model = load_model(record.run_id, checkpoint_mtime(record.run_id))
-        dataset = load_dataset(record.config.dataset, record.config.data_root)
-    except (CheckpointError, DataError) as exc:
-        st.error(f"Cannot show this run: {exc}")
-        return
-    st.caption(f"{record.config.describe()} · epoch {record.last_metrics['epoch']}")
-    st.markdown("**From the prior**")
-    st.image(grid(prior_samples(model, 64, seed=int(seed)), nrow=8), width=IMAGE_WIDTH)
-    x = dataset.test.x[:16]
-    st.markdown("**Inputs and reconstructions** (pairs: input, then its reconstruction)")
-    st.image(grid(reconstructions(model, x, 16), nrow=8), width=IMAGE_WIDTH)
-    dims = most_active_dims(record.last_metrics["kl_per_dim"], 5)
-    st.markdown("**Traversals** of the most active dimensions, one row each, from −3 to 3")
-    st.caption("rows, top to bottom: " + ", ".join(f"z{d}" for d in dims))
-    st.image(grid(latent_traversal(model, dataset.test.x[:1], dims), nrow=9), width=IMAGE_WIDTH)
-    st.markdown("**Latent means of the test split**")
-    frame = latent_map(model, dataset.test.x[:2000], dataset.test.y[:2000])
-    st.altair_chart(latent_map_chart(frame))
+compare = compare_toggle()
+seed = st.number_input("Sample seed", 0, 2**31 - 1, key="sample_seed")  # value: the minimum, 0
+st.button("Re-draw samples", key="redraw", on_click=redraw)
+if compare:
+    st.caption("Both latent maps share one axis range, so equal spreads mean equal spreads.")
 
+shown = []
+for column, record in pick_runs(records, compare):
+    with column:
+        try:
+            model = load_model(record.run_id, checkpoint_mtime(record.run_id))
+            dataset = load_dataset(record.config.dataset, record.config.data_root)
+        except (CheckpointError, DataError) as exc:
+            st.error(f"Cannot show this run: {exc}")
+            continue
+    x, y = dataset.test.x[:MAP_POINTS], dataset.test.y[:MAP_POINTS]
+    shown.append((column, record, model, dataset, latent_map(model, x, y)))
+extent = latent_map_extent([frame for *_, frame in shown]) if compare else None
 
-side_by_side(records, show, compare)
+for column, record, model, dataset, frame in shown:
+    with column:
+        st.caption(f"{record.config.describe()} · epoch {record.last_metrics['epoch']}")
+        st.markdown("**From the prior**")
+        st.image(grid(prior_samples(model, 64, seed=int(seed)), nrow=8), width=IMAGE_WIDTH)
+        st.markdown("**Inputs and reconstructions** (pairs: input, then its reconstruction)")
+        st.image(grid(reconstructions(model, dataset.test.x[:16], 16), nrow=8), width=IMAGE_WIDTH)
+        dims = most_active_dims(record.last_metrics["kl_per_dim"], 5)
+        st.markdown("**Traversals** of the most active dimensions, one row each, from −3 to 3")
+        st.caption("rows, top to bottom: " + ", ".join(f"z{d}" for d in dims))
+        traversal = latent_traversal(model, dataset.test.x[:1], dims)
+        st.image(grid(traversal, nrow=9), width=IMAGE_WIDTH)
+        st.markdown("**Latent means of the test split**")
+        st.altair_chart(latent_map_chart(frame, extent))

@@ -1,17 +1,33 @@
-"""Tradeoff: every run as a point on the rate-distortion plane, live while jobs train."""
+"""Tradeoff: runs of comparable settings as points on the rate-distortion plane, live while jobs train."""
+
+import hashlib
 
 import streamlit as st
 
 from ui import run_store
 from vae.execution.states import RunState
-from vae.present.views import curves_chart, curves_frame, tradeoff_chart, tradeoff_frame
+from vae.present.tradeoff import (
+    beta_domain,
+    beta_values,
+    comparable_sets,
+    curves_chart,
+    curves_frame,
+    frontier_slopes,
+    slope_summary,
+    tradeoff_chart,
+    tradeoff_frame,
+)
+
+EVERY_RUN = "every run"
+MAX_DEFAULT_CURVES = 8
 
 st.title("Rate–distortion tradeoff")
 st.caption(
     "Each point is a run at its latest epoch on the test split: rate R = Σⱼ KLⱼ against distortion "
-    "D = −log p(x|z), both in nats per data point. Raising β moves runs up and to the left: less "
-    "information in z, worse reconstructions. Dashed lines join points of equal ELBO "
-    "(D + R = −ELBO); grey lines join the runs of one sweep. Click points to plot their curves."
+    "D = −log p(x|z), both in nats per data point. Among runs that differ only in β, raising β "
+    "moves runs up and to the left: less information in z, worse reconstructions. Dashed lines "
+    "join points of equal ELBO (D + R = −ELBO); grey lines join the runs of one sweep. Click "
+    "points to plot their curves."
 )
 store = run_store()
 
@@ -19,28 +35,80 @@ store = run_store()
 @st.fragment(run_every=2.0)
 def live_chart() -> None:
     records = store.list_runs()
-    frame = tradeoff_frame(records)
-    if frame.empty:
+    sets = comparable_sets(records)
+    if not sets:
         st.info("No run has finished an epoch yet. Start one on the Train page.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         return
+    by_key = {s.key: s for s in sets}
+    chosen_set = st.selectbox(
+        "Runs with the same settings (data set, architecture, latent size, likelihood, "
+        "objective, epochs)",
+        [s.key for s in sets] + [EVERY_RUN], key="tradeoff_set",
+        format_func=lambda k: (
+            by_key[k].describe() if k in by_key else "every run (mixed settings: not comparable)"
+        ),
+        help="Runs are comparable when they differ only in β. The first entry holds the latest "
+        "sweep.",
+    )  # fmt: skip
+    frame = tradeoff_frame(records)
+    if chosen_set in by_key:
+        frame = frame[frame["run_id"].isin(by_key[chosen_set].run_ids)]
+    left, right = st.columns(2)
+    show_slopes = left.toggle(
+        "Theory: slope −β at each run", key="show_slopes",
+        help="At an optimum of D + β·R the frontier has slope dD/dR = −β (Alemi et al. 2018, "
+        "'Fixing a Broken ELBO').",
+    )  # fmt: skip
+    show_train = right.toggle(
+        "Curves: training batches too (dashed)", key="show_train",
+        help="Solid lines are the test split; dashed lines the training batches of each epoch.",
+    )  # fmt: skip
     running = int((frame["state"] == RunState.RUNNING).sum())
     training = f" · {running} still training (drawn faded)" if running else ""
     st.caption(f"{len(frame)} runs{training} · updates every 2 s")
-    event = st.altair_chart(tradeoff_chart(frame), on_select="rerun", key="tradeoff_chart")
-    picked = [p["run_id"] for p in event.selection.get("pick", [])] if event else []
+    event = st.altair_chart(
+        tradeoff_chart(frame, show_slopes), on_select="rerun", key="tradeoff_chart"
+    )
+    if show_slopes:
+        slopes = frontier_slopes(frame)
+        st.caption(
+            "Short coloured segments have slope −β. " + slope_summary(slopes) + " A chord is the "
+            "line between the points of two neighbouring β; at the optimum its slope lies "
+            "between −β of its ends."
+        )
+        if not slopes.empty:
+            names = {"beta_low": "β₁", "beta_high": "β₂", "slope": "chord slope ΔD/ΔR",
+                     "expected": "−√(β₁β₂)", "within": "between −β₂ and −β₁"}  # fmt: skip
+            shown = slopes.round({"slope": 2, "expected": 2}).rename(columns=names)
+            st.dataframe(shown, hide_index=True, key="slopes_table")
+
     by_id = {r.run_id: r for r in records}
     options = list(frame["run_id"])
+    picked = [p["run_id"] for p in event.selection.get("pick", [])] if event else []
+    picked = [p for p in picked if p in options]
+    # One multiselect per settings set, so switching sets starts from that set's runs.
+    curves_key = "curve_runs-" + hashlib.sha1(chosen_set.encode()).hexdigest()[:10]
+    if curves_key not in st.session_state:
+        st.session_state[curves_key] = options[:MAX_DEFAULT_CURVES]
+    if picked and st.session_state.get("last_pick") != picked:
+        st.session_state[curves_key] = picked
+    st.session_state["last_pick"] = picked
+    st.session_state[curves_key] = [r for r in st.session_state[curves_key] if r in options]
     chosen = st.multiselect(
-        "Runs to plot per epoch", options, default=[p for p in picked if p in options] or options[-3:],
+        "Runs to plot per epoch", options, key=curves_key,
         help="Click points in the chart (shift-click for several) or choose here.",
         format_func=lambda rid: f"{rid} · β={by_id[rid].config.beta:g}",
     )  # fmt: skip
     if chosen:
-        st.altair_chart(curves_chart(curves_frame([by_id[r] for r in chosen])))
+        splits = ("test", "train") if show_train else ("test",)
+        curves = curves_frame([by_id[r] for r in chosen if r in by_id], splits)
+        st.altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)))
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
-               "neg_elbo": "−ELBO", "active_units": "active", "epoch": "epoch", "state": "state"}  # fmt: skip
-    st.dataframe(frame[list(columns)].rename(columns=columns), hide_index=True)
+               "neg_elbo": "−ELBO", "informative": "informative dims",
+               "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip
+    table = frame[list(columns)].round({"rate": 2, "distortion": 2, "neg_elbo": 2})
+    st.dataframe(table.rename(columns=columns), hide_index=True, key="runs_table")
 
 
 live_chart()

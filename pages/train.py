@@ -7,6 +7,7 @@ from vae.execution.states import ACTIVE, RESUMABLE
 from vae.execution.store import StoreError
 from vae.learn.config import LIMITS, RunConfig, parse_number, parse_number_list, validation_errors
 from vae.learn.data import DATASETS, DEFAULT_DATASET
+from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
 from vae.present.views import progress, runs_frame
 
 BETA_STEPS = [0.0, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]
@@ -25,6 +26,24 @@ st.caption(
     "Pick β and the model, then **Train** one run or **Sweep β** over a list. Runs train in "
     "background processes; this page, the charts and the other tabs stay usable meanwhile."
 )
+
+# ---- first visit: an empty store offers the demonstration sweep ------------------------------
+if not manager.store.list_runs(with_metrics=False):
+    with st.container(border=True, key="welcome"):
+        st.subheader("New here? Start with the β demo")
+        st.markdown(DEMO_GUIDE)
+        if st.button("Start the β demo", type="primary", key="demo_button"):
+            try:
+                run_ids = start_demo(manager)
+                st.success(
+                    f"Queued the demo: {len(run_ids)} runs. Progress is in **Jobs** at the "
+                    "bottom of this page; the gallery fills in as they train."
+                )
+                st.page_link(
+                    "pages/gallery.py", label="Open the β gallery", icon=":material/view_list:"
+                )
+            except (ValueError, StoreError, DemoSettingError) as exc:
+                st.error(f"Nothing was started: {exc}")
 
 
 def query_default(name: str, cast, fallback):

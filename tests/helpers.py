@@ -13,6 +13,7 @@ from vae.execution.worker import JobControl, run_job
 APP = str(Path(__file__).resolve().parent.parent / "app.py")  # AppTest needs an absolute path
 PAGES = [
     "pages/train.py",
+    "pages/gallery.py",
     "pages/tradeoff.py",
     "pages/posterior.py",
     "pages/samples.py",

@@ -1,16 +1,22 @@
 """Every page through Streamlit's AppTest: empty store, a store with runs, bad input refused."""
 
 import contextlib
+import json
 import time
 
+import pandas as pd
 import pytest
 import streamlit as st
 from helpers import APP, PAGES, open_app, train_run
+from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 from vae.execution.jobs import JobManager
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import RunConfig
+from vae.present.demo import DEMO_BETAS, DEMO_EPOCHS_ENV, DEMO_LATENT_DIM, DEMO_NAME
+from vae.present.tradeoff import comparable_sets
+from vae.present.units import unit_counts
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +71,6 @@ def test_every_page_renders_with_runs(monkeypatch, trained_store, page):
 
 
 def test_tradeoff_chart_holds_every_run(monkeypatch, trained_store):
-    import json
-
     at = open_app(monkeypatch, trained_store.root, "pages/tradeoff.py")
     spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     params = spec.get("params", []) + [
@@ -125,7 +129,7 @@ def test_unknown_run_in_the_url_is_reported(monkeypatch, trained_store, bad_id):
     at.run()
     assert not at.exception
     assert any("not found" in w.value for w in at.warning)
-    assert at.query_params["run"] != [bad_id]  # replaced by a valid run
+    assert at.query_params["run"] in {r.run_id for r in trained_store.list_runs()}  # a valid run
 
 
 def test_query_run_selects_that_run(monkeypatch, trained_store):
@@ -172,3 +176,235 @@ def test_run_names_are_shown_as_text_not_html(monkeypatch, tmp_path):
         assert not at.exception
         for md in at.markdown:
             assert "<img" not in md.value  # never passed to markdown, which could render it
+
+
+# ---- the lesson: demo, gallery, honest unit counts, comparable views ---------------------------
+@pytest.fixture(scope="module")
+def sweep_store(tmp_path_factory):
+    """A three-β sweep (one group), then a newer single run with other settings (1 epoch)."""
+    store = RunStore(tmp_path_factory.mktemp("sweep") / "runs")
+    small = dict(hidden_dims=[32], latent_dim=4, batch_size=256, threads=1)
+    for beta in (0.5, 4.0, 64.0):
+        run_id = store.create_run(RunConfig(**small, epochs=2, beta=beta), group="sweep-pages")
+        train_run(store, run_id)
+    train_run(store, store.create_run(RunConfig(**small, epochs=1, beta=1.0)))
+    return store
+
+
+def _spec(element) -> dict:
+    return json.loads(element.proto.spec)
+
+
+def _layers(spec: dict) -> list[dict]:
+    return spec.get("layer", [spec])
+
+
+def _chart_rows(element) -> pd.DataFrame:
+    """Every data row a chart element carries (Streamlit sends them as Arrow, apart from the spec)."""
+    frames = [
+        dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in element.proto.datasets
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _sweep(store):
+    return sorted(
+        (r for r in store.list_runs() if r.status.get("group")), key=lambda r: r.config.beta
+    )
+
+
+def test_demo_button_on_an_empty_store_queues_the_demo_sweep(monkeypatch, tmp_path, cleanup_jobs):
+    store = RunStore(tmp_path / "runs")
+    cleanup_jobs(store)
+    monkeypatch.setenv(DEMO_EPOCHS_ENV, "1")
+    at = open_app(monkeypatch, store.root, "pages/train.py")
+    assert any("β demo" in h.value for h in at.subheader)
+    at.button(key="demo_button").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    runs = store.list_runs(with_metrics=False)
+    assert sorted(r.config.beta for r in runs) == list(DEMO_BETAS)
+    assert len({r.status["group"] for r in runs}) == 1
+    assert {(r.config.name, r.config.epochs, r.config.latent_dim) for r in runs} == {
+        (DEMO_NAME, 1, DEMO_LATENT_DIM)
+    }
+    assert any("Queued the demo" in s.value for s in at.success)
+    at = open_app(monkeypatch, store.root, "pages/train.py")  # a later visit: no welcome block
+    assert not any("β demo" in h.value for h in at.subheader)
+    with pytest.raises(KeyError):
+        at.button(key="demo_button")
+
+
+def test_a_bad_demo_setting_starts_nothing(monkeypatch, tmp_path):
+    monkeypatch.setenv(DEMO_EPOCHS_ENV, "lots")
+    at = open_app(monkeypatch, tmp_path / "runs", "pages/train.py")
+    at.button(key="demo_button").click().run()
+    assert not at.exception
+    assert any(DEMO_EPOCHS_ENV in e.value for e in at.error)
+    assert RunStore(tmp_path / "runs").list_runs() == []
+
+
+def test_gallery_has_one_row_per_beta_in_order(monkeypatch, sweep_store):
+    at = open_app(monkeypatch, sweep_store.root, "pages/gallery.py")
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    headings = [m.value for m in at.markdown if m.value.startswith("#### β = ")]
+    assert headings == ["#### β = 0.5", "#### β = 4", "#### β = 64"]
+    assert len(at.get("image")) == 3 * 3  # samples, reconstructions, traversal per row
+    for record in _sweep(sweep_store):
+        counts = unit_counts(record.last_metrics)
+        text = f"informative: **{counts.informative}** / {counts.latent_dim}"
+        assert any(text in m.value for m in at.markdown), text
+    assert at.get("vega_lite_chart"), "expected the units-against-β chart"
+
+
+def test_gallery_seed_redraws_the_prior_samples(monkeypatch, sweep_store):
+    at = open_app(monkeypatch, sweep_store.root, "pages/gallery.py")
+    before = [i.proto.imgs[0].url for i in at.get("image")]
+    at.number_input(key="gallery_seed").set_value(7).run()
+    assert not at.exception
+    after = [i.proto.imgs[0].url for i in at.get("image")]
+    assert after[0] != before[0]  # prior samples change with the seed
+    assert after[1] == before[1]  # reconstructions do not
+
+
+def test_gallery_sweep_picker_switches_sweeps(monkeypatch, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    small = dict(hidden_dims=[16], latent_dim=2, epochs=1, batch_size=512, threads=1)
+    for group, betas in (("sweep-old", (1.0, 2.0)), ("sweep-new", (8.0, 16.0))):
+        for beta in betas:
+            train_run(store, store.create_run(RunConfig(**small, beta=beta), group=group))
+    at = open_app(monkeypatch, store.root, "pages/gallery.py")
+    assert at.selectbox(key="gallery_sweep").value == "sweep-new"
+    at.selectbox(key="gallery_sweep").select("sweep-old").run()
+    assert not at.exception
+    headings = [m.value for m in at.markdown if m.value.startswith("#### β = ")]
+    assert headings == ["#### β = 1", "#### β = 2"]
+
+
+def test_gallery_without_a_sweep_says_how_to_start_one(monkeypatch, trained_store):
+    at = open_app(monkeypatch, trained_store.root, "pages/gallery.py")
+    assert not at.exception
+    assert any("No β sweep yet" in i.value for i in at.info)
+
+
+def test_samples_redraw_changes_the_seed_without_a_crash(monkeypatch, sweep_store):
+    at = open_app(monkeypatch, sweep_store.root, "pages/samples.py")
+    before = at.number_input(key="sample_seed").value
+    for _ in range(2):  # the second press re-draws from a seed the widget already shows
+        at.button(key="redraw").click().run()
+        assert not at.exception, [e.message for e in at.exception]
+    assert at.number_input(key="sample_seed").value != before
+    at.number_input(key="sample_seed").set_value(3).run()
+    assert not at.exception and at.number_input(key="sample_seed").value == 3
+
+
+def test_samples_compare_shares_the_latent_map_axes(monkeypatch, sweep_store):
+    at = open_app(monkeypatch, sweep_store.root, "pages/samples.py")
+    at.toggle[0].set_value(True).run()
+    assert not at.exception, [e.message for e in at.exception]
+    maps = [_spec(c) for c in at.get("vega_lite_chart")]
+    assert len(maps) == 2
+    domains = {json.dumps(m["encoding"][axis]["scale"]["domain"]) for m in maps for axis in "xy"}
+    assert len(domains) == 1  # both axes of both maps: one range
+    assert len(at.get("image")) == 2 * 3
+
+
+def test_posterior_shows_both_unit_counts_with_their_thresholds(monkeypatch, sweep_store):
+    high = _sweep(sweep_store)[-1]
+    at = open_app(monkeypatch, sweep_store.root, "pages/posterior.py", run=high.run_id)
+    assert not at.exception, [e.message for e in at.exception]
+    counts = unit_counts(high.last_metrics)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["informative"] == f"{counts.informative} / {counts.latent_dim}"
+    assert metrics["active"] == f"{counts.active} / {counts.latent_dim}"
+    caption = " ".join(c.value for c in at.caption)
+    assert "KLⱼ > 0.05 nats" in caption and "Cov_x(μⱼ) > 0.01" in caption
+    assert "disagree" in caption
+
+
+def test_posterior_compare_shares_axes_and_colour_ranges(monkeypatch, sweep_store):
+    low, high = _sweep(sweep_store)[0], _sweep(sweep_store)[-1]
+    at = open_app(
+        monkeypatch, sweep_store.root, "pages/posterior.py", run=high.run_id, compare=low.run_id
+    )
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.toggle[0].value
+    for field in ("posterior_var", "kl_per_dim"):
+        at.radio(key="heatmap_field").set_value(field).run()
+        assert not at.exception
+        specs = [_spec(c) for c in at.get("vega_lite_chart")]
+        assert len(specs) == 6  # KL bars, variance bars, heatmap on each side
+        left, right = specs[:3], specs[3:]
+        for a, b in zip(left[:2], right[:2], strict=True):
+            domain = _layers(a)[0]["encoding"]["y"]["scale"]["domain"]
+            assert domain == _layers(b)[0]["encoding"]["y"]["scale"]["domain"]
+        heat = [s["encoding"]["color"]["scale"]["domain"] for s in (left[2], right[2])]
+        assert heat[0] == heat[1]
+    at.toggle[0].set_value(False).run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 3
+
+
+def _tradeoff_table_runs(at) -> set[str]:
+    return set(at.dataframe[-1].value["run"])
+
+
+def test_tradeoff_starts_on_the_latest_sweeps_settings(monkeypatch, sweep_store):
+    at = open_app(monkeypatch, sweep_store.root, "pages/tradeoff.py")
+    assert not at.exception, [e.message for e in at.exception]
+    sweep_ids = {r.run_id for r in _sweep(sweep_store)}
+    assert _tradeoff_table_runs(at) == sweep_ids  # the newer single run has other epochs
+    sets = comparable_sets(sweep_store.list_runs())
+    assert at.selectbox(key="tradeoff_set").value == sets[0].key
+    at.selectbox(key="tradeoff_set").select("every run").run()
+    assert not at.exception
+    assert _tradeoff_table_runs(at) == {r.run_id for r in sweep_store.list_runs()}
+    at.selectbox(key="tradeoff_set").select(sets[1].key).run()  # the single run's settings
+    assert not at.exception
+    assert _tradeoff_table_runs(at) == set(sets[1].run_ids) and len(sets[1].run_ids) == 1
+
+
+def test_tradeoff_toggles_draw_the_theory_and_the_training_curves(monkeypatch, sweep_store):
+    at = open_app(monkeypatch, sweep_store.root, "pages/tradeoff.py")
+    plane = _spec(at.get("vega_lite_chart")[0])
+    assert len(_layers(plane)) == 4  # equal-ELBO lines, their labels, sweep line, points
+    at.toggle(key="show_slopes").set_value(True).run()
+    assert not at.exception, [e.message for e in at.exception]
+    plane = _spec(at.get("vega_lite_chart")[0])
+    assert len(_layers(plane)) == 5  # + the slope −β segments
+    assert any("chords between neighbouring β" in c.value for c in at.caption)
+    slopes = at.dataframe[0].value
+    assert len(slopes) == 2  # three β: two chords
+    assert set(_chart_rows(at.get("vega_lite_chart")[1])["split"]) == {"test"}
+    at.toggle(key="show_train").set_value(True).run()
+    assert not at.exception
+    assert set(_chart_rows(at.get("vega_lite_chart")[1])["split"]) == {"test", "train"}
+
+
+def test_tradeoff_curve_picker_chooses_the_curves(monkeypatch, sweep_store):
+    at = open_app(monkeypatch, sweep_store.root, "pages/tradeoff.py")
+    picker = next(m for m in at.multiselect if m.label == "Runs to plot per epoch")
+    assert set(picker.value) == {r.run_id for r in _sweep(sweep_store)}  # the set's runs
+    first = _sweep(sweep_store)[0].run_id
+    picker.set_value([first]).run()
+    assert not at.exception
+    assert set(_chart_rows(at.get("vega_lite_chart")[1])["beta"]) == {0.5}
+    picker = next(m for m in at.multiselect if m.label == "Runs to plot per epoch")
+    picker.set_value([]).run()
+    assert not at.exception
+    assert len(at.get("vega_lite_chart")) == 1  # no curves chart without runs
+
+
+@pytest.mark.parametrize("page", ["pages/posterior.py", "pages/samples.py"])
+def test_run_pickers_switch_the_run_shown(monkeypatch, sweep_store, page):
+    low, high = _sweep(sweep_store)[0], _sweep(sweep_store)[-1]
+    at = open_app(monkeypatch, sweep_store.root, page)
+    at.selectbox(key="pick_run").select(low.run_id).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.query_params["run"] == low.run_id
+    assert any(f"β={low.config.beta:g} " in c.value for c in at.caption)
+    at.toggle[0].set_value(True).run()
+    at.selectbox(key="pick_compare").select(high.run_id).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.query_params["compare"] == high.run_id
+    shown = " ".join(c.value for c in at.caption)
+    assert f"β={low.config.beta:g} " in shown and f"β={high.config.beta:g} " in shown

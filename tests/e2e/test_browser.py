@@ -145,7 +145,8 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     check(chart).to_be_visible(timeout=15_000)
     wait_idle(page)
     check(page.get_by_text("3 runs · updates every 2 s")).to_be_visible()  # none still training
-    points = chart.locator("g.mark-symbol path")  # Vega's SVG marks carry their tooltip text
+    # Vega's SVG marks carry their tooltip text; role-mark leaves out the β legend's symbols.
+    points = chart.locator("g.mark-symbol.role-mark path")
     check(points).to_have_count(3, timeout=15_000)
     labels = " | ".join(points.nth(i).get_attribute("aria-label") or "" for i in range(3))
     for run_id in run_ids:

@@ -7,8 +7,8 @@ shaping here lets tests check the numbers without a browser.
 from __future__ import annotations
 
 import io
-import math
 import time
+from dataclasses import dataclass
 
 import altair as alt
 import numpy as np
@@ -17,13 +17,8 @@ import pandas as pd
 from vae.execution.lease import stalled_for
 from vae.execution.states import RunState
 from vae.execution.store import RunRecord
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
-
-BETA_FLOOR = 1e-3  # β = 0 is drawn at this value on log axes
-
-
-def log10_beta(beta: float) -> float:
-    return math.log10(max(beta, BETA_FLOOR))
+from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
+from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, UNIT_CLASSES, UNIT_COLOURS, unit_class
 
 
 def progress(record: RunRecord) -> tuple[float, str]:
@@ -86,168 +81,16 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# ---- rate-distortion plane --------------------------------------------------------------------
-def tradeoff_frame(records: list[RunRecord]) -> pd.DataFrame:
-    """One point per run with at least one epoch: its latest test-set R and D."""
-    rows = []
-    for r in records:
-        if r.broken or not r.metrics:
-            continue
-        c, m = r.config, r.last_metrics
-        rows.append(
-            {
-                "run_id": r.run_id,
-                "beta": c.beta,
-                "log10_beta": log10_beta(c.beta),
-                "rate": m["rate"],
-                "distortion": m["distortion"],
-                "neg_elbo": -m["elbo"],
-                "active_units": m.get("active_units"),
-                "epoch": m["epoch"],
-                "state": r.state,
-                "sweep": r.status.get("group") or r.run_id,
-                "settings": c.describe(),
-                "name": c.name,
-                "group_key": comparable_key(r),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def comparable_key(record: RunRecord) -> str:
-    """Runs that share this key differ only in β (and seed/name): a line joins them."""
-    c = record.config
-    return (
-        f"{c.dataset}|{c.architecture}|{c.hidden_dims}|{c.latent_dim}|{c.likelihood}|"
-        f"{c.objective}|{c.epochs}"
-    )
-
-
-def elbo_levels(frame: pd.DataFrame, count: int = 4) -> list[float]:
-    """A few round −ELBO values spanning the runs, for iso-ELBO lines D + R = −ELBO."""
-    low, high = frame["neg_elbo"].min(), frame["neg_elbo"].max()
-    if not np.isfinite([low, high]).all():
-        return []
-    if high - low < 1e-9:
-        return [round(float(low), 1)]
-    step = _nice_step((high - low) / max(1, count - 1))
-    start = math.floor(low / step) * step
-    return [start + i * step for i in range(count + 1) if start + i * step <= high + step]
-
-
-def _nice_step(raw: float) -> float:
-    exponent = math.floor(math.log10(raw))
-    for m in (1, 2, 5, 10):
-        if m * 10**exponent >= raw:
-            return m * 10**exponent
-    return 10 ** (exponent + 1)
-
-
-def tradeoff_chart(frame: pd.DataFrame) -> alt.LayerChart:
-    """R on x, D on y; colour log β; lines through each sweep; dashed lines of equal ELBO.
-
-    The points layer carries a click selection named `pick` over `run_id`.
-    """
-    r_pad = max(1.0, 0.08 * (frame["rate"].max() - frame["rate"].min()))
-    d_pad = max(1.0, 0.08 * (frame["distortion"].max() - frame["distortion"].min()))
-    x_domain = [max(0.0, frame["rate"].min() - r_pad), frame["rate"].max() + r_pad]
-    y_domain = [frame["distortion"].min() - d_pad, frame["distortion"].max() + d_pad]
-    x = alt.X("rate:Q", title="rate R = Σⱼ KLⱼ (nats)", scale=alt.Scale(domain=x_domain))
-    y = alt.Y(
-        "distortion:Q", title="distortion D = −log p(x|z) (nats)", scale=alt.Scale(domain=y_domain)
-    )
-
-    iso_rows, label_rows = [], []
-    for level in elbo_levels(frame):
-        name = f"−ELBO = {level:g}"
-        for rate in x_domain:
-            iso_rows.append({"rate": rate, "distortion": level - rate, "level": name})
-        entry = max(x_domain[0], level - y_domain[1])  # top or left edge of the plot
-        if entry < x_domain[1]:
-            label_rows.append({"rate": entry, "distortion": level - entry, "level": name})
-    iso = (
-        alt.Chart(pd.DataFrame(iso_rows))
-        .mark_line(strokeDash=[4, 4], color="#999", clip=True)
-        .encode(x=x, y=y, detail="level:N", tooltip=["level:N"])
-    )
-    iso_labels = (
-        alt.Chart(pd.DataFrame(label_rows, columns=["rate", "distortion", "level"]))
-        .mark_text(align="left", baseline="top", dx=4, dy=4, color="#666", fontSize=12)
-        .encode(x=x, y=y, text="level:N")
-    )
-    pick = alt.selection_point(name="pick", fields=["run_id"], on="click", toggle="true")
-    color = alt.Color(
-        "log10_beta:Q",
-        title="log₁₀ β",
-        scale=alt.Scale(scheme="viridis"),
-    )
-    sweeps = (
-        alt.Chart(frame)
-        .mark_line(opacity=0.5)
-        .encode(x=x, y=y, detail="sweep:N", order="beta:Q", color=alt.value("#888"))
-    )
-    points = (
-        alt.Chart(frame)
-        .mark_circle(size=140, stroke="black")
-        .encode(
-            x=x,
-            y=y,
-            color=color,
-            strokeWidth=alt.condition(pick, alt.value(2), alt.value(0)),
-            opacity=alt.condition(
-                f"datum.state == '{RunState.RUNNING.value}'", alt.value(0.55), alt.value(0.95)
-            ),
-            tooltip=[
-                alt.Tooltip("run_id:N", title="run"),
-                alt.Tooltip("name:N"),
-                alt.Tooltip("beta:Q", title="β", format="g"),
-                alt.Tooltip("rate:Q", title="R", format=".2f"),
-                alt.Tooltip("distortion:Q", title="D", format=".2f"),
-                alt.Tooltip("neg_elbo:Q", title="−ELBO", format=".2f"),
-                alt.Tooltip("active_units:Q", title="active units"),
-                alt.Tooltip("epoch:Q"),
-                alt.Tooltip("state:N"),
-                alt.Tooltip("settings:N"),
-            ],
-        )
-        .add_params(pick)
-    )
-    return alt.layer(iso, iso_labels, sweeps, points).properties(height=460)
-
-
-def curves_frame(records: list[RunRecord]) -> pd.DataFrame:
-    """Long form per-epoch R, D and −ELBO for the given runs."""
-    rows = []
-    for r in records:
-        if r.broken:
-            continue
-        label = f"{r.run_id[-6:]} β={r.config.beta:g}"
-        for m in r.metrics:
-            for key, name in (("rate", "R"), ("distortion", "D"), ("elbo", "−ELBO")):
-                value = -m[key] if key == "elbo" else m[key]
-                rows.append({"run": label, "epoch": m["epoch"], "quantity": name, "nats": value})
-    return pd.DataFrame(rows, columns=["run", "epoch", "quantity", "nats"])
-
-
-def curves_chart(frame: pd.DataFrame) -> alt.FacetChart:
-    return (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
-            y=alt.Y("nats:Q", scale=alt.Scale(zero=False), title="nats"),
-            color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=3)),
-            tooltip=["run:N", "epoch:Q", "quantity:N", alt.Tooltip("nats:Q", format=".2f")],
-        )
-        .properties(width=230, height=200)
-        .facet(column=alt.Column("quantity:N", title=None, sort=["R", "D", "−ELBO"]))
-        .resolve_scale(y="independent")
-    )
-
-
 # ---- posterior per dimension ------------------------------------------------------------------
+# Streamlit fits the whole chart (legend, rotated labels, titles) into this height.
+DIMS_CHART_HEIGHT = 340
+
+
 def dims_frame(metrics: dict) -> pd.DataFrame:
-    """Per-dimension KL, mean σ², Cov_x(μ) of one epoch, sorted by KL (largest first)."""
+    """Per-dimension KL, mean σ², Cov_x(μ) of one epoch, sorted by KL (largest first).
+
+    `active` is Burda's test; `unit` is one of UNIT_CLASSES (informative, active only, collapsed).
+    """
     frame = pd.DataFrame(
         {
             "dim": range(len(metrics["kl_per_dim"])),
@@ -257,44 +100,89 @@ def dims_frame(metrics: dict) -> pd.DataFrame:
         }
     )
     frame["active"] = frame["mean_cov"] > ACTIVE_UNIT_THRESHOLD
-    frame["unit"] = np.where(frame["active"], "active", "inactive")
+    frame["informative"] = frame["kl"] > INFORMATIVE_KL_THRESHOLD
+    frame["unit"] = [unit_class(k, c) for k, c in zip(frame["kl"], frame["mean_cov"], strict=True)]
     frame = frame.sort_values("kl", ascending=False, kind="stable").reset_index(drop=True)
     frame["rank"] = range(len(frame))
     frame["label"] = "z" + frame["dim"].astype(str)
     return frame
 
 
-def dims_charts(frame: pd.DataFrame) -> tuple[alt.Chart, alt.LayerChart]:
+@dataclass(frozen=True)
+class DimsScales:
+    """Axis and colour ranges shared by the runs shown side by side, so equal looks mean equal."""
+
+    kl_max: float
+    var_max: float
+    heat_max: dict[str, float]
+
+
+def dims_scales(metric_lists: list[list[dict]]) -> DimsScales:
+    """Ranges covering every run given (each a list of per-epoch metrics lines)."""
+    last = [m[-1] for m in metric_lists if m]
+    kl_max = max((max(m["kl_per_dim"], default=0.0) for m in last), default=0.0)
+    var_max = max((max(m["posterior_var"], default=0.0) for m in last), default=0.0)
+    heat = {}
+    for field in ("posterior_var", "kl_per_dim"):
+        values = [v for ms in metric_lists for m in ms for v in m.get(field, [])]
+        heat[field] = max(values, default=0.0)
+    heat["posterior_var"] = max(1.0, heat["posterior_var"])
+    return DimsScales(
+        kl_max=max(kl_max, 1e-3) * 1.05,
+        var_max=max(1.0, var_max) * 1.05,
+        heat_max={k: max(v, 1e-3) for k, v in heat.items()},
+    )
+
+
+def dims_charts(
+    frame: pd.DataFrame, scales: DimsScales | None = None
+) -> tuple[alt.Chart, alt.LayerChart]:
     """Bars of KL_j and of mean σ_j² per dimension, in the same KL order; σ² = 1 is the prior.
 
-    Two separate charts, so each can take the full width of its column.
+    Bars are coloured informative / active by Burda's test only / collapsed. Two separate charts,
+    so each can take the full width of its column; `scales` fixes the y ranges (compare mode).
     """
     order = alt.EncodingSortField(field="rank", order="ascending")
     x = alt.X("label:N", sort=order, title="latent dimension (sorted by KL)")
     color = alt.Color(
         "unit:N",
-        title=f"Cov_x(μⱼ) > {ACTIVE_UNIT_THRESHOLD}",
-        scale=alt.Scale(domain=["active", "inactive"], range=["#1f77b4", "#c7c7c7"]),
+        title=None,
+        scale=alt.Scale(domain=list(UNIT_CLASSES), range=list(UNIT_COLOURS)),
+        legend=alt.Legend(orient="top", labelLimit=300, columns=2),
     )
     tooltip = [
-        "label:N",
-        "unit:N",
-        alt.Tooltip("kl:Q", format=".3f", title="KL (nats)"),
-        alt.Tooltip("posterior_var:Q", format=".3f", title="mean σ²"),
-        alt.Tooltip("mean_cov:Q", format=".3g", title="Cov_x(μ)"),
+        alt.Tooltip("label:N", title="dimension"),
+        alt.Tooltip("unit:N", title="unit"),
+        alt.Tooltip("kl:Q", format=".3f", title="KLⱼ (nats)"),
+        alt.Tooltip("posterior_var:Q", format=".3f", title="mean σⱼ²"),
+        alt.Tooltip("mean_cov:Q", format=".3g", title="Cov_x(μⱼ)"),
     ]
+    kl_scale = alt.Scale(domain=[0, scales.kl_max]) if scales else alt.Scale(domainMin=0)
+    var_scale = alt.Scale(domain=[0, scales.var_max]) if scales else alt.Scale(domainMin=0)
     kl = (
         alt.Chart(frame)
         .mark_bar()
-        .encode(x=x, y=alt.Y("kl:Q", title="KLⱼ (nats)"), color=color, tooltip=tooltip)
-        .properties(height=220, title="KL per dimension")
+        .encode(
+            x=x,
+            y=alt.Y("kl:Q", title="KLⱼ (nats)", scale=kl_scale),
+            color=color,
+            tooltip=tooltip,
+        )
+    )
+    threshold = (
+        alt.Chart(pd.DataFrame({"y": [INFORMATIVE_KL_THRESHOLD]}))
+        .mark_rule(strokeDash=[2, 3], color="#444")
+        .encode(y="y:Q")
+    )
+    kl_chart = alt.layer(kl, threshold).properties(
+        height=DIMS_CHART_HEIGHT, title=f"KL per dimension (dotted: {INFORMATIVE_RULE})"
     )
     var_bars = (
         alt.Chart(frame)
         .mark_bar()
         .encode(
             x=x,
-            y=alt.Y("posterior_var:Q", title="mean σⱼ²", scale=alt.Scale(domainMin=0)),
+            y=alt.Y("posterior_var:Q", title="mean σⱼ²", scale=var_scale),
             color=color,
             tooltip=tooltip,
         )
@@ -305,9 +193,9 @@ def dims_charts(frame: pd.DataFrame) -> tuple[alt.Chart, alt.LayerChart]:
         .encode(y="y:Q")
     )
     variance = alt.layer(var_bars, prior).properties(
-        height=220, title="Posterior variance (dashed: the prior's σ² = 1)"
+        height=DIMS_CHART_HEIGHT, title="Posterior variance (dashed: the prior's σ² = 1)"
     )
-    return kl, variance
+    return kl_chart, variance
 
 
 def dims_over_epochs(metrics: list[dict], field: str) -> pd.DataFrame:
@@ -320,15 +208,17 @@ def dims_over_epochs(metrics: list[dict], field: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["epoch", "dim", "j", "value"])
 
 
-def heatmap_chart(frame: pd.DataFrame, field: str) -> alt.Chart:
-    """Epochs across, dimensions down. σ² is drawn on a fixed 0..1+ scale so 1 (the prior) always
-    looks the same, whatever the run: collapsed dimensions read as dark rows in every chart."""
+def heatmap_chart(frame: pd.DataFrame, field: str, top: float | None = None) -> alt.Chart:
+    """Epochs across, dimensions down. σ² is drawn on a 0..max(1, largest) scale so 1 (the prior)
+    always looks the same; `top` fixes the colour range's upper end (shared in compare mode)."""
+    largest = float(frame["value"].max()) if len(frame) else 0.0
     if field == "posterior_var":
-        top = max(1.0, float(frame["value"].max()) if len(frame) else 1.0)
+        top = top if top is not None else max(1.0, largest)
         scale = alt.Scale(scheme="blues", domain=[0, top])
         title = "σⱼ²"
     else:
-        scale = alt.Scale(scheme="viridis", domainMin=0)
+        top = top if top is not None else max(largest, 1e-3)
+        scale = alt.Scale(scheme="viridis", domain=[0, top])
         title = "KLⱼ (nats)"
     return (
         alt.Chart(frame)
@@ -342,31 +232,90 @@ def heatmap_chart(frame: pd.DataFrame, field: str) -> alt.Chart:
                 axis=alt.Axis(labelOverlap=False),
             ),
             color=alt.Color("value:Q", title=title, scale=scale),
-            tooltip=["epoch:O", "dim:N", alt.Tooltip("value:Q", format=".3f")],
+            tooltip=[
+                alt.Tooltip("epoch:O", title="epoch"),
+                alt.Tooltip("dim:N", title="dimension"),
+                alt.Tooltip("value:Q", title=title, format=".3f"),
+            ],
         )
         .properties(height=alt.Step(18))  # one row per latent dimension
     )
 
 
-def latent_map_chart(frame: pd.DataFrame) -> alt.Chart:
-    """Scatter of 2-D latent means; axis titles say which dimensions or components they are."""
+def units_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Informative dimensions and Burda's active units against β (log axis), one line each.
+
+    `frame` has columns beta, informative, active, latent_dim (as gallery_frame makes it)."""
+    data = frame[frame["beta"] > 0].dropna(subset=["informative", "active"])
+    long = data.melt(
+        id_vars=["beta", "latent_dim"],
+        value_vars=["informative", "active"],
+        var_name="test",
+        value_name="dims",
+    )
+    long["test"] = long["test"].map(
+        {"informative": f"informative ({INFORMATIVE_RULE})", "active": f"active ({ACTIVE_RULE})"}
+    )
+    top = int(frame["latent_dim"].max()) if len(frame) else 1
+    betas = sorted(set(long["beta"]))
+    x_scale = alt.Scale(type="log", domain=[betas[0], betas[-1]], nice=False) if betas else None
+    names = [f"informative ({INFORMATIVE_RULE})", f"active ({ACTIVE_RULE})"]
+    return (
+        alt.Chart(long)
+        .mark_line(point=alt.OverlayMarkDef(size=60), strokeWidth=2.5)
+        .encode(
+            x=alt.X(
+                "beta:Q", title="β", scale=x_scale or alt.Undefined,
+                axis=alt.Axis(format="~g", values=betas, grid=False),
+            ),
+            y=alt.Y("dims:Q", title="latent dimensions", scale=alt.Scale(domain=[0, top])),
+            color=alt.Color(
+                "test:N", title=None,
+                scale=alt.Scale(domain=names, range=["#1f77b4", "#ff7f0e"]),
+                legend=alt.Legend(orient="top", labelLimit=300),
+            ),
+            tooltip=[
+                alt.Tooltip("beta:Q", title="β", format="~g"),
+                alt.Tooltip("test:N", title="test"),
+                alt.Tooltip("dims:Q", title="dimensions"),
+            ],
+        )
+        .properties(height=300)
+    )  # fmt: skip
+
+
+def latent_map_extent(frames: list[pd.DataFrame]) -> list[float]:
+    """[low, high] covering z1 and z2 of every frame: one range for both axes and both sides."""
+    values = [v for f in frames if len(f) for v in (f["z1"].min(), f["z1"].max(), f["z2"].min(),
+              f["z2"].max())]  # fmt: skip
+    if not values:
+        return [-1.0, 1.0]
+    reach = max(abs(min(values)), abs(max(values)), 1e-3) * 1.05
+    return [-reach, reach]
+
+
+def latent_map_chart(frame: pd.DataFrame, extent: list[float] | None = None) -> alt.Chart:
+    """Scatter of 2-D latent means; axis titles say which dimensions or components they are.
+
+    `extent` fixes both axes to one range (the same for runs shown side by side)."""
     method, dims = frame.attrs.get("method"), frame.attrs.get("dims", [0, 1])
     if method == "pca":
         titles = ("first principal component of μ", "second principal component of μ")
     else:
         shown = list(dims)[:2]
         titles = [f"μ of z{d}" for d in shown] + ["(one dimension only)"] * (2 - len(shown))
+    scale = alt.Scale(domain=extent) if extent else alt.Scale()
     return (
         alt.Chart(frame)
         .mark_circle(size=18, opacity=0.7)
         .encode(
-            x=alt.X("z1:Q", title=titles[0]),
-            y=alt.Y("z2:Q", title=titles[1]),
+            x=alt.X("z1:Q", title=titles[0], scale=scale),
+            y=alt.Y("z2:Q", title=titles[1], scale=scale),
             color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="category10")),
             tooltip=[
-                "label:N",
-                alt.Tooltip("z1:Q", format=".2f"),
-                alt.Tooltip("z2:Q", format=".2f"),
+                alt.Tooltip("label:N", title="label"),
+                alt.Tooltip("z1:Q", title=titles[0], format=".2f"),
+                alt.Tooltip("z2:Q", title=titles[1], format=".2f"),
             ],
         )
         .properties(height=360)

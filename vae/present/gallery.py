@@ -1,0 +1,136 @@
+"""The β gallery: one row per run of a sweep, in β order, with its pictures and its numbers.
+
+A sweep is the set of runs that share `status["group"]` (JobManager.submit_sweep gives them one).
+Pictures come from a checkpoint file, so the page can cache them by that file's path and mtime.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vae.execution.checkpoint import model_from_checkpoint, read_checkpoint
+from vae.execution.states import RunState
+from vae.execution.store import RunRecord
+from vae.learn.config import RunConfig
+from vae.learn.data import load_dataset
+from vae.learn.evaluate import (
+    grid,
+    latent_traversal,
+    most_active_dims,
+    posterior_means,
+    prior_samples,
+    reconstructions,
+)
+from vae.learn.objective import kl_per_dim
+from vae.present.units import unit_counts
+
+SAMPLES = 16  # prior samples per row (a 4 x 4 grid)
+RECONSTRUCTED = 8  # test images per row, each beside its reconstruction (a 4 x 4 grid)
+
+
+@dataclass
+class Sweep:
+    """Runs of one group, sorted by β."""
+
+    group: str
+    runs: list[RunRecord]
+
+    @property
+    def created(self) -> float:
+        return max(r.status.get("created", 0) for r in self.runs)
+
+    @property
+    def betas(self) -> list[float]:
+        return [r.config.beta for r in self.runs]
+
+    def label(self) -> str:
+        first = self.runs[0].config
+        name = f"{first.name} · " if first.name else ""
+        betas = ", ".join(f"{b:g}" for b in self.betas)
+        done = sum(r.state == RunState.FINISHED for r in self.runs)
+        return (
+            f"{name}{first.dataset} {first.architecture} z={first.latent_dim}, "
+            f"{first.epochs} epochs · β = {betas} · {done}/{len(self.runs)} finished"
+        )
+
+
+def sweeps(records: list[RunRecord]) -> list[Sweep]:
+    """Every sweep (a group of two or more readable runs), the newest first."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in records:
+        group = r.status.get("group")
+        if r.broken or not group:
+            continue
+        groups.setdefault(group, []).append(r)
+    found = [
+        Sweep(group, sorted(runs, key=lambda r: (r.config.beta, r.run_id)))
+        for group, runs in groups.items()
+        if len(runs) >= 2
+    ]
+    return sorted(found, key=lambda s: (s.created, s.group), reverse=True)
+
+
+def gallery_frame(sweep: Sweep) -> pd.DataFrame:
+    """β, epoch, R, D and both unit counts of every run of a sweep (at its latest epoch)."""
+    rows = []
+    for r in sweep.runs:
+        m = r.last_metrics
+        counts = unit_counts(m)
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "beta": r.config.beta,
+                "epoch": m.get("epoch", 0),
+                "epochs": r.config.epochs,
+                "state": r.state,
+                "rate": m.get("rate"),
+                "distortion": m.get("distortion"),
+                "active": counts.active if m else None,
+                "informative": counts.informative if m else None,
+                "latent_dim": r.config.latent_dim,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class Pictures:
+    """The three pictures of one gallery row, as H x W x 3 uint8 arrays."""
+
+    samples: np.ndarray
+    reconstructions: np.ndarray
+    traversal: np.ndarray
+    traversal_dim: int
+    epoch: int
+
+
+def checkpoint_pictures(path: str | os.PathLike, seed: int = 0) -> Pictures:
+    """Prior samples, reconstructions of the first test images, and a traversal of the dimension
+    with the largest KL, from one checkpoint file (opened with weights_only=True).
+
+    Every run of a sweep shows the same test images and the same prior draws (same seed), so rows
+    differ only by what β did to the model.
+    """
+    checkpoint = read_checkpoint(path)
+    config = RunConfig.from_dict(checkpoint["config"])
+    model = model_from_checkpoint(checkpoint)
+    dataset = load_dataset(config.dataset, config.data_root)
+    x = dataset.test.x
+    kl = checkpoint["metrics"].get("kl_per_dim")
+    if not kl or len(kl) != config.latent_dim:  # an old checkpoint: measure it on the test split
+        mu, logvar = posterior_means(model, x[:1000])
+        kl = kl_per_dim(mu.double(), logvar.double()).mean(0).tolist()
+    top = most_active_dims(kl, 1)[0]
+    with torch.no_grad():
+        return Pictures(
+            samples=grid(prior_samples(model, SAMPLES, seed=seed), nrow=4),
+            reconstructions=grid(reconstructions(model, x, RECONSTRUCTED), nrow=4),
+            traversal=grid(latent_traversal(model, x[:1], [top]), nrow=9),
+            traversal_dim=top,
+            epoch=int(checkpoint["epoch"]),
+        )
