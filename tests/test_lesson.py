@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import train_run
 
 from vae.execution.checkpoint import model_from_checkpoint, read_checkpoint
 from vae.execution.store import RunStore
-from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 from vae.learn.data import load_dataset
 from vae.learn.evaluate import posterior_means
@@ -54,7 +54,7 @@ SMALL = dict(hidden_dims=[32], latent_dim=4, epochs=2, batch_size=256, threads=1
 
 def train(store: RunStore, group: str | None = None, **settings) -> str:
     run_id = store.create_run(RunConfig(**{**SMALL, **settings}), group=group)
-    assert run_one(store, run_id, StopFlag()) == "finished"
+    assert train_run(store, run_id) == "finished"
     return run_id
 
 
