@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from vae.execution.checkpoint import model_from_checkpoint
 from vae.execution.store import RunStore
-from vae.learn.data import load_dataset
+from vae.learn.data import Dataset, load_dataset
 from vae.learn.engine import resolve_device
 from vae.learn.evaluate import evaluate_model
 
 
-def evaluate_run(store: RunStore, run_id: str, iw_samples: int = 100) -> dict:
+def evaluate_run(
+    store: RunStore, run_id: str, iw_samples: int = 100, dataset: Dataset | None = None
+) -> dict:
     """Evaluate a run's final (else latest) checkpoint on its data set and save eval.json."""
     checkpoint = store.load_checkpoint(run_id)
     config = store.read_config(run_id)
     device = resolve_device(config)
-    dataset = load_dataset(config.dataset, config.data_root, seed=config.seed)
+    dataset = dataset or load_dataset(config.dataset, config.data_root, seed=config.seed)
     model = model_from_checkpoint(checkpoint, device)
     result = evaluate_model(model, dataset, config, iw_samples=iw_samples)
     result["epoch"] = int(checkpoint["epoch"])
