@@ -13,6 +13,7 @@ import contextlib
 import sys
 import time
 
+from vae import settings
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import ConfigError, RunConfig
 
@@ -170,12 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="train one run per β, in parallel worker processes")
     add_config_arguments(sweep, skip=("beta",))
     sweep.add_argument("--betas", type=float, nargs="+", required=True, help="the β values")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    sweep.add_argument(
+        "--jobs", type=settings.argument(settings.SWEEP_JOBS), default=1,
+        help="runs trained at once (default 1, at most 64)",
+    )  # fmt: skip
     ev = sub.add_parser("eval", help="evaluate a run on the test split (writes eval.json)")
     ev.add_argument("run_id")
     ev.add_argument(
-        "--iw-samples", type=int, default=100, help="importance samples k (default 100)"
-    )
+        "--iw-samples", type=settings.argument(settings.IW_SAMPLES), default=100,
+        help="importance samples k (default 100, at most 10,000)",
+    )  # fmt: skip
     sub.add_parser("list", help="list every run in the store")
     return parser
 
