@@ -87,14 +87,14 @@ IW_SAMPLES = IntSetting("--iw-samples", 1, 10_000, lambda: 100, "importance samp
 
 
 def read(setting: IntSetting | PathSetting, environ: Mapping[str, str] | None = None):
-    """The setting's value from the environment; its default when unset or empty.
+    """The setting's value from the environment; its default when unset or blank.
 
     Raises SettingError for a value outside its range. A PathSetting's default is None (the
     store picks its own folder).
     """
     environ = os.environ if environ is None else environ
     raw = environ.get(setting.name)
-    if raw is None or raw == "":
+    if raw is None or not raw.strip():  # set but blank counts as unset
         return setting.default() if isinstance(setting, IntSetting) else None
     return setting.parse(raw)
 
