@@ -121,7 +121,8 @@ def load_series(
     except FileNotFoundError:
         return Series(latent_dim)
     signature = file_signature(info)
-    for candidate in (known, _read_summary(summary_path, latent_dim)):
+    candidates = (known, lambda: _read_summary(summary_path, latent_dim))
+    for candidate in (c() if callable(c) else c for c in candidates):  # summary.json only if needed
         if candidate is None or candidate.problem or candidate.latent_dim != latent_dim:
             continue
         if candidate.signature == signature:
@@ -130,7 +131,9 @@ def load_series(
         if same_file and candidate.covered <= signature[1]:
             candidate.read_from(metrics_path, candidate.covered)  # only the new epochs
             candidate.signature = signature
-            return candidate
+            if candidate.problem is None:
+                return candidate
+            break  # the file changed in other ways too: read it all, for the true first problem
     series = Series(latent_dim)
     series.read_from(metrics_path, 0)
     series.signature = signature
