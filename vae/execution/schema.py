@@ -23,6 +23,11 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _numbers(values: list) -> bool:
+    """Every item a finite int or float (bools excluded), at C speed: lists hold 256 numbers."""
+    return set(map(type, values)) <= {int, float} and all(map(math.isfinite, values))
+
+
 def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -89,9 +94,8 @@ def check_metrics_line(row, latent_dim: int | None = None, line: int | None = No
     lengths = set()
     for name in METRIC_LISTS:
         values = row.get(name)
-        ok = isinstance(values, list) and 0 < len(values) <= MAX_LATENT
-        _check(ok and all(_number(v) for v in values), where, name, "a list of finite numbers",
-               values)  # fmt: skip
+        ok = isinstance(values, list) and 0 < len(values) <= MAX_LATENT and _numbers(values)
+        _check(ok, where, name, "a list of finite numbers", values)
         lengths.add(len(values))
     if len(lengths) > 1:
         raise SchemaError(f"{where}: kl_per_dim, posterior_var and mean_cov differ in length")
@@ -124,7 +128,7 @@ def check_eval(evaluation) -> dict:
         _check(ok, where, name, "a whole number or null", value)
     for name in METRIC_LISTS:
         values = evaluation.get(name)
-        ok = values is None or (isinstance(values, list) and all(_number(v) for v in values))
+        ok = values is None or (isinstance(values, list) and _numbers(values))
         _check(ok, where, name, "a list of numbers or null", values)
     return evaluation
 
