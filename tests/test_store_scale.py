@@ -159,3 +159,65 @@ def test_truncating_metrics_rebuilds_the_summary(trained):
     assert [m["epoch"] for m in record.metrics] == [1]
     summary = json.loads(store.path(run_id, "summary.json").read_text())
     assert summary["count"] == 1
+
+
+# ---- the index: a new server process starts warm ----------------------------------------------
+def indexed_store(store: RunStore, runs: int = 60) -> list[str]:
+    """Runs, listed once by a store object (which saves .index.json after reading them)."""
+    ids = [long_run(store, 2) for _ in range(runs)]
+    store.create_run(RunConfig(latent_dim=LATENT))  # a queued run without metrics, too
+    RunStore(store.root).list_runs()
+    assert (store.root / store_module.INDEX_FILE).exists()
+    return ids
+
+
+def listing(store: RunStore) -> dict:
+    return {
+        r.run_id: (r.state, r.broken, r.metrics, r.status, r.config, r.evaluation, r.epochs_done)
+        for r in store.list_runs()
+    }
+
+
+def test_a_new_store_object_lists_from_the_index_without_reading_run_files(store, monkeypatch):
+    indexed_store(store)
+    expected = listing(RunStore(store.root))
+    reads = Spy(monkeypatch, safe_read, "read_bytes")
+    assert listing(RunStore(store.root)) == expected
+    assert [str(c[0]) for c in reads.calls] == [str(store.root / store_module.INDEX_FILE)]
+
+
+def test_runs_changed_since_the_index_are_read_from_their_files(store):
+    ids = indexed_store(store)
+    RunStore(store.root).update_status(ids[3], "failed", "changed after the index")
+    path = store.path(ids[7], "status.json")
+    status = json.loads(path.read_text())
+    status["updated"] = None
+    path.write_text(json.dumps(status))  # damaged after the index was written
+    records = {r.run_id: r for r in RunStore(store.root).list_runs()}
+    assert records[ids[3]].state == "failed"
+    assert records[ids[7]].broken and "updated" in records[ids[7]].broken
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"{not json",
+        lambda data: json.dumps({**data, "version": 99}).encode(),
+        lambda data: json.dumps({"version": 1, "runs": [1, 2]}).encode(),
+        lambda data: json.dumps(
+            {
+                "version": 1,
+                "runs": {k: {**v, "status": {"state": "x"}} for k, v in data["runs"].items()},
+            }
+        ).encode(),
+        lambda data: json.dumps(
+            {"version": 1, "runs": {k: {**v, "signatures": [[1]]} for k, v in data["runs"].items()}}
+        ).encode(),
+    ],
+)
+def test_a_damaged_index_is_ignored(store, damage):
+    indexed_store(store, runs=5)
+    expected = listing(RunStore(store.root))
+    index = store.root / store_module.INDEX_FILE
+    index.write_bytes(damage(json.loads(index.read_bytes())))
+    assert listing(RunStore(store.root)) == expected

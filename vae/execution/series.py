@@ -82,12 +82,14 @@ class Series:
 
     # ---- summary.json ------------------------------------------------------------------------
     def to_json(self) -> bytes:
-        data = {
+        return json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")).encode()
+
+    def to_dict(self) -> dict:
+        return {
             "version": SUMMARY_VERSION, "latent_dim": self.latent_dim,
             "signature": list(self.signature or ()), "covered": self.covered,
             "count": self.count, "stride": self.stride, "rows": self.rows, "last": self.last,
         }  # fmt: skip
-        return json.dumps(data, allow_nan=False, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data, latent_dim: int | None) -> Series | None:
@@ -95,14 +97,20 @@ class Series:
         try:
             if data.get("version") != SUMMARY_VERSION or data.get("latent_dim") != latent_dim:
                 return None
-            signature = tuple(int(v) for v in data["signature"])
+            signature = tuple(int(v) for v in data["signature"]) or None  # None: no file yet
             stride, count, covered = data["stride"], data["count"], data["covered"]
-            if len(signature) != 3 or not all(isinstance(v, int) for v in (stride, count, covered)):
+            if signature is not None and len(signature) != 3:
+                return None
+            if not all(isinstance(v, int) for v in (stride, count, covered)):
+                return None
+            if signature is None and (count or covered):
                 return None
             if stride < 1 or count < 0 or covered < 0 or len(data["rows"]) > DISPLAY_POINTS:
                 return None
             rows = [check_metrics_line(r, latent_dim) for r in data["rows"]]
-            last = data["last"] if data["last"] is None else check_metrics_line(data["last"])
+            last = data["last"]
+            if last is not None and not (rows and last == rows[-1]):
+                last = check_metrics_line(last, latent_dim)
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
         series = cls(latent_dim, signature, covered, count, stride, rows, last)

@@ -59,6 +59,10 @@ FILES = (
 WATCHED = ("config.json", "status.json", "metrics.jsonl", "eval.json")  # what a record is made of
 MAX_JSON_BYTES = {"config.json": 64 * 1024, "status.json": 64 * 1024, "eval.json": 4 * 2**20}
 CHANGES_FILE = ".changes"  # touched by every write: an unchanged mtime means nothing to re-read
+INDEX_FILE = ".index.json"  # what the last listing knew, so a new server process starts warm
+INDEX_MAX_BYTES = 1024 * 2**20
+INDEX_SAVE_AFTER_READS = 50  # save the index once this many runs (or a tenth) were read again
+INDEX_SAVE_EVERY_S = 300.0  # ...or this long after the last save, when anything was read
 FULL_RECHECK_S = 30.0  # re-stat every run's files this often (edits made outside the store)
 RACY_S = 2.0  # a change this close to a scan may share its timestamp: look again next time
 ORPHAN_AGE_S = 3600.0  # temp files without a writer pid are removed after this long
@@ -244,6 +248,8 @@ class RunStore:
         self._last_scan = 0.0
         self._last_full = 0.0
         self._dirty: set[str] = set()
+        self._reads = 0  # runs read from their files since the index was last saved
+        self._index_saved = 0.0
 
     # ---- paths ---------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -414,8 +420,11 @@ class RunStore:
         return last_scan - newest > RACY_S
 
     def _scan(self, full: bool) -> None:
+        if self._listing is None:
+            self._load_index()
         if full:
             _remove_root_leftovers(self.root)
+            remove_leftovers(self.root)  # e.g. an index write cut off
         try:
             with os.scandir(self.root) as entries:
                 found = {}
@@ -443,6 +452,71 @@ class RunStore:
         # Creation order (ids alone tie within a second: a sweep's runs share their timestamp).
         records.sort(key=lambda r: (r.status.get("created", 0), r.run_id))
         self._listing = records
+        due = time.time() - self._index_saved > INDEX_SAVE_EVERY_S
+        enough = max(INDEX_SAVE_AFTER_READS, len(self._records) // 10)  # a tenth of the store
+        if self._reads >= enough or (self._reads and due):
+            self._save_index()
+
+    # ---- the index: a warm start for a new server process ----------------------------------
+    def _save_index(self) -> None:
+        """Write what the listing knows of every readable run, with the file signatures it was
+        read at; only a cache (any write failure is ignored), never trusted beyond them."""
+        runs = {}
+        for run_id, (signatures, record) in self._records.items():
+            series = self._series.get(run_id)
+            if record.broken or record.config is None or series is None or not signatures:
+                continue
+            runs[run_id] = {
+                "signatures": signatures, "config": record.config.to_dict(),
+                "status": record.status, "evaluation": record.evaluation,
+                "series": series.to_dict(),
+            }  # fmt: skip
+        data = {"version": 1, "runs": runs}
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            atomic_write_bytes(
+                self.root / INDEX_FILE, json.dumps(data, separators=(",", ":")).encode()
+            )
+        self._reads, self._index_saved = 0, time.time()
+
+    def _load_index(self) -> None:
+        """Seed the caches from the index; each entry is checked like the files it stands for,
+        and used only while every file still has the signature recorded with it."""
+        try:
+            data = safe_read.read_json(self.root / INDEX_FILE, INDEX_MAX_BYTES)
+            runs = data["runs"] if data.get("version") == 1 else {}
+            entries = list(runs.items())
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            return
+        for run_id, entry in entries:
+            with contextlib.suppress(StoreError, SchemaError, ConfigError, ValueError, TypeError,
+                                     KeyError, AttributeError):  # fmt: skip
+                self._seed(run_id, entry)
+        self._index_saved = time.time()
+
+    def _seed(self, run_id: str, entry: dict) -> None:
+        if not is_valid_run_id(run_id):
+            return
+        signatures = tuple(
+            None if s is None else tuple(int(v) for v in s) for s in entry["signatures"]
+        )
+        if len(signatures) != len(WATCHED) or signatures[0] is None or signatures[1] is None:
+            return
+        check_config_types(entry["config"])
+        config = RunConfig.from_dict(entry["config"]).validated()
+        status = check_status(entry["status"])
+        evaluation = None if entry["evaluation"] is None else check_eval(entry["evaluation"])
+        if (evaluation is None) != (signatures[3] is None):
+            return
+        series = Series.from_json(entry["series"], config.latent_dim)
+        if series is None or (series.signature is None) != (signatures[2] is None):
+            return
+        if signatures[2] is not None and series.signature != signatures[2][1:]:
+            return
+        record = RunRecord(run_id, self.root / run_id, config, status, series.display(),
+                           epochs_done=series.count, evaluation=evaluation)  # fmt: skip
+        self._records[run_id] = (signatures, record)
+        self._configs[run_id] = (signatures[0], config)
+        self._series[run_id] = series
 
     def _forget(self, run_id: str) -> None:
         for cache in (self._records, self._folders, self._series, self._configs):
@@ -469,9 +543,10 @@ class RunStore:
         if cached is not None and cached[0] == signatures and not force:
             return cached[1]
         if cached is None:
-            remove_leftovers(folder)  # first look at this run from this process
+            remove_leftovers(folder)  # first look at this run's files from this process
         record = self._read_record(run_id, signatures)
         self._records[run_id] = (signatures, record)
+        self._reads += 1
         return record
 
     def _read_record(self, run_id: str, signatures: FileSignatures) -> RunRecord:
