@@ -22,7 +22,7 @@ from helpers import PAGES, open_app, wait_for
 from vae.cli import main
 from vae.execution import safe_read
 from vae.execution.jobs import JobManager
-from vae.execution.store import RunStore, new_run_id
+from vae.execution.store import HOST_TAG, RunStore, new_run_id
 from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 
@@ -336,7 +336,7 @@ def test_a_temp_eval_json_left_by_a_killed_writer_is_removed_on_the_next_touch(t
     # A live process's temp file (a writer right now) must survive the clean-up.
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        live = folder / f".status.json.{sleeper.pid}-abc123.tmp"
+        live = folder / f".status.json.{sleeper.pid}@{HOST_TAG}-abc123.tmp"
         live.write_text("{")
         store.update_status(good, "queued", "resumed from interrupted")  # what resume() writes
         assert not any(p.exists() for p in left)
@@ -348,3 +348,22 @@ def test_a_temp_eval_json_left_by_a_killed_writer_is_removed_on_the_next_touch(t
     # Once that writer is gone too, the next look at the run (a fresh listing) removes its file.
     RunStore(store.root).list_runs()
     assert not live.exists()
+
+
+def test_temp_files_of_other_machines_are_left_until_an_hour_old(trained, tmp_path):
+    """On a shared disk a pid means nothing to another machine: its temp files are kept while
+    they could still be written, and removed once an hour old, like those without a pid."""
+    store_src, good = trained
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(store_src.run_dir(good), store.run_dir(good))
+    folder = store.run_dir(good)
+    other_host = "0badc0de" if HOST_TAG != "0badc0de" else "0badc0df"
+    fresh = folder / f".model.pt.999999@{other_host}-abc.tmp"
+    stale = folder / f".model.pt.999998@{other_host}-abc.tmp"
+    unnamed = folder / ".eval.json.k3j4x9.tmp"
+    for path in (fresh, stale, unnamed):
+        path.write_bytes(b"PK")
+    for path in (stale, unnamed):
+        os.utime(path, (0, 0))  # written long ago
+    store.update_status(good, "queued")
+    assert fresh.exists() and not stale.exists() and not unnamed.exists()

@@ -29,10 +29,12 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +69,16 @@ FULL_RECHECK_S = 30.0  # re-stat every run's files this often (edits made outsid
 RACY_S = 2.0  # a change this close to a scan may share its timestamp: look again next time
 ORPHAN_AGE_S = 3600.0  # temp files without a writer pid are removed after this long
 
-# Temp files of atomic writes: .<name>.<pid>-<random>.tmp (older code: .<name>.<random>.tmp).
-TEMP_PATTERN = re.compile(r"^\.(?P<name>[\w.]+?)\.(?:(?P<pid>\d+)-)?[\w]+\.tmp$")
-NEW_RUN_PATTERN = re.compile(r"^\.new-(?:(?P<pid>\d+)-)?\d{8}-\d{6}-[0-9a-f]{6}-")
+# Temp files of atomic writes: .<name>.<pid>@<host>-<random>.tmp, where <host> is a hash of the
+# machine's name (a store on a shared disk may have writers on several machines, and a pid means
+# something only on its own). Older code wrote .<name>.<random>.tmp.
+HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+TEMP_PATTERN = re.compile(
+    r"^\.(?P<name>[\w.]+?)\.(?:(?P<pid>\d+)@(?P<host>[0-9a-f]{8})-)?\w+\.tmp$"
+)
+NEW_RUN_PATTERN = re.compile(
+    r"^\.new-(?:(?P<pid>\d+)@(?P<host>[0-9a-f]{8})-)?\d{8}-\d{6}-[0-9a-f]{6}-"
+)
 
 
 class StoreError(RuntimeError):
@@ -89,7 +98,7 @@ def _explain_os_error(exc: OSError, what: str) -> StoreError:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    prefix = f".{path.name}.{os.getpid()}-"
+    prefix = f".{path.name}.{os.getpid()}@{HOST_TAG}-"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -160,12 +169,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _writer_gone(name: str, pattern: re.Pattern, mtime: float) -> bool:
-    """True for a temp entry whose writing process has ended (or, unnamed, is an hour old)."""
+    """True for a temp entry whose writing process has ended: a pid of this machine that no
+    longer runs; for entries of other machines or without a pid, older than an hour."""
     found = pattern.match(name)
     if found is None:
         return False
     pid = found.group("pid")
-    if pid is None:
+    if pid is None or found.group("host") != HOST_TAG:
         return time.time() - mtime > ORPHAN_AGE_S
     return int(pid) != os.getpid() and not _pid_alive(int(pid))
 
@@ -274,7 +284,7 @@ class RunStore:
         tmp_dir = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            prefix = f".new-{os.getpid()}-{run_id}-"
+            prefix = f".new-{os.getpid()}@{HOST_TAG}-{run_id}-"
             tmp_dir = Path(tempfile.mkdtemp(dir=self.root, prefix=prefix))
             atomic_write_json(tmp_dir / "config.json", config.to_dict())
             atomic_write_json(tmp_dir / "status.json", status)
