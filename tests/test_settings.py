@@ -16,6 +16,7 @@ from helpers import PAGES, open_app
 
 from vae import settings
 from vae.cli import build_parser
+from vae.execution import store as store_module
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -62,9 +63,11 @@ def test_the_app_opens_with_a_bad_max_jobs_and_says_so(monkeypatch, tmp_path, ra
 def test_the_app_opens_with_a_store_path_that_is_a_file(monkeypatch, tmp_path):
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
+    monkeypatch.setattr(store_module, "DEFAULT_ROOT", tmp_path / "default")  # not the real one
     at = open_app(monkeypatch, a_file, PAGES[0])  # open_app sets VAE_STORE to this path
     assert not at.exception, at.exception
     assert any("VAE_STORE" in w.value for w in at.warning)
+    assert (tmp_path / "default").is_dir()  # the default store was used instead
 
 
 # ---- CLI ---------------------------------------------------------------------------------------

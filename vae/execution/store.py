@@ -51,7 +51,7 @@ from vae.execution.schema import (
 from vae.execution.series import MAX_METRICS_BYTES, Series, file_signature, load_series
 from vae.learn.config import ConfigError, RunConfig
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"  # beside app.py
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 ACTIVE_STATES = ("queued", "running")
 FILES = (
@@ -444,8 +444,8 @@ class RunStore:
                             info = entry.stat(follow_symlinks=False)
                             if stat.S_ISDIR(info.st_mode) or stat.S_ISLNK(info.st_mode):
                                 found[entry.name] = info.st_mtime_ns
-        except FileNotFoundError:
-            found = {}
+        except (FileNotFoundError, NotADirectoryError):
+            found = {}  # no store yet (or a file in its place, which settings report): no runs
         except OSError as exc:
             raise StoreError(f"cannot list the run store: {exc.strerror or exc}") from None
         settled_before = (self._last_scan - RACY_S) * 1e9
