@@ -221,3 +221,17 @@ def test_a_damaged_index_is_ignored(store, damage):
     index = store.root / store_module.INDEX_FILE
     index.write_bytes(damage(json.loads(index.read_bytes())))
     assert listing(RunStore(store.root)) == expected
+
+
+def test_the_generation_changes_exactly_when_the_listing_does(store):
+    ids = [long_run(store, 1) for _ in range(3)]
+    reader = RunStore(store.root)
+    first = reader.generation()
+    assert reader.generation() == first  # nothing changed
+    RunStore(store.root).update_status(ids[1], "failed", "x")
+    second = reader.generation()
+    assert second != first
+    assert {r.run_id: r.state for r in reader.list_runs()}[ids[1]] == "failed"
+    assert reader.generation() == second
+    RunStore(store.root).delete_run(ids[0])
+    assert reader.generation() != second

@@ -259,6 +259,7 @@ class RunStore:
         self._last_full = 0.0
         self._dirty: set[str] = set()
         self._reads = 0  # runs read from their files since the index was last saved
+        self._version = 0  # bumped whenever the listing changes (see generation)
         self._index_saved = 0.0
 
     # ---- paths ---------------------------------------------------------------------------
@@ -408,10 +409,13 @@ class RunStore:
                 self._last_full = now
             return list(self._listing or [])
 
-    def generation(self) -> tuple:
-        """Changes whenever any write through a RunStore lands (cheap: two stat calls); pages
-        can skip rebuilding a chart while it stays the same."""
-        return self._signal()
+    def generation(self) -> int:
+        """A number that changes exactly when the listing changes (a run added, removed, or any
+        of its records re-read). Cheap when nothing changed: pages can keep a chart built from
+        the listing while it stays the same."""
+        with self._lock:
+            self.list_runs()
+            return self._version
 
     def _signal(self) -> tuple:
         def mtime(path: Path):
@@ -461,6 +465,12 @@ class RunStore:
         records = [self._records[r][1] for r in found if r in self._records]
         # Creation order (ids alone tie within a second: a sweep's runs share their timestamp).
         records.sort(key=lambda r: (r.status.get("created", 0), r.run_id))
+        previous = self._listing or []
+        same = len(records) == len(previous) and all(
+            a is b for a, b in zip(records, previous, strict=True)
+        )
+        if not same:
+            self._version += 1
         self._listing = records
         due = time.time() - self._index_saved > INDEX_SAVE_EVERY_S
         enough = max(INDEX_SAVE_AFTER_READS, len(self._records) // 10)  # a tenth of the store
