@@ -22,7 +22,7 @@ from helpers import PAGES, open_app, wait_for
 from vae.cli import main
 from vae.execution import safe_read
 from vae.execution.jobs import JobManager
-from vae.execution.store import HOST_TAG, RunStore, new_run_id
+from vae.execution.store import HOST_TAG, RunStore, StoreError, new_run_id
 from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 
@@ -367,3 +367,28 @@ def test_temp_files_of_other_machines_are_left_until_an_hour_old(trained, tmp_pa
         os.utime(path, (0, 0))  # written long ago
     store.update_status(good, "queued")
     assert fresh.exists() and not stale.exists() and not unnamed.exists()
+
+
+@pytest.mark.parametrize("kind", ["pipe", "link"])
+def test_the_worker_never_appends_through_a_pipe_or_a_link(tmp_path, kind):
+    """A metrics.jsonl swapped for a pipe (no reader: an append would block forever) or a link
+    (the append would land outside the run) is refused with a StoreError the worker reports."""
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(tiny())
+    path = store.path(run_id, "metrics.jsonl")
+    target = tmp_path / "outside.jsonl"
+    os.mkfifo(path) if kind == "pipe" else os.symlink(target, path)
+    result = {}
+
+    def append():
+        try:
+            store.append_metrics(run_id, {"epoch": 1})
+        except StoreError as exc:
+            result["error"] = str(exc)
+
+    thread = threading.Thread(target=append, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "append_metrics blocked"
+    assert "not a plain file" in result["error"]
+    assert not target.exists()

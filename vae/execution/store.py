@@ -666,13 +666,23 @@ class RunStore:
         path = self.path(run_id, "metrics.jsonl")
         with self._lock:
             series = self._series_for_append(run_id)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            with open(path, "ab") as handle:
+            fd = os.open(path, flags, 0o644)  # never through a link, never blocked by a pipe
+            with os.fdopen(fd, "ab") as handle:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise StoreError(
+                        "could not save metrics: metrics.jsonl is not a plain file"
+                    ) from None
                 handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
                 after = os.fstat(handle.fileno())
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENXIO):
+                raise StoreError(
+                    "could not save metrics: metrics.jsonl is not a plain file"
+                ) from None
             raise _explain_os_error(exc, "save metrics") from None
         if series is not None and series.covered + len(line) == after.st_size:
             try:
