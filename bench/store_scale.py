@@ -4,7 +4,7 @@
     python bench/store_scale.py --runs 2000 --epochs 2000 --no-pages   # quicker
 
 Builds two stores in a temporary folder, file by file as the worker writes them (config.json,
-status.json, metrics.jsonl, summary.json), then measures, in this process:
+status.json, metrics.jsonl, summary.jsonl), then measures, in this process:
 
 Store of many runs (each 3 epochs, 10 latent dimensions)
 - cold listing: a fresh RunStore (a new server process) reads every run once, then a second
@@ -16,8 +16,8 @@ Store of many runs (each 3 epochs, 10 latent dimensions)
 - AppTest renders of the Tradeoff and Train pages (server-side script time; no browser)
 
 One long run (10,000 epochs, 256 latent dimensions: a 160 MB metrics.jsonl)
-- reading it all (no summary.json: the first look of older stores), and through summary.json
-- a warm get, one worker append (line + summary.json), read_metrics of every line (downloads)
+- reading it all (no summary.jsonl: the first look of older stores), and through summary.jsonl
+- a warm get, one worker append (line + summary.jsonl), read_metrics of every line (downloads)
 - the Posterior page's heatmap and curves from the thinned series, and an AppTest render
 
 Times are wall seconds (median of repeats where repeated) with CPU seconds beside them; the
@@ -103,7 +103,7 @@ def write_run(root: Path, config: RunConfig, epochs: int, beta: float, group: st
             series.add(row)
             series.covered += len(line)
     series.signature = file_signature(os.stat(folder / "metrics.jsonl"))
-    (folder / "summary.json").write_bytes(series.to_json())
+    (folder / "summary.jsonl").write_bytes(series.to_lines())
     return run_id
 
 
@@ -203,15 +203,17 @@ def long_run(base: Path, epochs: int, pages: bool, table: list) -> None:
         f"{time.perf_counter() - started:.0f} s: metrics.jsonl is {size / 2**20:.0f} MiB"
     )
     print(f"  {'measurement':58} {'wall s':>9} {'CPU s':>9}")
-    summary = root / run_id / "summary.json"
+    summary = root / run_id / "summary.jsonl"
     kept = summary.read_bytes()
     summary.unlink()
     wall, cpu, record = timed(lambda: RunStore(root).get(run_id))
-    row(table, "get, no summary.json (reads every line once)", wall, cpu)
+    row(table, "get, no summary.jsonl (reads every line once)", wall, cpu)
     summary.write_bytes(kept)
     wall, cpu, record = timed(lambda: RunStore(root).get(run_id), repeats=3)
-    row(table, "get through summary.json (fresh store object)", wall, cpu, f"{len(kept):,} B")
+    row(table, "get through summary.jsonl (fresh store object)", wall, cpu, f"{len(kept):,} B")
     assert record.broken is None and record.epochs_done == epochs
+    wall, cpu, shown = timed(lambda: list(RunStore(root).get(run_id).metrics), repeats=3)
+    row(table, "get and its thinned rows (what a chart of this run reads)", wall, cpu)
     store = RunStore(root)
     store.get(run_id)
     wall, cpu, _ = timed(lambda: store.get(run_id), repeats=20)
@@ -227,7 +229,7 @@ def long_run(base: Path, epochs: int, pages: bool, table: list) -> None:
 
     append()  # the worker's first append reads the series once
     wall, cpu, _ = timed(append, repeats=5)
-    row(table, "worker: append one epoch (line + summary.json)", wall, cpu, "fsyncs incl.")
+    row(table, "worker: append one epoch (line + summary.jsonl)", wall, cpu, "fsyncs incl.")
     wall, cpu, record = timed(lambda: store.get(run_id))
     row(table, "get after 6 appends by another process (reads 6 lines)", wall, cpu)
     wall, cpu, rows = timed(lambda: store.read_metrics(run_id))

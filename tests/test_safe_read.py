@@ -60,7 +60,7 @@ def edit_metrics_line(path: Path, index: int, change) -> None:
     change(row)
     lines[index] = json.dumps(row)
     path.write_text("\n".join(lines) + "\n")
-    (path.parent / "summary.json").unlink(missing_ok=True)  # as an editor would leave it
+    (path.parent / "summary.jsonl").unlink(missing_ok=True)  # as an editor would leave it
 
 
 def setter(key, value):

@@ -1,4 +1,4 @@
-"""A store that scales: thinned series, summary.json, and a listing that re-reads only changes.
+"""A store that scales: thinned series, summary.jsonl, and a listing that re-reads only changes.
 
 Timings live in bench/store_scale.py; these tests check the behaviour that makes them possible:
 which files are read, what the pages get, and that nothing stale is shown.
@@ -66,15 +66,21 @@ def test_a_long_run_is_thinned_evenly_and_ends_with_its_last_epoch(store):
 def test_a_fresh_store_reads_the_summary_then_only_appended_lines(store, monkeypatch):
     run_id = long_run(store, 150)
     lines = Spy(monkeypatch, safe_read, "read_lines")
-    record = RunStore(store.root).get(run_id)
-    assert record.epochs_done == 150 and lines.calls == []  # summary.json matched: no parse
     metrics = store.path(run_id, "metrics.jsonl")
+
+    def metrics_reads() -> list[int]:  # offsets metrics.jsonl was read from
+        return [c[2] if len(c) > 2 else 0 for c in lines.calls if str(c[0]) == str(metrics)]
+
+    record = RunStore(store.root).get(run_id)
+    assert record.epochs_done == 150 and metrics_reads() == []  # summary matched: no parse
+    assert len(list(record.metrics)) <= series.DISPLAY_POINTS + 1  # rows from the summary too
+    assert metrics_reads() == []
     size = metrics.stat().st_size
     with open(metrics, "a") as handle:  # an epoch whose summary update was lost
         handle.write(json.dumps(row(151)) + "\n")
     record = RunStore(store.root).get(run_id)
     assert record.epochs_done == 151 and record.last_metrics["epoch"] == 151
-    assert [call[2] for call in lines.calls] == [size]  # read from the old end, not from 0
+    assert metrics_reads() == [size]  # read from the old end, not from 0
 
 
 def test_a_summary_that_no_longer_matches_is_not_trusted(store):
@@ -84,7 +90,7 @@ def test_a_summary_that_no_longer_matches_is_not_trusted(store):
     bad = json.loads(rows[4])
     bad["rate"] = "oops"
     rows[4] = json.dumps(bad)
-    metrics.write_text("\n".join(rows) + "\n")  # rewritten in place, summary.json left as it was
+    metrics.write_text("\n".join(rows) + "\n")  # rewritten in place, summary.jsonl left as it was
     record = RunStore(store.root).get(run_id)
     assert record.broken and "line 5" in record.broken and "rate" in record.broken
 
@@ -97,7 +103,7 @@ def test_an_unchanged_store_is_listed_without_reading_a_file(store, monkeypatch)
     lines = Spy(monkeypatch, safe_read, "read_lines")
     for _ in range(3):
         assert len(reader.list_runs()) == 5
-    assert reads.calls == [] and lines.calls == []
+    assert reads.calls == [] and lines.calls == []  # not even the summaries' head lines
     # Another store object (as in a worker process) changes one run: the listing shows it and
     # reads that run's changed files only.
     RunStore(store.root).update_status(ids[2], "running", pid=12345)
@@ -106,6 +112,7 @@ def test_an_unchanged_store_is_listed_without_reading_a_file(store, monkeypatch)
     states = {r.run_id: r.state for r in reader.list_runs()}
     assert states[ids[2]] == "running" and states[ids[0]] == "queued"
     assert {str(c[0]) for c in reads.calls} == {str(store.path(ids[2], "status.json"))}
+    assert lines.calls == []  # its metrics did not change: no summary or metrics read
 
 
 def test_edits_behind_the_stores_back_are_found_by_the_periodic_recheck(store, monkeypatch):
@@ -146,7 +153,7 @@ def trained(tmp_path_factory):
 
 def test_a_real_run_summary_holds_exactly_its_metrics(trained):
     store, run_id = trained
-    assert store.path(run_id, "summary.json").exists()
+    assert store.path(run_id, "summary.jsonl").exists()
     record = RunStore(store.root).get(run_id)
     assert record.broken is None
     assert record.metrics == store.read_metrics(run_id)  # under 100 epochs: nothing thinned
@@ -157,7 +164,7 @@ def test_truncating_metrics_rebuilds_the_summary(trained):
     store.truncate_metrics(run_id, 1)  # what a resume after a crash does
     record = RunStore(store.root).get(run_id)
     assert [m["epoch"] for m in record.metrics] == [1]
-    summary = json.loads(store.path(run_id, "summary.json").read_text())
+    summary = json.loads(store.path(run_id, "summary.jsonl").read_text().splitlines()[0])
     assert summary["count"] == 1
 
 

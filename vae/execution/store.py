@@ -3,7 +3,7 @@
     <root>/<run_id>/config.json     the RunConfig as a dict
                     status.json     state, reason, timestamps, worker pid
                     metrics.jsonl   one JSON line per completed epoch, appended
-                    summary.json    thinned metrics for display, rewritten after each epoch
+                    summary.jsonl   the latest epoch and thinned metrics, rewritten each epoch
                     model.pt        latest completed epoch (for resuming)
                     final.pt        the finished model
                     eval.json       the full evaluation, when computed
@@ -48,14 +48,20 @@ from vae.execution.schema import (
     check_metrics_line,
     check_status,
 )
-from vae.execution.series import MAX_METRICS_BYTES, Series, file_signature, load_series
+from vae.execution.series import (
+    MAX_METRICS_BYTES,
+    EpochSeries,
+    Series,
+    file_signature,
+    load_series,
+)
 from vae.learn.config import ConfigError, RunConfig
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"  # beside app.py
 RUN_ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 ACTIVE_STATES = ("queued", "running")
 FILES = (
-    "config.json", "status.json", "metrics.jsonl", "summary.json", "model.pt", "final.pt",
+    "config.json", "status.json", "metrics.jsonl", "summary.jsonl", "model.pt", "final.pt",
     "eval.json",
 )  # fmt: skip
 WATCHED = ("config.json", "status.json", "metrics.jsonl", "eval.json")  # what a record is made of
@@ -251,7 +257,8 @@ class RunStore:
         self._lock = threading.RLock()  # one store object serves every page session's thread
         self._records: dict[str, tuple[FileSignatures, RunRecord]] = {}
         self._folders: dict[str, int] = {}  # run id -> folder mtime_ns at the last look
-        self._series: dict[str, Series] = {}
+        self._series: dict[str, Series] = {}  # head only: latest epoch, count, signature
+        self._appending: dict[str, Series] = {}  # with rows: runs this process appends to
         self._configs: dict[str, tuple[tuple, RunConfig]] = {}
         self._listing: list[RunRecord] | None = None
         self._seen_signal: tuple | None = None
@@ -357,7 +364,7 @@ class RunStore:
     def read_series(self, run_id: str) -> list[dict]:
         """The run's epochs thinned for display (schema-checked; [] when none or unreadable)."""
         record = self.get(run_id)
-        return [] if record.broken else record.metrics
+        return [] if record.broken else list(record.metrics)
 
     def read_eval(self, run_id: str) -> dict | None:
         """eval.json when present and well-formed, else None (the listing says why it is not)."""
@@ -489,7 +496,7 @@ class RunStore:
             runs[run_id] = {
                 "signatures": signatures, "config": record.config.to_dict(),
                 "status": record.status, "evaluation": record.evaluation,
-                "series": series.to_dict(),
+                "series": series.head_dict(),
             }  # fmt: skip
         data = {"version": 1, "runs": runs}
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -527,19 +534,26 @@ class RunStore:
         evaluation = None if entry["evaluation"] is None else check_eval(entry["evaluation"])
         if (evaluation is None) != (signatures[3] is None):
             return
-        series = Series.from_json(entry["series"], config.latent_dim)
+        series = Series.from_head(entry["series"], config.latent_dim)
         if series is None or (series.signature is None) != (signatures[2] is None):
             return
         if signatures[2] is not None and series.signature != signatures[2][1:]:
             return
-        record = RunRecord(run_id, self.root / run_id, config, status, series.display(),
-                           epochs_done=series.count, evaluation=evaluation)  # fmt: skip
+        record = RunRecord(
+            run_id,
+            self.root / run_id,
+            config,
+            status,
+            self._epochs(run_id, config.latent_dim, series),
+            epochs_done=series.count,
+            evaluation=evaluation,
+        )
         self._records[run_id] = (signatures, record)
         self._configs[run_id] = (signatures[0], config)
         self._series[run_id] = series
 
     def _forget(self, run_id: str) -> None:
-        for cache in (self._records, self._folders, self._series, self._configs):
+        for cache in (self._records, self._folders, self._series, self._configs, self._appending):
             cache.pop(run_id, None)
 
     def _signatures(self, folder: Path) -> FileSignatures:
@@ -588,7 +602,8 @@ class RunStore:
                 except SchemaError as exc:
                     raise StoreError(str(exc)) from None
             series = self._load_series(run_id, record.config.latent_dim)
-            record.metrics, record.epochs_done = series.display(), series.count
+            record.metrics = self._epochs(run_id, record.config.latent_dim, series)
+            record.epochs_done = series.count
             if series.problem:
                 raise StoreError(series.problem)
         except (StoreError, OSError) as exc:
@@ -599,16 +614,33 @@ class RunStore:
             )
         return record
 
-    def _load_series(self, run_id: str, latent_dim: int | None) -> Series:
+    def _load_series(self, run_id: str, latent_dim: int | None, rows: bool = False) -> Series:
+        """The run's series head (latest epoch, count), or with its thinned rows when `rows`."""
+        cache = self._appending if rows else self._series
         try:
             series = load_series(
-                self.path(run_id, "metrics.jsonl"), self.path(run_id, "summary.json"),
-                latent_dim, self._series.get(run_id),
+                self.path(run_id, "metrics.jsonl"), self.path(run_id, "summary.jsonl"),
+                latent_dim, cache.get(run_id), rows=rows,
             )  # fmt: skip
         except safe_read.UnsafeFileError as exc:
             raise StoreError(str(exc)) from None
-        self._series[run_id] = series
+        cache[run_id] = series
         return series
+
+    def _epochs(self, run_id: str, latent_dim: int | None, head: Series) -> EpochSeries:
+        """record.metrics: the latest epoch now, the thinned rows when a page first uses them."""
+
+        def rows() -> list[dict]:
+            try:
+                series = load_series(
+                    self.path(run_id, "metrics.jsonl"), self.path(run_id, "summary.jsonl"),
+                    latent_dim, None, rows=True,
+                )  # fmt: skip
+            except (OSError, ValueError):
+                return []  # the listing will say why at its next look
+            return [] if series.problem else series.display()
+
+        return EpochSeries(head.last, head.count, rows)
 
     def checkpoint_problem(self, run_id: str) -> str | None:
         """Why the run's checkpoint cannot be used, or None when it loads (or none exists yet)."""
@@ -661,7 +693,7 @@ class RunStore:
         return status
 
     def append_metrics(self, run_id: str, metrics: dict) -> None:
-        """Append one epoch line, then refresh summary.json (the thinned series pages read)."""
+        """Append one epoch line, then refresh summary.jsonl (the thinned series pages read)."""
         line = (json.dumps(metrics, allow_nan=False) + "\n").encode()
         path = self.path(run_id, "metrics.jsonl")
         with self._lock:
@@ -690,23 +722,23 @@ class RunStore:
                 series.covered, series.signature = after.st_size, file_signature(after)
                 self._write_summary(run_id, series)
             except (SchemaError, ValueError):
-                self._series.pop(run_id, None)  # readers will read the file and say why
+                self._appending.pop(run_id, None)  # readers will read the file and say why
         self._changed(run_id)
 
     def _series_for_append(self, run_id: str) -> Series | None:
         """The thinned series as it stands before an append (None where it cannot be read)."""
         try:
             latent_dim = self.read_config(run_id).latent_dim
-            series = self._load_series(run_id, latent_dim)
+            series = self._load_series(run_id, latent_dim, rows=True)
         except StoreError:
             return None
         return None if series.problem else series
 
     def _write_summary(self, run_id: str, series: Series) -> None:
         with contextlib.suppress(OSError):  # only a cache: readers fall back to metrics.jsonl
-            atomic_write_bytes(self.path(run_id, "summary.json"), series.to_json())
+            atomic_write_bytes(self.path(run_id, "summary.jsonl"), series.to_lines())
         with self._lock:
-            self._series[run_id] = series
+            self._appending[run_id] = series
 
     def truncate_metrics(self, run_id: str, last_epoch: int) -> None:
         """Drop epochs after `last_epoch` (written before a crash, but their checkpoint wasn't)."""
@@ -717,6 +749,7 @@ class RunStore:
         except OSError as exc:
             raise _explain_os_error(exc, "save metrics") from None
         with self._lock:
+            self._appending.pop(run_id, None)
             self._series.pop(run_id, None)
             series = self._series_for_append(run_id)  # the rewritten file, read once
         if series is not None:
