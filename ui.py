@@ -5,11 +5,10 @@ Everything else (charts, tables, numbers) comes from `vae/`; this file only know
 
 from __future__ import annotations
 
-import os
-
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
+from vae import settings
 from vae.execution.jobs import JobManager
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 
@@ -27,9 +26,11 @@ if PagesManager.uses_pages_directory:
 @st.cache_resource
 def job_manager() -> JobManager:
     """One manager per server process, shared by every session; it schedules in a daemon thread."""
-    store = RunStore(os.environ.get(STORE_ENV) or None)
-    max_jobs = int(os.environ.get(MAX_JOBS_ENV) or max(1, os.cpu_count() or 1))
-    manager = JobManager(store, max_concurrent=max_jobs)
+    root, store_problem = settings.read_or_default(settings.STORE)
+    max_jobs, jobs_problem = settings.read_or_default(settings.MAX_JOBS)
+    for problem in filter(None, (store_problem, jobs_problem)):
+        st.warning(problem)  # replayed on every page while the cached manager is in use
+    manager = JobManager(RunStore(root), max_concurrent=max_jobs)
     try:
         manager.reconcile()  # adopt or mark interrupted whatever a previous server left running
     except Exception as exc:  # a read-only or broken store must not stop the app from opening

@@ -67,7 +67,8 @@ else:
                 )  # fmt: skip
         if record.metrics:
             c.download_button(
-                "Download metrics.csv", metrics_csv(record.metrics), file_name=f"{record.run_id}-metrics.csv",
+                "Download metrics.csv", lambda: metrics_csv(store.read_metrics(record.run_id)),
+                file_name=f"{record.run_id}-metrics.csv",
                 mime="text/csv", key="download-csv",
             )  # fmt: skip
         st.code(

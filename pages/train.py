@@ -46,20 +46,37 @@ if not manager.store.list_runs(with_metrics=False):
                 st.error(f"Nothing was started: {exc}")
 
 
-def query_default(name: str, cast, fallback):
-    """A prefill from the URL (?beta=4&latent_dim=10); a bad value is reported and ignored."""
+def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None = None):
+    """A prefill from the URL (?beta=4&latent_dim=10), within the widget's own range.
+
+    Junk, a fraction for a whole number, or a value outside the setting's limits is reported and
+    ignored; a legal value beyond this widget's range (latent_dim=100 on a slider that stops at
+    64) is clamped to the widget's end, with a message saying so.
+    """
     raw = st.query_params.get(name)
     if raw is None:
         return fallback
     try:
-        value = cast(parse_number(raw)) if cast is not str else raw
-        low, high = LIMITS.get(name, (None, None))
-        if low is not None and not low <= value <= high:
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
+        if cast is str:
+            return raw
+        number = parse_number(raw)
+        if cast is int and number != int(number):
+            raise ValueError("must be a whole number")
+        value = cast(number)
+        limit_low, limit_high = LIMITS.get(name, (None, None))
+        if limit_low is not None and not limit_low <= value <= limit_high:
+            raise ValueError(f"must be between {limit_low:g} and {limit_high:g}")
     except ValueError as exc:
         st.warning(f"Ignored `{name}` in the address: {exc}.")
         return fallback
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        clamped = cast(min(max(value, bounds[0]), bounds[1]))
+        st.warning(
+            f"`{name}={value:g}` in the address is outside this control's range "
+            f"({bounds[0]:g} to {bounds[1]:g}); using {clamped:g}."
+        )
+        return clamped
+    return value
 
 
 errors_at: dict[str, st.delta_generator.DeltaGenerator] = {}
@@ -87,7 +104,7 @@ with left:
         "Hidden units", HIDDEN_SIZES, value=400 if architecture == "mlp" else 256
     )
     latent_dim = st.slider(
-        "Latent dimensions J", 1, 64, query_default("latent_dim", int, DEFAULTS.latent_dim)
+        "Latent dimensions J", 1, 64, query_default("latent_dim", int, DEFAULTS.latent_dim, (1, 64))
     )
     errors_at["latent_dim"] = st.empty()
     likelihood = st.radio(
@@ -155,7 +172,7 @@ with middle:
 
 with right:
     st.subheader("Training")
-    epochs = st.slider("Epochs", 1, 200, query_default("epochs", int, DEFAULTS.epochs))
+    epochs = st.slider("Epochs", 1, 200, query_default("epochs", int, DEFAULTS.epochs, (1, 200)))
     errors_at["epochs"] = st.empty()
     batch_size = st.select_slider("Batch size", BATCH_SIZES, value=DEFAULTS.batch_size)
     lr = st.select_slider(

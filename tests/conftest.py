@@ -1,6 +1,12 @@
 """Shared fixtures: a temporary run store and a tiny config that trains in about a second."""
 
+import os
+
 import pytest
+
+# The app measures the job layout on first use on a machine (seconds of both cores); the tests
+# fix it instead, except where a test sets VAE_MAX_JOBS itself or measures on purpose.
+os.environ.setdefault("VAE_MAX_JOBS", "2")
 
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig

@@ -225,7 +225,9 @@ while True:  # what a worker does after each epoch, as fast as the disk allows
     with torch.no_grad():
         for p in state.model.parameters():
             p.fill_(epoch / 1000)  # every weight says which save it came from
-    store.append_metrics(run_id, {"epoch": epoch, "rate": float(epoch)})
+    lists = {k: [0.0] * config.latent_dim for k in ("kl_per_dim", "posterior_var", "mean_cov")}
+    store.append_metrics(run_id, {"epoch": epoch, "rate": float(epoch), "distortion": 1.0,
+                                  "elbo": -1.0 - epoch, "active_units": 0, **lists})
     store.save_checkpoint(run_id, make_checkpoint(config, state, (1, 28, 28), {"rate": 1.0}))
     store.update_status(run_id, "running", epoch=epoch)
 """

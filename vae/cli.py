@@ -13,6 +13,7 @@ import contextlib
 import sys
 import time
 
+from vae import settings
 from vae.execution.evaluation import evaluate_run
 from vae.execution.jobs import JobManager
 from vae.execution.layout import cached_layout
@@ -179,14 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(sweep, skip=("beta",))
     sweep.add_argument("--betas", type=float, nargs="+", required=True, help="the β values")
     sweep.add_argument(
-        "--jobs", type=int, default=None,
-        help="jobs at once, each a stack of runs (default: the layout measured on this machine)",
+        "--jobs", type=settings.argument(settings.SWEEP_JOBS), default=None,
+        help="jobs at once, each a stack of runs (default: the layout measured on this machine; "
+        "at most 64)",
     )  # fmt: skip
     ev = sub.add_parser("eval", help="evaluate a run on the test split (writes eval.json)")
     ev.add_argument("run_id")
     ev.add_argument(
-        "--iw-samples", type=int, default=100, help="importance samples k (default 100)"
-    )
+        "--iw-samples", type=settings.argument(settings.IW_SAMPLES), default=100,
+        help="importance samples k (default 100, at most 10,000)",
+    )  # fmt: skip
     sub.add_parser("list", help="list every run in the store")
     return parser
 

@@ -270,8 +270,7 @@ def finish_run(store: RunStore, member: Member, dataset: Dataset, evaluate: Eval
     """
     run_id, state = member.run_id, member.state
     try:
-        metrics = store.read_metrics(run_id)
-        last = metrics[-1] if metrics else {}
+        last = store.get(run_id).last_metrics  # the latest epoch, without reading every line
         checkpoint = make_checkpoint(member.config, state, dataset.info.image_shape, last)
         store.save_checkpoint(run_id, checkpoint, final=True)
     except (CheckpointError, StoreError) as exc:
