@@ -3,6 +3,7 @@
     python bench/train_speed.py                      # full run, about 8-10 minutes on 2 cores
     python bench/train_speed.py --quick              # about 1-2 minutes: fewer epochs and repeats
     python bench/train_speed.py --write bench/RESULTS.md
+    python bench/train_speed.py --ray-only           # only row 4: Ray against local processes
 
 Same machine, data and model for every row: an MLP VAE 784-400-20-400-784 trained with Adam
 (lr 1e-3) at batch 128 on 60,000 synthetic MNIST-shaped images. Every measurement runs in a fresh
@@ -18,6 +19,9 @@ Rows
 3. β sweep (6 values, 3 epochs each): the canonical loop run sequentially vs the job runner's
    parallel worker processes, one worker training a stack of 6 models (`vae.learn.engine`) and two
    workers with stacks of 3; wall time from process start to the last run finished.
+4. The same β sweep through the job manager (built-in digits, final evaluation included) on local
+   worker processes and on a local Ray instance (`vae.execution.ray_backend`): Ray's start-up,
+   and its overhead in seconds and as a ratio.
 
 The synthetic images are thin strokes and blobs rendered with a fixed seed and thresholded to
 {0, 1}. Binary pixels make the two objectives the same number: the example's BCE(sum) + KLD(sum)
@@ -277,7 +281,35 @@ def child_worker(args: dict) -> dict:
     return {"outcomes": list(outcomes.values()), **_usage()}
 
 
+def child_backend_sweep(args: dict) -> dict:
+    """The 6-β sweep through the job manager on a real backend (`local` or `ray`), with the
+    worker's final evaluation, on the built-in digits: Ray's overhead over local processes."""
+    from vae.execution.backends import make_backend, make_manager
+    from vae.execution.store import RunStore
+
+    cores = args["cores"]
+    started = time.perf_counter()
+    backend = make_backend(args["backend"])
+    if args["backend"] == "ray":
+        backend.num_cpus = cores  # a local Ray instance with this machine's cores
+        backend.connect()
+    startup = time.perf_counter() - started
+    store = RunStore(args["store"])
+    manager = make_manager(store, backend, max_concurrent=cores)
+    began = time.perf_counter()
+    run_ids = manager.submit_sweep(bench_config(epochs=args["epochs"], threads=0), BETAS)
+    manager.wait(run_ids, timeout_s=1800, poll_s=0.05)
+    wall = time.perf_counter() - began
+    states = [store.read_status(r)["state"] for r in run_ids]
+    if any(s != "finished" for s in states):
+        raise RuntimeError(f"sweep runs ended {states}")
+    losses = {store.read_config(r).beta: store.read_metrics(r)[-1]["train_loss"] for r in run_ids}
+    how = f"{manager.slots()} jobs at a time, {manager.threads()} thread(s) each"
+    return {"startup": startup, "wall": wall, "losses": losses, "how": how}
+
+
 CHILDREN = {
+    "backend-sweep": child_backend_sweep,
     "gemm": child_gemm,
     "canonical": child_canonical,
     "project": child_project,
@@ -433,6 +465,37 @@ def _sweep_outcome(store, run_ids, wall, how) -> dict:
     return {"wall": wall, "how": how, "losses": losses, "maxrss_mb": max(rss) if rss else None}
 
 
+def ray_overhead_rows(tmp: Path, epochs: int, reps: int, say) -> None:
+    """Section 4: the same 6-β sweep through the job manager on local processes and on a local
+    Ray instance (each in a fresh child process, alternating), and Ray's overhead."""
+    cores = len(os.sched_getaffinity(0))
+    runs = {"local": [], "ray": []}
+    for rep in range(reps):
+        for name in runs:
+            args = {"backend": name, "cores": cores, "epochs": epochs,
+                    "store": str(tmp / f"{name}-sweep{rep}")}  # fmt: skip
+            runs[name].append(run_child("backend-sweep", args, threads=cores, malloc=True))
+    say(f"## 4. The same β sweep on a local Ray instance: built-in digits, β ∈ "
+        f"{{{', '.join(f'{b:g}' for b in BETAS)}}}, {epochs} epoch(s), final evaluation "
+        f"included, {reps} repeat(s)")  # fmt: skip
+    say()
+    say("| backend | how | start-up s | sweep wall s | overhead s | × local | final loss β=1 |")
+    say("|---|---|---|---|---|---|---|")
+    for name, label in (("local", "local processes"), ("ray", "Ray (local instance)")):
+        rows = runs[name]
+        startup, wall = med(r["startup"] for r in rows), med(r["wall"] for r in rows)
+        over = med(r["wall"] - c["wall"] for c, r in zip(runs["local"], rows, strict=True))
+        ratio = med(r["wall"] / c["wall"] for c, r in zip(runs["local"], rows, strict=True))
+        loss = med(float(r["losses"].get(1.0, r["losses"].get("1.0"))) for r in rows)
+        say(f"| {label} | {rows[0]['how']} | {fmt(startup, 1)} | {fmt(wall, 1)} | "
+            f"{fmt(over, 1)} | {fmt(ratio, 2)} | {fmt(loss, 2)} |")  # fmt: skip
+    say()
+    say("Start-up: choosing the backend (for Ray: `ray.init`, starting a local instance). Sweep "
+        "wall: from submitting the sweep to its last run finished; overhead and × local compare "
+        "it with the local-process sweep of the same repeat.")  # fmt: skip
+    say()
+
+
 def med(values) -> tuple[float, float, float]:
     values = list(values)
     return statistics.median(values), min(values), max(values)
@@ -483,6 +546,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats (~1-2 min)")
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) here")
+    parser.add_argument("--ray-only", action="store_true", help="only section 4 (Ray overhead)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -512,6 +576,12 @@ def main(argv=None) -> int:
     for line in machine_lines():
         say(f"- {line}")
     tmp = Path(tempfile.mkdtemp(prefix="vae-bench-"))
+    if args.ray_only:
+        try:
+            ray_overhead_rows(tmp, sweep_epochs, sweep_reps, say)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     try:
         data = str(tmp / "data.pt")
         info = write_data(Path(data), N_TRAIN)
@@ -647,6 +717,8 @@ def main(argv=None) -> int:
             "epochs × images ÷ wall, process start-up, data loading, per-epoch metrics and "
             "checkpoints included.")  # fmt: skip
         say()
+
+        ray_overhead_rows(tmp, sweep_epochs, sweep_reps, say)
 
         say("## Targets")
         say()
