@@ -492,7 +492,9 @@ def ray_overhead_rows(tmp: Path, epochs: int, reps: int, say) -> None:
     say()
     say("Start-up: choosing the backend (for Ray: `ray.init`, starting a local instance). Sweep "
         "wall: from submitting the sweep to its last run finished; overhead and × local compare "
-        "it with the local-process sweep of the same repeat.")  # fmt: skip
+        "it with the local-process sweep of the same repeat. Ray runs its workers at niceness "
+        "15, so on a machine busy with other work they get less of the CPU than local "
+        "processes do; compare the load average above.")  # fmt: skip
     say()
 
 
@@ -560,6 +562,7 @@ def main(argv=None) -> int:
     sweep_epochs, sweep_reps = (1, 1) if quick else (3, 2)
     cores = len(os.sched_getaffinity(0))
     command = "python bench/train_speed.py" + (" --quick" if quick else "")
+    command += " --ray-only" if args.ray_only else ""
     out: list[str] = []
 
     def say(line: str = "") -> None:

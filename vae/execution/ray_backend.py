@@ -46,6 +46,7 @@ from vae.execution.worker import JobControl, run_job
 NAMESPACE = "vae"  # the Ray namespace of every job actor (get_actor finds them by name in it)
 PULL_WAIT_S = 0.2  # a reconcile waits this long for a job's files, then picks them up next time
 CAPACITY_CACHE_S = 5.0  # the cluster's size is asked at most this often
+CLOSE_WAIT_S = 5.0  # an actor that does not end this long after `close` is killed
 RETRY_CONNECT_S = 30.0  # a failed connection is reported again, not retried, for this long
 WORKER_ENV = {  # as the local backend: keep glibc from returning each step's temporaries
     "MALLOC_TRIM_THRESHOLD_": "268435456",
@@ -170,7 +171,13 @@ class RayJob:
             known.update({name: signature for name, (signature, _) in changes.items()})
         if reply["done"]:
             self.ended = reply["error"] or "the Ray job ended without finishing this run"
-            self.actor.close.remote()
+            self._close()
+
+    def _close(self) -> None:
+        """End the actor now that its files are here (waited for: a CLI exits right after)."""
+        ready, _ = ray.wait([self.actor.close.remote()], timeout=CLOSE_WAIT_S)
+        if not ready:
+            ray.kill(self.actor, no_restart=True)
 
     def cancel_run(self, run_id: str) -> None:
         self.actor.cancel.remote(run_id)
