@@ -8,6 +8,7 @@ resumes, a restarted app finding its jobs again, and every page opening on the s
 
 import os
 import signal
+import threading
 
 import pytest
 import ray
@@ -28,9 +29,16 @@ TIMING_KEYS = {"images_per_s", "seconds", "time", "eval_seconds", "evaluated_at"
 
 @pytest.fixture(scope="module")
 def ray_backend():
-    """One local Ray instance with 2 CPUs for every test here (a start costs seconds)."""
+    """One local Ray instance with 2 CPUs for every test here (a start costs seconds).
+
+    Started from a thread that ends at once, as a Streamlit script thread does after each rerun:
+    the instance must outlive it.
+    """
     backend = RayBackend(num_cpus=2)
-    backend.connect()
+    starter = threading.Thread(target=backend.connect)
+    starter.start()
+    starter.join()
+    assert ray.is_initialized()
     yield backend
     ray.shutdown()
 

@@ -17,6 +17,7 @@ interrupted, resumable from their last completed epoch. An actor whose worker pr
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -48,6 +49,7 @@ PULL_WAIT_S = 0.2  # a reconcile waits this long for a job's files, then picks t
 CAPACITY_CACHE_S = 5.0  # the cluster's size is asked at most this often
 CLOSE_WAIT_S = 5.0  # an actor that does not end this long after `close` is killed
 RETRY_CONNECT_S = 30.0  # a failed connection is reported again, not retried, for this long
+_CONNECT_LOCK = threading.Lock()  # two sessions of the app must not start two instances
 WORKER_ENV = {  # as the local backend: keep glibc from returning each step's temporaries
     "MALLOC_TRIM_THRESHOLD_": "268435456",
     "MALLOC_MMAP_THRESHOLD_": "268435456",
@@ -208,28 +210,30 @@ class RayBackend:
 
     def connect(self) -> None:
         """Join the cluster (or start a local instance) once per process; ConnectionError if not."""
-        if ray.is_initialized():
-            return
-        if self._failed and time.monotonic() - self._failed[0] < RETRY_CONNECT_S:
-            raise ConnectionError(self._failed[1])
-        runtime_env = {
-            # The cluster's nodes need not have this project: Ray ships the package to them.
-            "py_modules": [vae],
-            "env_vars": WORKER_ENV,
-        }
-        try:
-            ray.init(
-                address=self.address,
-                num_cpus=None if self.address else self.num_cpus,
-                namespace=NAMESPACE,
-                include_dashboard=False,
-                log_to_driver=False,
-                runtime_env=runtime_env,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = self.address or "a new local instance"
-            self._failed = (time.monotonic(), f"could not connect to Ray at {where}: {exc}")
-            raise ConnectionError(self._failed[1]) from None
+        with _CONNECT_LOCK:
+            if ray.is_initialized():
+                return
+            if self._failed and time.monotonic() - self._failed[0] < RETRY_CONNECT_S:
+                raise ConnectionError(self._failed[1])
+            runtime_env = {
+                # The cluster's nodes need not have this project: Ray ships the package to them.
+                "py_modules": [vae],
+                "env_vars": WORKER_ENV,
+            }
+            try:
+                _init_in_lasting_thread(
+                    address=self.address,
+                    num_cpus=None if self.address else self.num_cpus,
+                    namespace=NAMESPACE,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    runtime_env=runtime_env,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = self.address or "a new local instance"
+                self._failed = (time.monotonic(), f"could not connect to Ray at {where}: {exc}")
+                raise ConnectionError(self._failed[1]) from None
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> RayJob:
         self.connect()
@@ -294,6 +298,32 @@ class RayBackend:
         if device == "cuda":
             return True
         return device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _init_in_lasting_thread(**options) -> None:
+    """`ray.init` from a daemon thread that never ends.
+
+    A local instance's own processes (GCS, raylet) are killed when the thread that started them
+    ends (Ray sets PR_SET_PDEATHSIG on them), and Streamlit runs each script rerun in a thread
+    that ends: started from a page, the instance would die a moment later.
+    """
+    outcome: list[BaseException | None] = []
+    ready = threading.Event()
+
+    def keep() -> None:
+        try:
+            ray.init(**options)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+        ready.set()
+        if outcome[0] is None:
+            threading.Event().wait()  # for the life of the process
+
+    threading.Thread(target=keep, name="vae-ray-driver", daemon=True).start()
+    ready.wait()
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _first_line(exc: Exception) -> str:
