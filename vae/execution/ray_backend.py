@@ -232,8 +232,12 @@ class RayBackend:
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = self.address or "a new local instance"
-                self._failed = (time.monotonic(), f"could not connect to Ray at {where}: {exc}")
-                raise ConnectionError(self._failed[1]) from None
+                reason = f"could not connect to Ray at {where}: {_first_line(exc)}"
+                if self.address and not os.environ.get("RAY_AUTH_MODE"):
+                    reason += " (a cluster that uses token authentication, as `ray start` does "
+                    reason += "by default, also needs RAY_AUTH_MODE=token and its token here)"
+                self._failed = (time.monotonic(), reason)
+                raise ConnectionError(reason) from None
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> RayJob:
         self.connect()
