@@ -16,6 +16,7 @@ import streamlit as st
 from helpers import PAGES, open_app, wait_for
 
 import ui
+from vae import cli
 from vae.execution.backends import make_backend, make_manager
 from vae.execution.jobs import JobManager
 from vae.execution.ray_backend import NAMESPACE, RayBackend
@@ -77,6 +78,7 @@ def test_sweep_on_ray_matches_local_processes(ray_sweep, tmp_path):
         status = store.read_status(ray_id)
         assert status["state"] == RunState.FINISHED, status
         assert status["where"].startswith("ray node ")
+        assert local_store.read_status(local_id)["where"] == "local"
         assert "job" not in status  # an ended run names no job
         ray_rows, local_rows = store.read_metrics(ray_id), local_store.read_metrics(local_id)
         assert [r["epoch"] for r in ray_rows] == [1, 2]
@@ -155,6 +157,18 @@ def test_sidebar_shows_the_ray_cluster(ray_sweep, monkeypatch):
     finally:  # the app's manager (the one AppTest built) must not outlive this module's cluster
         ui.job_manager().shutdown()
         st.cache_resource.clear()
+
+
+def test_cli_sweep_on_ray(ray_backend, tmp_path, capsys):
+    root = tmp_path / "runs"
+    tiny = ["--hidden-dims", "64", "--latent-dim", "4", "--batch-size", "256", "--threads", "1"]
+    code = cli.main(["--store", str(root), "--backend", "ray", "sweep", "--betas", "0.5", "4",
+                     "--epochs", "1", *tiny])  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    records = RunStore(root).list_runs()
+    assert [r.state for r in records] == [RunState.FINISHED] * 2
+    assert all(r.status["where"].startswith("ray node ") for r in records)
+    assert "2 at a time" in capsys.readouterr().out  # the cluster's 2 CPUs, not --jobs (1)
 
 
 def test_bad_backend_settings_are_named(monkeypatch):

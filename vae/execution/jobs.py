@@ -178,7 +178,9 @@ class JobManager:
                 )
             return
         for run_id in run_ids:
-            self.store.update_status(run_id, RunState.RUNNING, "starting a worker", job=job.ref())
+            self.store.update_status(
+                run_id, RunState.RUNNING, "starting a worker", job=job.ref(), where=job.where()
+            )
             self.jobs[run_id] = job
 
     def _reap_ended_jobs(self) -> None:
