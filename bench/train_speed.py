@@ -409,6 +409,9 @@ class BenchBackend:
     def owns(self, ref):
         return False
 
+    def capacity(self, threads):
+        return None  # the manager's max_concurrent
+
     def attach(self, store, ref, run_ids):
         return None
 
