@@ -58,9 +58,13 @@ def cluster_sidebar(manager: JobManager) -> None:
         f"**Ray cluster** · {res['nodes']} node(s) · "
         f"{res['cpu_free']:g} of {res['cpu_total']:g} CPUs free{gpus}"
     )
-    for record in manager.store.list_runs(with_metrics=False):
-        if record.state == RunState.RUNNING:
-            st.caption(f"{record.run_id}: {record.status.get('where', 'starting')}")
+    running = [
+        r for r in manager.store.list_runs(with_metrics=False) if r.state == RunState.RUNNING
+    ]
+    for record in running[:8]:
+        st.caption(f"{record.run_id}: {record.status.get('where', 'starting')}")
+    if len(running) > 8:
+        st.caption(f"… and {len(running) - 8} more running")
 
 
 def run_store() -> RunStore:
