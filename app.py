@@ -5,7 +5,7 @@ Entry point only: it declares the pages; each page lives in pages/ and does its 
 
 import streamlit as st
 
-from ui import job_manager
+from ui import cluster_sidebar, job_manager
 
 st.set_page_config(page_title="β-VAE dashboard", page_icon=":material/insights:", layout="wide")
 
@@ -36,6 +36,7 @@ PAGES = [
 manager = job_manager()
 with st.sidebar:
     st.caption(f"Run store: `{manager.store.root}`")
-    st.caption(f"{manager.max_concurrent} run(s) at once · {manager.threads()} thread(s) each")
+    st.caption(f"{manager.slots()} run(s) at once · {manager.threads()} thread(s) each")
+    cluster_sidebar(manager)
 
 st.navigation(PAGES).run()

@@ -9,7 +9,9 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from vae import settings
+from vae.execution.backends import make_backend, make_manager
 from vae.execution.jobs import JobManager
+from vae.execution.states import RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 
 STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
@@ -25,18 +27,45 @@ if PagesManager.uses_pages_directory:
 
 @st.cache_resource
 def job_manager() -> JobManager:
-    """One manager per server process, shared by every session; it schedules in a daemon thread."""
+    """One manager per server process, shared by every session; it schedules in a daemon thread.
+
+    Its backend is VAE_BACKEND's (local processes by default, or a Ray cluster: see backends).
+    """
     root, store_problem = settings.read_or_default(settings.STORE)
     max_jobs, jobs_problem = settings.read_or_default(settings.MAX_JOBS)
     for problem in filter(None, (store_problem, jobs_problem)):
         st.warning(problem)  # replayed on every page while the cached manager is in use
-    manager = JobManager(RunStore(root), max_concurrent=max_jobs)
+    manager = make_manager(RunStore(root), make_backend(), max_concurrent=max_jobs)
     try:
         manager.reconcile()  # adopt or mark interrupted whatever a previous server left running
     except Exception as exc:  # a read-only or broken store must not stop the app from opening
         print(f"job manager: {exc}")
     manager.start_scheduler()
     return manager
+
+
+@st.fragment(run_every=5.0)
+def cluster_sidebar(manager: JobManager) -> None:
+    """With the Ray backend: the cluster's free CPUs and GPUs, and the node of each running run."""
+    if manager.backend.name != "ray":
+        return
+    try:
+        res = manager.backend.resources()
+    except ConnectionError as exc:
+        st.error(str(exc))
+        return
+    gpus = f" · {res['gpu_free']:g} of {res['gpu_total']:g} GPUs free" if res["gpu_total"] else ""
+    st.markdown(
+        f"**Ray cluster** · {res['nodes']} node(s) · "
+        f"{res['cpu_free']:g} of {res['cpu_total']:g} CPUs free{gpus}"
+    )
+    running = [
+        r for r in manager.store.list_runs(with_metrics=False) if r.state == RunState.RUNNING
+    ]
+    for record in running[:8]:
+        st.caption(f"{record.run_id}: {record.status.get('where', 'starting')}")
+    if len(running) > 8:
+        st.caption(f"… and {len(running) - 8} more running")
 
 
 def run_store() -> RunStore:

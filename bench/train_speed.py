@@ -3,6 +3,7 @@
     python bench/train_speed.py                      # full run, about 8-10 minutes on 2 cores
     python bench/train_speed.py --quick              # about 1-2 minutes: fewer epochs and repeats
     python bench/train_speed.py --write bench/RESULTS.md
+    python bench/train_speed.py --ray-only           # only row 4: Ray against local processes
 
 Same machine, data and model for every row: an MLP VAE 784-400-20-400-784 trained with Adam
 (lr 1e-3) at batch 128 on 60,000 synthetic MNIST-shaped images. Every measurement runs in a fresh
@@ -20,6 +21,9 @@ Rows
    runs it, through the job runner, in every layout the runner can choose (jobs at once x threads,
    a stack per job), the one it measured and chose on this machine marked; wall time from pressing
    Sweep to the last run finished, each run's final evaluation included.
+4. The same β sweep through the job manager (built-in digits, final evaluation included) on local
+   worker processes and on a local Ray instance (`vae.execution.ray_backend`): Ray's start-up,
+   and its overhead in seconds and as a ratio.
 
 The synthetic images are thin strokes and blobs rendered with a fixed seed and thresholded to
 {0, 1}. Binary pixels make the two objectives the same number: the example's BCE(sum) + KLD(sum)
@@ -286,7 +290,35 @@ def child_worker(args: dict) -> dict:
     return {"outcomes": list(outcomes.values()), **_usage()}
 
 
+def child_backend_sweep(args: dict) -> dict:
+    """The 6-β sweep through the job manager on a real backend (`local` or `ray`), with the
+    worker's final evaluation, on the built-in digits: Ray's overhead over local processes."""
+    from vae.execution.backends import make_backend, make_manager
+    from vae.execution.store import RunStore
+
+    cores = args["cores"]
+    started = time.perf_counter()
+    backend = make_backend(args["backend"])
+    if args["backend"] == "ray":
+        backend.num_cpus = cores  # a local Ray instance with this machine's cores
+        backend.connect()
+    startup = time.perf_counter() - started
+    store = RunStore(args["store"])
+    manager = make_manager(store, backend, max_concurrent=cores)
+    began = time.perf_counter()
+    run_ids = manager.submit_sweep(bench_config(epochs=args["epochs"], threads=0), BETAS)
+    manager.wait(run_ids, timeout_s=1800, poll_s=0.05)
+    wall = time.perf_counter() - began
+    states = [store.read_status(r)["state"] for r in run_ids]
+    if any(s != "finished" for s in states):
+        raise RuntimeError(f"sweep runs ended {states}")
+    losses = {store.read_config(r).beta: store.read_metrics(r)[-1]["train_loss"] for r in run_ids}
+    how = f"{manager.slots()} jobs at a time, {manager.threads()} thread(s) each"
+    return {"startup": startup, "wall": wall, "losses": losses, "how": how}
+
+
 CHILDREN = {
+    "backend-sweep": child_backend_sweep,
     "gemm": child_gemm,
     "canonical": child_canonical,
     "project": child_project,
@@ -386,6 +418,9 @@ class BenchBackend:
     def owns(self, ref):
         return False
 
+    def capacity(self, threads):
+        return None  # the manager's max_concurrent
+
     def attach(self, store, ref, run_ids):
         return None
 
@@ -430,6 +465,39 @@ def chosen_seconds(tmp: Path) -> float:
     """How long the layout measurement took (the cache file is written when it ends)."""
     cache = tmp / "layout-store" / ".layout.json"
     return cache.stat().st_mtime - tmp.stat().st_mtime if cache.exists() else float("nan")
+
+
+def ray_overhead_rows(tmp: Path, epochs: int, reps: int, say) -> None:
+    """Section 4: the same 6-β sweep through the job manager on local processes and on a local
+    Ray instance (each in a fresh child process, alternating), and Ray's overhead."""
+    cores = len(os.sched_getaffinity(0))
+    runs = {"local": [], "ray": []}
+    for rep in range(reps):
+        for name in runs:
+            args = {"backend": name, "cores": cores, "epochs": epochs,
+                    "store": str(tmp / f"{name}-sweep{rep}")}  # fmt: skip
+            runs[name].append(run_child("backend-sweep", args, threads=cores, malloc=True))
+    say(f"## 4. The same β sweep on a local Ray instance: built-in digits, β ∈ "
+        f"{{{', '.join(f'{b:g}' for b in BETAS)}}}, {epochs} epoch(s), final evaluation "
+        f"included, {reps} repeat(s)")  # fmt: skip
+    say()
+    say("| backend | how | start-up s | sweep wall s | overhead s | × local | final loss β=1 |")
+    say("|---|---|---|---|---|---|---|")
+    for name, label in (("local", "local processes"), ("ray", "Ray (local instance)")):
+        rows = runs[name]
+        startup, wall = med(r["startup"] for r in rows), med(r["wall"] for r in rows)
+        over = med(r["wall"] - c["wall"] for c, r in zip(runs["local"], rows, strict=True))
+        ratio = med(r["wall"] / c["wall"] for c, r in zip(runs["local"], rows, strict=True))
+        loss = med(float(r["losses"].get(1.0, r["losses"].get("1.0"))) for r in rows)
+        say(f"| {label} | {rows[0]['how']} | {fmt(startup, 1)} | {fmt(wall, 1)} | "
+            f"{fmt(over, 1)} | {fmt(ratio, 2)} | {fmt(loss, 2)} |")  # fmt: skip
+    say()
+    say("Start-up: choosing the backend (for Ray: `ray.init`, starting a local instance). Sweep "
+        "wall: from submitting the sweep to its last run finished; overhead and × local compare "
+        "it with the local-process sweep of the same repeat. Ray runs its workers at niceness "
+        "15, so on a machine busy with other work they get less of the CPU than local "
+        "processes do; compare the load average above.")  # fmt: skip
+    say()
 
 
 def med(values) -> tuple[float, float, float]:
@@ -482,6 +550,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs and repeats (~1-2 min)")
     parser.add_argument("--write", metavar="PATH", help="also write the report (markdown) here")
+    parser.add_argument("--ray-only", action="store_true", help="only section 4 (Ray overhead)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -495,6 +564,7 @@ def main(argv=None) -> int:
     sweep_epochs, sweep_reps = (1, 1) if quick else (3, 2)
     cores = len(os.sched_getaffinity(0))
     command = "python bench/train_speed.py" + (" --quick" if quick else "")
+    command += " --ray-only" if args.ray_only else ""
     out: list[str] = []
 
     def say(line: str = "") -> None:
@@ -511,6 +581,12 @@ def main(argv=None) -> int:
     for line in machine_lines():
         say(f"- {line}")
     tmp = Path(tempfile.mkdtemp(prefix="vae-bench-"))
+    if args.ray_only:
+        try:
+            ray_overhead_rows(tmp, sweep_epochs, sweep_reps, say)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     try:
         data = str(tmp / "data.pt")
         info = write_data(Path(data), N_TRAIN)
@@ -668,6 +744,8 @@ def main(argv=None) -> int:
             "k = 100) included; the canonical loop has no evaluation. Model-images/s = 6 runs × "
             "epochs × images ÷ wall.")  # fmt: skip
         say()
+
+        ray_overhead_rows(tmp, sweep_epochs, sweep_reps, say)
 
         say("## Targets")
         say()

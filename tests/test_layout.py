@@ -5,6 +5,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Imports allowed inside a function: only to defer a heavy third-party import, never for a cycle.
+DEFERRED = {"vae.execution.ray_backend": "imports ray: about a second and 100 MB, only if chosen"}
 LAYERS = {"vae.learn": 0, "vae.execution": 1, "vae.present": 2, "vae.cli": 3, "vae.__main__": 3}
 
 
@@ -51,8 +53,8 @@ def test_no_import_cycle_and_no_import_inside_a_function():
     for name, tree in modules.items():
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                inner = vae_imports(node)
-                assert not inner, f"{name}.{node.name} imports {inner[0][0]} inside a function"
+                inner = [t for t, _ in vae_imports(node) if t not in DEFERRED]
+                assert not inner, f"{name}.{node.name} imports {inner[0]} inside a function"
 
     def visit(name: str, path: list[str]) -> None:
         for target in graph[name]:

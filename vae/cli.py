@@ -14,6 +14,7 @@ import sys
 import time
 
 from vae import settings
+from vae.execution.backends import BACKENDS, make_backend, make_manager
 from vae.execution.evaluation import evaluate_run
 from vae.execution.jobs import JobManager
 from vae.execution.layout import cached_layout
@@ -85,6 +86,12 @@ def print_epoch(run_id: str, m: dict) -> None:
 
 def cmd_train(args, store: RunStore) -> int:
     config = config_from_args(args)
+    backend = make_backend(args.backend)
+    if backend.name != "local":  # train on the cluster, followed from here like a sweep
+        manager = make_manager(store, backend, max_concurrent=1)
+        run_id = manager.submit(config)
+        print(f"run {run_id}: {config.describe()} on {backend.name}", flush=True)
+        return follow(manager, store, [run_id])
     run_id = store.create_run(config)
     print(f"run {run_id}: {config.describe()} -> {store.run_dir(run_id)}", flush=True)
     control = JobControl(store)
@@ -99,17 +106,23 @@ def cmd_train(args, store: RunStore) -> int:
 
 def cmd_sweep(args, store: RunStore) -> int:
     config = config_from_args(args)
-    manager = JobManager(store, max_concurrent=args.jobs)
-    if args.jobs is None and cached_layout(store.root) is None:
+    manager = make_manager(store, make_backend(args.backend), max_concurrent=args.jobs)
+    if manager.backend.name == "local" and args.jobs is None and cached_layout(store.root) is None:
         print("measuring how to lay out jobs on this machine (once; cached in the store)...")
-    layout = manager.measure_layout()
+        manager.measure_layout()
     run_ids = manager.submit_sweep(config, args.betas)
-    size = -(-len(run_ids) // layout.processes)
+    slots, threads = manager.slots(), manager.threads()
+    size = -(-len(run_ids) // slots)
     print(
-        f"sweep of {len(run_ids)} runs as {min(layout.processes, len(run_ids))} job(s) at once, "
-        f"each a stack of up to {size} run(s) with {layout.threads} thread(s): {' '.join(run_ids)}",
+        f"sweep of {len(run_ids)} runs as {min(slots, len(run_ids))} job(s) at once, each a "
+        f"stack of up to {size} run(s) with {threads} thread(s): {' '.join(run_ids)}",
         flush=True,
     )
+    return follow(manager, store, run_ids)
+
+
+def follow(manager: JobManager, store: RunStore, run_ids: list[str]) -> int:
+    """Print each epoch as it lands until the runs end; Ctrl-C cancels them."""
     printed = {r: 0 for r in run_ids}
     try:
         while True:
@@ -128,7 +141,7 @@ def cmd_sweep(args, store: RunStore) -> int:
             with contextlib.suppress(StoreError):
                 manager.cancel(run_id)
         manager.wait(run_ids, timeout_s=30)
-        print("sweep cancelled")
+        print("sweep cancelled: each run keeps its last completed epoch (resume continues it)")
         return 130
     print_runs(store, run_ids)
     return 0 if all(s == RunState.FINISHED for s in states) else 1
@@ -173,6 +186,12 @@ def print_runs(store: RunStore, run_ids: list[str] | None = None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vae", description="Train and inspect β-VAEs.")
     parser.add_argument("--store", default=None, help="run store folder (default: checkpoints/)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="where runs train: local processes or a Ray cluster (default: $VAE_BACKEND or local)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one run in this process")
     add_config_arguments(train)
@@ -205,6 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args, store)
-    except (ConfigError, StoreError, ValueError) as exc:
+    except (ConfigError, StoreError, ValueError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

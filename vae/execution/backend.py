@@ -41,6 +41,11 @@ class Job(Protocol):
         """Where it executes, for the pages (e.g. "local" or a cluster node)."""
         ...
 
+    def sync(self) -> None:
+        """Bring what the job wrote elsewhere into the store (called on each reconcile, before
+        `alive`; nothing to do for a job that writes into the store itself)."""
+        ...
+
 
 class Backend(Protocol):
     """Where jobs run."""
@@ -55,4 +60,8 @@ class Backend(Protocol):
 
     def owns(self, ref: dict) -> bool:
         """Whether this backend can tell if `ref` is alive (else its runs are left alone)."""
+        ...
+
+    def capacity(self, threads: int) -> int | None:
+        """How many jobs of `threads` threads may run at once (None: the manager's own limit)."""
         ...

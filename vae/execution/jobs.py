@@ -146,25 +146,32 @@ class JobManager:
     def threads(self) -> int:
         return self.threads_per_job or self.layout().threads
 
+    def slots(self) -> int:
+        """Jobs that may run at once: as many as the backend's cluster holds, else the layout's."""
+        return self.backend.capacity(self.threads()) or self.layout().processes
+
     def reconcile(self) -> None:
         """Bring jobs and the store into agreement; start queued runs into free slots."""
         with self._lock, _StoreLock(self.store.root):
+            for job in {id(job): job for job in self.jobs.values()}.values():
+                job.sync()  # a job that trains elsewhere delivers its files before being judged
             self._reap_ended_jobs()
             records = self.store.list_runs(with_metrics=False)
             self._attach_or_interrupt([r for r in records if r.state == RunState.RUNNING])
             queued = [r for r in records if r.state == RunState.QUEUED]
             queued.sort(key=lambda r: r.status.get("updated", 0))
             started: set[str] = set()
+            slots = self.slots()
             for record in queued:
-                if self._running_job_count() >= self.layout().processes:
+                if self._running_job_count() >= slots:
                     break
                 if record.run_id not in started:
-                    batch = self._batch_for(record, queued, started)
+                    batch = self._batch_for(record, queued, started, slots)
                     started.update(batch)
                     self._start(batch)
 
     def _batch_for(
-        self, record: RunRecord, queued: list[RunRecord], started: set[str]
+        self, record: RunRecord, queued: list[RunRecord], started: set[str], slots: int
     ) -> list[str]:
         """The queued runs to start in one job with `record`.
 
@@ -177,7 +184,7 @@ class JobManager:
         members = [r for r in queued if r.status.get("group") == group]
         if len(members) < 2 or not can_train_together([r.config for r in members]):
             return [record.run_id]
-        size = -(-len(members) // self.layout().processes)  # ceil: one share per slot
+        size = -(-len(members) // slots)  # ceil: one share per slot
         waiting = [r.run_id for r in members if r.run_id not in started]
         return waiting[:size]
 
@@ -198,7 +205,9 @@ class JobManager:
                 )
             return
         for run_id in run_ids:
-            self.store.update_status(run_id, RunState.RUNNING, "starting a worker", job=job.ref())
+            self.store.update_status(
+                run_id, RunState.RUNNING, "starting a worker", job=job.ref(), where=job.where()
+            )
             self.jobs[run_id] = job
 
     def _reap_ended_jobs(self) -> None:

@@ -54,6 +54,9 @@ class LocalJob:
     def where(self) -> str:
         return "local"
 
+    def sync(self) -> None:
+        pass  # the worker writes into the store itself
+
 
 class LocalProcessBackend:
     """Jobs as local worker processes, each in its own session (it outlives the server)."""
@@ -86,6 +89,9 @@ class LocalProcessBackend:
 
     def owns(self, ref: dict) -> bool:
         return ref.get("backend") == self.name and ref.get("host") == this_host()
+
+    def capacity(self, threads: int) -> int | None:
+        return None  # this machine's cores: the manager's max_concurrent
 
     def attach(self, store: RunStore, ref: dict, run_ids: list[str]) -> LocalJob | None:
         pid, start = ref.get("pid"), ref.get("pid_start")

@@ -1,0 +1,47 @@
+"""Choose the execution backend by name: `local` (default) or `ray`, for the app and the CLI.
+
+VAE_BACKEND names the backend, VAE_RAY_ADDRESS the Ray cluster (`auto`, `ray://host:10001`, or a
+head node's `host:6379`; unset: a local Ray instance started by this process).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from vae.execution.backend import Backend
+from vae.execution.jobs import JobManager
+from vae.execution.local import LocalProcessBackend
+from vae.execution.store import RunStore
+
+BACKEND_ENV = "VAE_BACKEND"
+RAY_ADDRESS_ENV = "VAE_RAY_ADDRESS"
+BACKENDS = ("local", "ray")
+RAY_THREADS_PER_JOB = 1  # CPUs each Ray job asks for (a run's `threads` setting asks for more)
+_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5})$")
+
+
+def make_backend(name: str | None = None, address: str | None = None) -> Backend:
+    """The backend `name` (else $VAE_BACKEND, else local); ValueError naming the valid choices."""
+    name = (name or os.environ.get(BACKEND_ENV) or "local").strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} ({BACKEND_ENV}); valid: {', '.join(BACKENDS)}")
+    if name == "local":
+        return LocalProcessBackend()
+    address = (address or os.environ.get(RAY_ADDRESS_ENV) or "").strip() or None
+    if address is not None and not _ADDRESS.fullmatch(address):
+        raise ValueError(
+            f"{RAY_ADDRESS_ENV}={address[:100]!r} is not a Ray address: use auto, "
+            "ray://HOST:10001 or HOST:6379"
+        )
+    # Deferred: importing ray costs about a second and 100 MB, paid only when it is chosen.
+    from vae.execution.ray_backend import RayBackend
+
+    return RayBackend(address)
+
+
+def make_manager(store: RunStore, backend: Backend, max_concurrent: int | None) -> JobManager:
+    """A job manager on `backend`: local jobs share this machine's cores, Ray jobs the cluster's."""
+    if backend.name == "ray":
+        return JobManager(store, backend=backend, threads_per_job=RAY_THREADS_PER_JOB)
+    return JobManager(store, max_concurrent=max_concurrent, backend=backend)
