@@ -7,7 +7,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Imports allowed inside a function: only to defer a heavy third-party import, never for a cycle.
 DEFERRED = {"vae.execution.ray_backend": "imports ray: about a second and 100 MB, only if chosen"}
-LAYERS = {"vae.learn": 0, "vae.settings": 1, "vae.execution": 1, "vae.present": 2, "vae.cli": 3, "vae.__main__": 3}
+LAYERS = {
+    "vae.learn": 0,
+    "vae.settings": 1,
+    "vae.execution": 1,
+    "vae.present": 2,
+    "vae.cli": 3,
+    "vae.__main__": 3,
+}
 
 
 def module_name(path: Path) -> str:

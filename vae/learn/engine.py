@@ -161,6 +161,18 @@ def new_state(config: RunConfig, image_shape, device: torch.device) -> TrainStat
     return TrainState(model, optimizer, generator)
 
 
+def fresh_states(configs: Sequence[RunConfig], image_shape, device) -> list[TrainState]:
+    """Untrained states for a stack: every model starts from the same seeded weights and noise."""
+    first = new_state(configs[0], image_shape, device)
+    states = [first]
+    for config in configs[1:]:
+        model = copy.deepcopy(first.model)
+        states.append(
+            TrainState(model, make_optimizer(model.parameters(), config), first.generator)
+        )
+    return states
+
+
 def bernoulli_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """`vae.learn.data.binarize(x, generator)`, bit for bit, at about a third of the cost on the CPU.
 
@@ -219,15 +231,7 @@ def train_models(
     device = resolve_device(config)
     precision = resolve_precision(config.precision, device)
     dataset = dataset or load_dataset(config.dataset, config.data_root, seed=config.seed)
-    if states is None:
-        first = new_state(config, dataset.info.image_shape, device)
-        states = [first] + [
-            TrainState(
-                m := copy.deepcopy(first.model), make_optimizer(m.parameters(), c), first.generator
-            )
-            for c in configs[1:]
-        ]
-    states = list(states)
+    states = list(states or fresh_states(configs, dataset.info.image_shape, device))
     if len({s.progress() for s in states}) != 1:
         raise ValueError("these models are at different places in training; train them one by one")
     generator = states[0].generator

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from vae.execution.lease import stalled_for
-from vae.execution.states import RunState
+from vae.execution.states import BROKEN, RunState
 from vae.execution.store import RunRecord
 from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, UNIT_CLASSES, UNIT_COLOURS, unit_class
@@ -52,7 +52,7 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         if r.broken:
-            rows.append({"run": r.run_id, "state": "broken", "note": r.broken})
+            rows.append({"run": r.run_id, "state": BROKEN, "note": r.broken})
             continue
         c, m = r.config, r.last_metrics
         rows.append(
@@ -72,6 +72,8 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "−ELBO": -m["elbo"] if "elbo" in m else None,
                 "active": m.get("active_units"),
                 "img/s": m.get("images_per_s"),
+                "precision": m.get("precision", ""),
+                "where": r.status.get("where", ""),
                 "note": r.status.get("reason", ""),
                 "created": time.strftime(
                     "%Y-%m-%d %H:%M", time.localtime(r.status.get("created", 0))
