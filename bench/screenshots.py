@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # live_app: the app server the bro
 
 from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp, stop_workers  # noqa: E402
 
-from vae.execution.store import ACTIVE_STATES, RunStore  # noqa: E402
+from vae.execution.states import ACTIVE  # noqa: E402
+from vae.execution.store import RunStore  # noqa: E402
 from vae.present.demo import DEMO_EPOCHS_ENV, DEMO_NAME  # noqa: E402
 from vae.present.units import unit_counts  # noqa: E402
 
@@ -65,7 +66,7 @@ def run_demo(page, url: str, store: RunStore, out: Path) -> dict:
     log(f"demo: {len(runs)} runs queued (β = {', '.join(f'{r.config.beta:g}' for r in runs)})")
     while True:
         states = {r.run_id: store.read_status(r.run_id)["state"] for r in runs}
-        if not any(s in ACTIVE_STATES for s in states.values()):
+        if not any(s in ACTIVE for s in states.values()):
             break
         if time.monotonic() - started > DEMO_TIMEOUT_S:
             raise SystemExit(f"the demo did not finish in {DEMO_TIMEOUT_S} s: {states}")

@@ -299,7 +299,7 @@ def test_compatible_runs_train_as_one_stack_others_one_by_one(store, tiny_config
 
 
 def test_fast_bernoulli_draw_is_torch_bernoulli_bit_for_bit():
-    """vae.learn.train draws binarised pixels with rand < p: the same pixels and generator state."""
+    """vae.learn.engine draws binarised pixels with rand < p: the same pixels and generator state."""
     from vae.learn.data import binarize, load_dataset
 
     x = load_dataset("digits").train.x[:500]

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from vae.execution.checkpoint import model_from_checkpoint, validate_checkpoint
-from vae.execution.store import ACTIVE_STATES, RunStore
+from vae.execution.states import ACTIVE
+from vae.execution.store import RunStore
 
 pytestmark = pytest.mark.browser
 
@@ -102,7 +103,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
 
     # 5. Responsive while training: other pages open and the Train page comes back.
     states = [store.read_status(r)["state"] for r in run_ids]
-    assert any(s in ACTIVE_STATES for s in states), f"runs ended before the check: {states}"
+    assert any(s in ACTIVE for s in states), f"runs ended before the check: {states}"
     nav(page, "Tradeoff")
     check(page.get_by_role("heading", name="Rate–distortion tradeoff")).to_be_visible(
         timeout=15_000
@@ -122,7 +123,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     deadline = started + RUNS_TIMEOUT_S
     while True:
         states = {r: store.read_status(r)["state"] for r in run_ids}
-        if all(s not in ACTIVE_STATES for s in states.values()):
+        if all(s not in ACTIVE for s in states.values()):
             break
         assert time.monotonic() < deadline, f"runs still active after {RUNS_TIMEOUT_S} s: {states}"
         page.wait_for_timeout(500)  # a poll interval, not an assertion

@@ -15,7 +15,8 @@ import time
 import pytest
 from live_app import IDLE, LiveApp, stop_workers
 
-from vae.execution.store import ACTIVE_STATES, RunStore
+from vae.execution.states import ACTIVE
+from vae.execution.store import RunStore
 from vae.present.demo import DEMO_BETAS, DEMO_EPOCHS_ENV, DEMO_LATENT_DIM, DEMO_NAME
 
 pytestmark = pytest.mark.browser
@@ -54,7 +55,7 @@ def wait_finished(store: RunStore, run_ids: list[str], page) -> None:
     deadline = time.monotonic() + RUNS_TIMEOUT_S
     while True:
         states = {r: store.read_status(r)["state"] for r in run_ids}
-        if not any(s in ACTIVE_STATES for s in states.values()):
+        if not any(s in ACTIVE for s in states.values()):
             break
         assert time.monotonic() < deadline, f"demo still training after {RUNS_TIMEOUT_S} s"
         page.wait_for_timeout(1000)  # a poll interval, not an assertion
