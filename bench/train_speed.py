@@ -461,12 +461,6 @@ def _sweep_outcome(store, run_ids, wall, how) -> dict:
     return {"wall": wall, "how": how, "losses": losses, "maxrss_mb": max(rss) if rss else None}
 
 
-def chosen_seconds(tmp: Path) -> float:
-    """How long the layout measurement took (the cache file is written when it ends)."""
-    cache = tmp / "layout-store" / ".layout.json"
-    return cache.stat().st_mtime - tmp.stat().st_mtime if cache.exists() else float("nan")
-
-
 def ray_overhead_rows(tmp: Path, epochs: int, reps: int, say) -> None:
     """Section 4: the same 6-β sweep through the job manager on local processes and on a local
     Ray instance (each in a fresh child process, alternating), and Ray's overhead."""
@@ -685,10 +679,12 @@ def main(argv=None) -> int:
         from vae.execution.layout import candidates, choose_layout
         from vae.learn.precision import resolve_precision
 
+        measuring = time.perf_counter()
         chosen = choose_layout(tmp / "layout-store", cores)
+        measuring = time.perf_counter() - measuring
         precision = resolve_precision("auto", __import__("torch").device("cpu"))
         say(f"**The runner's choice on this machine** (measured by `vae.execution.layout` in "
-            f"{chosen_seconds(tmp):.0f} s, under a half-busy extra process): {chosen.processes} "
+            f"{measuring:.0f} s, under a half-busy extra process): {chosen.processes} "
             f"job(s) at once, {chosen.threads} thread(s) each; precision `auto` = {precision}.")  # fmt: skip
         say()
         layouts = candidates(cores)
