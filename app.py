@@ -3,11 +3,14 @@
 Entry point only: it declares the pages; each page lives in pages/ and does its work through vae/.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
-from ui import job_manager
+# Served by this server (a material icon would make the browser fetch the favicon from a font host).
+ICON = str(Path(__file__).resolve().parent / "static" / "favicon.png")
 
-st.set_page_config(page_title="β-VAE dashboard", page_icon=":material/insights:", layout="wide")
+st.set_page_config(page_title="β-VAE dashboard", page_icon=ICON, layout="wide")
 
 PAGES = [
     st.Page(
@@ -32,9 +35,5 @@ PAGES = [
     ),
 ]
 
-manager = job_manager()
-with st.sidebar:
-    st.caption(f"Run store: `{manager.store.root}`")
-    st.caption(f"{manager.max_concurrent} run(s) at once · {manager.threads()} thread(s) each")
-
-st.navigation(PAGES).run()
+# Navigation across the top: no sidebar to squeeze the pages in a narrow window.
+st.navigation(PAGES, position="top").run()

@@ -1,4 +1,5 @@
-"""Streamlit glue the pages share: the one job manager per server, and run pickers tied to the URL.
+"""Streamlit glue the pages share: the one job manager per server, the cached run listing, the
+live refresh, and run pickers tied to the URL.
 
 Everything else (charts, tables, numbers) comes from `vae/`; this file only knows Streamlit.
 """
@@ -11,10 +12,15 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from vae.execution.jobs import JobManager
-from vae.execution.store import RunRecord, RunStore, is_valid_run_id
+from vae.execution.store import ACTIVE_STATES, RunRecord, RunStore, is_valid_run_id
+from vae.present.live import RunListing, run_fingerprint, run_folders, store_fingerprint
 
 STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
 MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)
+POLL_ACTIVE_S = 1.0  # how often an open page looks for changes while a run it shows trains
+POLL_IDLE_S = 5.0  # ... and while nothing does (a run started elsewhere still shows up)
+_SEEN = "_live_seen"  # session state: {run id: file stamps} of the listing last drawn
+_ACTIVE = "_live_active"  # session state: ids of the queued or running runs in that listing
 
 
 if PagesManager.uses_pages_directory:
@@ -40,6 +46,51 @@ def job_manager() -> JobManager:
 
 def run_store() -> RunStore:
     return job_manager().store
+
+
+@st.cache_resource
+def run_listing() -> RunListing:
+    """One listing cache per server: each run folder is re-read only when its files change."""
+    return RunListing(run_store())
+
+
+def list_runs() -> list[RunRecord]:
+    """Every run, oldest first (shared records: do not modify them); remembers what was drawn."""
+    fingerprint, records = run_listing().snapshot()
+    st.session_state[_SEEN] = dict(fingerprint)
+    st.session_state[_ACTIVE] = {r.run_id for r in records if r.state in ACTIVE_STATES}
+    return records
+
+
+def refresh_on_change(run_ids: list[str] | None = None) -> None:
+    """Rerun the page when the runs it shows change on disk (all runs when run_ids is None).
+
+    Call it once, at the end of a page that drew from `list_runs()`. An invisible fragment looks
+    at file modification times, every second while a watched run is queued or running and every
+    five otherwise, and reruns the page only when they differ from what was drawn: an idle tab
+    costs a few `stat` calls, not a redraw. The timer itself never changes while the page shows.
+    """
+    active = st.session_state.get(_ACTIVE, set())
+    watched_active = bool(active) if run_ids is None else bool(active.intersection(run_ids))
+    every = POLL_ACTIVE_S if watched_active else POLL_IDLE_S
+    st.fragment(_watch_store, run_every=every)(None if run_ids is None else list(run_ids))
+
+
+def _watch_store(run_ids: list[str] | None) -> None:
+    if _store_changed(run_ids):
+        st.rerun()
+
+
+def _store_changed(run_ids: list[str] | None) -> bool:
+    seen = st.session_state.get(_SEEN)
+    if seen is None:
+        return False
+    store = run_store()
+    if run_ids is None:
+        return dict(store_fingerprint(store)) != seen
+    if set(run_folders(store)) != set(seen):  # a run was added or deleted: the pickers change
+        return True
+    return any(run_fingerprint(store, run_id) != seen.get(run_id) for run_id in run_ids)
 
 
 def run_label(record: RunRecord, with_state: bool = True) -> str:
@@ -86,10 +137,11 @@ def compare_toggle() -> bool:
     return compare
 
 
-def side_by_side(records: list[RunRecord], show, compare: bool) -> None:
-    """Pick one run (or two, in columns) and call show(record) for each."""
+def side_by_side(records: list[RunRecord], show, compare: bool) -> list[RunRecord]:
+    """Pick one run (or two, in columns), call show(record) for each; returns the runs shown."""
     keys = ["run", "compare"] if compare else ["run"]
     columns = st.columns(2) if compare else [st.container()]
+    shown = []
     for column, key in zip(columns, keys, strict=True):
         with column:
             default = -2 if key == "compare" and len(records) > 1 else -1
@@ -97,3 +149,5 @@ def side_by_side(records: list[RunRecord], show, compare: bool) -> None:
             record = pick_run(records, key=key, label=label, index_default=default)
             if record is not None:
                 show(record)
+                shown.append(record)
+    return shown

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import job_manager, pick_run
+from ui import job_manager, list_runs, pick_run, refresh_on_change
 from vae.execution.checkpoint import (
     MAX_UPLOAD_BYTES,
     CheckpointError,
@@ -21,7 +21,7 @@ st.caption(
 )
 manager = job_manager()
 store = manager.store
-records = store.list_runs()
+records = list_runs()
 
 if not records:
     st.info("No runs yet. Start one on the Train page.")
@@ -114,3 +114,5 @@ if upload is not None:
             caption="samples from its prior",
             width=420,
         )
+
+refresh_on_change()  # the table follows runs as they train and finish

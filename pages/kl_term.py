@@ -163,7 +163,7 @@ def mistakes_section(mu: float, sigma: float) -> None:
 def trained_run_section() -> None:
     st.subheader("In a trained run")
     try:
-        records = [r for r in ui.run_store().list_runs() if not r.broken and r.metrics]
+        records = [r for r in ui.list_runs() if not r.broken and r.metrics]
     except OSError as exc:
         st.error(f"The run store could not be read: {exc}")
         return
@@ -176,6 +176,7 @@ def trained_run_section() -> None:
     record = ui.pick_run(records, key="run", label="Run")
     if record is None:
         return
+    ui.refresh_on_change([record.run_id])  # follows the picked run while it trains
     last = record.last_metrics
     try:
         frame = kt.per_dim_frame(last)

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import compare_toggle, run_store, side_by_side
+from ui import compare_toggle, list_runs, refresh_on_change, side_by_side
 from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
 from vae.present.views import dims_charts, dims_frame, dims_over_epochs, heatmap_chart
 
@@ -12,10 +12,11 @@ st.caption(
     f"posterior variance σⱼ² rises to 1. A unit counts as active when Cov_x(μⱼ) > "
     f"{ACTIVE_UNIT_THRESHOLD} (Burda et al. 2015). Values are test-split averages."
 )
-records = [r for r in run_store().list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.metrics]
 if not records:
     st.info("No run has finished an epoch yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    refresh_on_change()  # shows the first run as soon as it has an epoch
     st.stop()
 
 compare = compare_toggle()
@@ -40,4 +41,5 @@ def show(record) -> None:
     st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field))
 
 
-side_by_side(records, show, compare)
+shown = side_by_side(records, show, compare)
+refresh_on_change([r.run_id for r in shown])  # follows the shown runs while they train

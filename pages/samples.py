@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from ui import compare_toggle, run_store, side_by_side
+from ui import compare_toggle, list_runs, refresh_on_change, run_store, side_by_side
 from vae.execution.checkpoint import CheckpointError, model_from_checkpoint
 from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import (
@@ -24,10 +24,11 @@ st.caption(
     "aggregate posterior drifts from the prior and samples look worse; with a large β they blur."
 )
 store = run_store()
-records = [r for r in store.list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.metrics]
 if not records:
     st.info("No run has a checkpoint yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    refresh_on_change()  # shows the first run as soon as it has an epoch
     st.stop()
 
 
@@ -71,4 +72,5 @@ def show(record) -> None:
     st.altair_chart(latent_map_chart(frame))
 
 
-side_by_side(records, show, compare)
+shown = side_by_side(records, show, compare)
+refresh_on_change([r.run_id for r in shown])  # follows the shown runs while they train

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import run_store
+from ui import list_runs, refresh_on_change
 from vae.present.views import curves_chart, curves_frame, tradeoff_chart, tradeoff_frame
 
 st.title("Rate–distortion tradeoff")
@@ -12,12 +12,11 @@ st.caption(
     "information in z, worse reconstructions. Dashed lines join points of equal ELBO "
     "(D + R = −ELBO); grey lines join the runs of one sweep. Click points to plot their curves."
 )
-store = run_store()
 
 
-@st.fragment(run_every=2.0)
+@st.fragment  # a click or a choice here reruns this part only
 def live_chart() -> None:
-    records = store.list_runs()
+    records = list_runs()
     frame = tradeoff_frame(records)
     if frame.empty:
         st.info("No run has finished an epoch yet. Start one on the Train page.")
@@ -25,7 +24,7 @@ def live_chart() -> None:
         return
     running = int((frame["state"] == "running").sum())
     training = f" · {running} still training (drawn faded)" if running else ""
-    st.caption(f"{len(frame)} runs{training} · updates every 2 s")
+    st.caption(f"{len(frame)} runs{training} · updates as runs train")
     event = st.altair_chart(tradeoff_chart(frame), on_select="rerun", key="tradeoff_chart")
     picked = [p["run_id"] for p in event.selection.get("pick", [])] if event else []
     by_id = {r.run_id: r for r in records}
@@ -43,3 +42,4 @@ def live_chart() -> None:
 
 
 live_chart()
+refresh_on_change()
