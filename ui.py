@@ -7,13 +7,16 @@ Everything else (charts, tables, numbers) comes from `vae/`; this file only know
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+import altair as alt
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from vae.execution.jobs import JobManager
 from vae.execution.store import ACTIVE_STATES, RunRecord, RunStore, is_valid_run_id
 from vae.present.live import RunListing, run_fingerprint, run_folders, store_fingerprint
+from vae.present.views import vega_lite_spec
 
 STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
 MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)
@@ -60,6 +63,18 @@ def list_runs() -> list[RunRecord]:
     st.session_state[_SEEN] = dict(fingerprint)
     st.session_state[_ACTIVE] = {r.run_id for r in records if r.state in ACTIVE_STATES}
     return records
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _cached_spec(name: str, _build: Callable[..., alt.TopLevelMixin], args: tuple) -> dict:
+    return vega_lite_spec(_build(*args))  # `name` keys the cache: a function cannot be hashed
+
+
+def chart(build: Callable[..., alt.TopLevelMixin], *args, **options):
+    """`st.altair_chart(build(*args), **options)`, built once per distinct args: a rerun with the
+    same data (a click elsewhere, a refresh) skips Altair's building and validation."""
+    name = f"{build.__module__}.{build.__qualname__}"
+    return st.vega_lite_chart(spec=_cached_spec(name, build, args), **options)
 
 
 def refresh_on_change(run_ids: list[str] | None = None) -> None:
@@ -131,7 +146,11 @@ def pick_run(
 
 def compare_toggle() -> bool:
     """'Compare two runs side by side'; the second run's id lives in the URL as ?compare=ID."""
-    compare = st.toggle("Compare two runs side by side", value="compare" in st.query_params)
+    # Seeded from the address once; a `value=` that follows the address would make a new widget
+    # each time the address changes, and a click could flip it straight back.
+    if "compare_toggle" not in st.session_state:
+        st.session_state.compare_toggle = "compare" in st.query_params
+    compare = st.toggle("Compare two runs side by side", key="compare_toggle")
     if not compare and "compare" in st.query_params:
         del st.query_params["compare"]
     return compare

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import compare_toggle, list_runs, refresh_on_change, side_by_side
+from ui import chart, compare_toggle, list_runs, refresh_on_change, side_by_side
 from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
 from vae.present.views import dims_charts, dims_frame, dims_over_epochs, heatmap_chart
 
@@ -26,6 +26,10 @@ field = st.radio(
 )  # fmt: skip
 
 
+def one_dims_chart(frame, which: int):
+    return dims_charts(frame)[which]
+
+
 def show(record) -> None:
     last = record.last_metrics
     a, b, c = st.columns(3)
@@ -35,10 +39,11 @@ def show(record) -> None:
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
-    for chart in dims_charts(dims_frame(last)):
-        st.altair_chart(chart)
+    frame = dims_frame(last)
+    for which in (0, 1):
+        chart(one_dims_chart, frame, which)
     st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
-    st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field))
+    chart(heatmap_chart, dims_over_epochs(record.metrics, field), field)
 
 
 shown = side_by_side(records, show, compare)

@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from ui import compare_toggle, list_runs, refresh_on_change, run_store, side_by_side
+from ui import chart, compare_toggle, list_runs, refresh_on_change, run_store, side_by_side
 from vae.execution.checkpoint import CheckpointError, model_from_checkpoint
 from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import (
@@ -69,7 +69,7 @@ def show(record) -> None:
     st.image(grid(latent_traversal(model, dataset.test.x[:1], dims), nrow=9), width=IMAGE_WIDTH)
     st.markdown("**Latent means of the test split**")
     frame = latent_map(model, dataset.test.x[:2000], dataset.test.y[:2000])
-    st.altair_chart(latent_map_chart(frame))
+    chart(latent_map_chart, frame)
 
 
 shown = side_by_side(records, show, compare)

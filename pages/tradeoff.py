@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import list_runs, refresh_on_change
+from ui import chart, list_runs, refresh_on_change
 from vae.present.views import curves_chart, curves_frame, tradeoff_chart, tradeoff_frame
 
 st.title("Rate–distortion tradeoff")
@@ -25,7 +25,7 @@ def live_chart() -> None:
     running = int((frame["state"] == "running").sum())
     training = f" · {running} still training (drawn faded)" if running else ""
     st.caption(f"{len(frame)} runs{training} · updates as runs train")
-    event = st.altair_chart(tradeoff_chart(frame), on_select="rerun", key="tradeoff_chart")
+    event = chart(tradeoff_chart, frame, on_select="rerun", key="tradeoff_chart")
     picked = [p["run_id"] for p in event.selection.get("pick", [])] if event else []
     by_id = {r.run_id: r for r in records}
     options = list(frame["run_id"])
@@ -35,7 +35,7 @@ def live_chart() -> None:
         format_func=lambda rid: f"{rid} · β={by_id[rid].config.beta:g}",
     )  # fmt: skip
     if chosen:
-        st.altair_chart(curves_chart(curves_frame([by_id[r] for r in chosen])))
+        chart(curves_chart, curves_frame([by_id[r] for r in chosen]))
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "active_units": "active", "epoch": "epoch", "state": "state"}  # fmt: skip
     st.dataframe(frame[list(columns)].rename(columns=columns), hide_index=True)

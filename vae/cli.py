@@ -4,21 +4,38 @@ python -m vae train --dataset digits --beta 4 --latent-dim 10 --epochs 20
 python -m vae sweep --betas 0.25 0.5 1 2 4 8 --epochs 5 --jobs 2
 python -m vae eval RUN_ID --iw-samples 5000
 python -m vae list
+
+The store is --store, else $VAE_STORE, else checkpoints/ (as in the app).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
 from vae.execution.store import RunStore, StoreError
-from vae.learn.config import ConfigError, RunConfig
+from vae.learn.config import (
+    ARCHITECTURES,
+    DEVICES,
+    LIKELIHOODS,
+    OBJECTIVES,
+    ConfigError,
+    RunConfig,
+    sweep_betas,
+)
+from vae.learn.data import DATASETS
+from vae.present.views import format_seconds, grouping_text
+
+STORE_ENV = "VAE_STORE"  # the same variables as the app (ui.py)
+MAX_JOBS_ENV = "VAE_MAX_JOBS"
+EVAL_REPORT_EVERY_S = 2.0
 
 CONFIG_HELP = {
-    "dataset": "data set: digits (offline default), mnist, fashion-mnist, shapes32, shapes64",
-    "data_root": "folder holding MNIST/Fashion-MNIST files (default ./data)",
+    "dataset": "data set (digits is built in and works offline)",
+    "data_root": "folder holding MNIST/Fashion-MNIST files",
     "architecture": "mlp or conv",
     "hidden_dims": "hidden layer sizes (mlp: the encoder's, mirrored in the decoder; conv: FC size)",
     "latent_dim": "number of latent dimensions J",
@@ -41,6 +58,25 @@ CONFIG_HELP = {
     "device": "auto (CUDA when available), cpu or cuda",
     "name": "a label for the run",
 }
+CHOICES = {
+    "dataset": tuple(DATASETS),
+    "architecture": ARCHITECTURES,
+    "likelihood": LIKELIHOODS,
+    "objective": OBJECTIVES,
+    "device": DEVICES,
+}
+SHOWN_DEFAULTS = {"data_root": "./data", "name": "none"}  # defaults whose value says nothing
+
+
+def shown_default(name: str, value) -> str:
+    """How --help writes a default: on/off for switches, space-separated lists, words for None."""
+    if name in SHOWN_DEFAULTS:
+        return SHOWN_DEFAULTS[name]
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -50,16 +86,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
             continue
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
+        help_text = f"{help_text} (default: {shown_default(name, default)})"
         if isinstance(default, bool):
+            if default:
+                help_text = help_text[:-1] + f"; --no-{flag[2:]} turns it off)"
+            # A plain store_true/--no- pair: BooleanOptionalAction would add its own default.
+            parser.add_argument(flag, dest=name, action="store_true", help=help_text)
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+                "--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS
             )
+            parser.set_defaults(**{name: default})
         elif isinstance(default, list):
             parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
             kind = type(default) if default is not None else str
             parser.add_argument(
-                flag, type=kind, default=default, help=f"{help_text} (default {default})"
+                flag, type=kind, default=default, choices=CHOICES.get(name), help=help_text
             )
 
 
@@ -96,9 +138,12 @@ def cmd_sweep(args, store: RunStore) -> int:
     from vae.execution.jobs import JobManager
 
     config = config_from_args(args)
+    betas = sweep_betas(args.betas)  # the app's check: range, and no β twice
     manager = JobManager(store, max_concurrent=args.jobs)
-    run_ids = manager.submit_sweep(config, args.betas)
-    print(f"sweep of {len(run_ids)} runs, {args.jobs} at a time: {' '.join(run_ids)}", flush=True)
+    run_ids = manager.submit_sweep(config, betas)
+    print(f"sweep: {grouping_text(manager.jobs, run_ids, args.jobs)}", flush=True)
+    for run_id, beta in zip(run_ids, betas, strict=True):
+        print(f"  {run_id}  β={beta:g}", flush=True)
     printed = {r: 0 for r in run_ids}
     try:
         while True:
@@ -126,9 +171,35 @@ def cmd_sweep(args, store: RunStore) -> int:
 def cmd_eval(args, store: RunStore) -> int:
     from vae.learn.evaluate import evaluate_run
 
-    evaluation = evaluate_run(store, args.run_id, iw_samples=args.iw_samples)
+    print(
+        f"evaluating {args.run_id} on its test split: ELBO, active units, and the IWAE bound "
+        f"with k = {args.iw_samples} importance samples per image",
+        flush=True,
+    )
+    evaluation = evaluate_run(
+        store, args.run_id, iw_samples=args.iw_samples, progress=EvalProgress()
+    )
     print_eval(evaluation)
     return 0
+
+
+class EvalProgress:
+    """Prints 'IWAE 120/1,000 images · 14 s · about 1 min 42 s left' every couple of seconds."""
+
+    def __init__(self, every_s: float | None = None):
+        self.started = time.monotonic()
+        self.every_s = EVAL_REPORT_EVERY_S if every_s is None else every_s
+        self.last = self.started
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = elapsed / done * (total - done) if done else 0.0
+        estimate = f" · about {format_seconds(left)} left" if done < total else " · done"
+        print(f"  IWAE {done:,}/{total:,} images · {format_seconds(elapsed)}{estimate}", flush=True)
 
 
 def print_eval(evaluation: dict | None) -> None:
@@ -161,28 +232,46 @@ def print_runs(store: RunStore, run_ids: list[str] | None = None) -> None:
         )
 
 
+def default_slots() -> int:
+    """$VAE_MAX_JOBS, else one per core: the app's default too."""
+    try:
+        return max(1, int(os.environ.get(MAX_JOBS_ENV) or 0) or os.cpu_count() or 1)
+    except ValueError:
+        return max(1, os.cpu_count() or 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vae", description="Train and inspect β-VAEs.")
-    parser.add_argument("--store", default=None, help="run store folder (default: checkpoints/)")
+    parser.add_argument(
+        "--store", default=None, help=f"run store folder (default: ${STORE_ENV}, else checkpoints/)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one run in this process")
     add_config_arguments(train)
     sweep = sub.add_parser("sweep", help="train one run per β, in parallel worker processes")
     add_config_arguments(sweep, skip=("beta",))
-    sweep.add_argument("--betas", type=float, nargs="+", required=True, help="the β values")
-    sweep.add_argument("--jobs", type=int, default=1, help="runs trained at once (default 1)")
+    sweep.add_argument(
+        "--betas", type=float, nargs="+", required=True, help="the β values, each at most once"
+    )
+    slots = default_slots()
+    sweep.add_argument(
+        "--jobs", type=int, default=slots,
+        help="worker processes at once; runs that differ only in β train stacked, several to a "
+        f"process (default: ${MAX_JOBS_ENV}, else one per core: {slots})",
+    )  # fmt: skip
     ev = sub.add_parser("eval", help="evaluate a run on the test split (writes eval.json)")
     ev.add_argument("run_id")
     ev.add_argument(
-        "--iw-samples", type=int, default=100, help="importance samples k (default 100)"
-    )
+        "--iw-samples", type=int, default=100,
+        help="importance samples k per test image; time grows with k (default: 100)",
+    )  # fmt: skip
     sub.add_parser("list", help="list every run in the store")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = RunStore(args.store)
+    store = RunStore(args.store or os.environ.get(STORE_ENV) or None)
     commands = {
         "train": cmd_train,
         "sweep": cmd_sweep,

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -128,6 +128,7 @@ def iwae_bound(
     k: int = 100,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Per-data-point IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (Burda et al.).
 
@@ -135,7 +136,7 @@ def iwae_bound(
     number of z samples decoded per call (data points x importance samples); by default the largest
     tensor of one decoder call (logits or a hidden layer) takes at most 64 MB, so k=5000 fits
     anywhere. Returns float64 [N] on the CPU. `generator` (on the model's device) makes the draw
-    reproducible.
+    reproducible. `progress(done, total)` is called after each chunk of data points.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -150,6 +151,8 @@ def iwae_bound(
         for chunk in x.split(n_data):
             log_w = _log_weights(model, _as_input(model, chunk), k, per_call, generator)
             bounds.append((torch.logsumexp(log_w, dim=1) - math.log(k)).cpu())
+            if progress is not None:
+                progress(sum(len(b) for b in bounds), len(x))
     return torch.cat(bounds)
 
 
@@ -340,19 +343,23 @@ def _factor_sizes(dataset, factors: torch.Tensor) -> list[int] | None:
     return None
 
 
-def evaluate_model(model, dataset, config, iw_samples: int = 100, seed: int = 0) -> dict:
+def evaluate_model(
+    model, dataset, config, iw_samples: int = 100, seed: int = 0, progress=None
+) -> dict:
     """Test-split numbers for a trained model, JSON-ready; same model and seed -> same numbers.
 
     Posterior summary (ELBO, rate, distortion, per-dim KL, variances, active units) on the test
     inputs the training loop also uses, the mean IWAE bound with k=iw_samples, and MIG when the
-    data set has ground-truth factors (else None).
+    data set has ground-truth factors (else None). `progress` goes to `iwae_bound`, the slow part.
     """
     from vae.learn.train import test_inputs  # late import: train pulls in the data module
 
     started = time.perf_counter()
     x = test_inputs(config, dataset, model_device(model))
     summary = posterior_summary(model, x, generator=_generator(model, seed))
-    iwae = iwae_bound(model, x, k=iw_samples, generator=_generator(model, seed + 1))
+    iwae = iwae_bound(
+        model, x, k=iw_samples, generator=_generator(model, seed + 1), progress=progress
+    )
     mig = None
     factors = getattr(dataset.test, "factors", None)
     if factors is not None:
@@ -372,7 +379,7 @@ def evaluate_model(model, dataset, config, iw_samples: int = 100, seed: int = 0)
     return _json_ready(result)
 
 
-def evaluate_run(store, run_id: str, iw_samples: int = 100) -> dict:
+def evaluate_run(store, run_id: str, iw_samples: int = 100, progress=None) -> dict:
     """Evaluate a run's final (else latest) checkpoint on its data set and save eval.json."""
     from vae.execution.checkpoint import model_from_checkpoint
     from vae.learn.data import load_dataset
@@ -385,7 +392,7 @@ def evaluate_run(store, run_id: str, iw_samples: int = 100) -> dict:
         device = torch.device("cpu")
     dataset = load_dataset(config.dataset, config.data_root, seed=config.seed)
     model = model_from_checkpoint(checkpoint, device)
-    result = evaluate_model(model, dataset, config, iw_samples=iw_samples)
+    result = evaluate_model(model, dataset, config, iw_samples=iw_samples, progress=progress)
     result["epoch"] = int(checkpoint["epoch"])
     store.save_eval(run_id, result)
     return result
