@@ -51,6 +51,11 @@ def formula_section() -> None:
         )
 
 
+def curves_legend_below(mu: float, sigma: float):
+    """The two curve panels with their legend underneath: at 800 px a legend on the right is cut."""
+    return kt.kl_curves_chart(mu, sigma).configure_legend(orient="bottom")
+
+
 def one_dimension_section() -> tuple[float, float]:
     """Sliders for one dimension; returns the chosen (mu, sigma) for the mistakes table."""
     st.subheader("One dimension")
@@ -70,7 +75,7 @@ def one_dimension_section() -> tuple[float, float]:
     cols[1].metric("∂KL/∂μ = μ", f"{grads.mu:.4f}")
     cols[2].metric("∂KL/∂σ = σ − 1/σ", f"{grads.sigma:.4f}")
     cols[3].metric("∂KL/∂log σ² = ½(σ² − 1)", f"{grads.logvar:.4f}")
-    ui.chart(kt.kl_curves_chart, mu, sigma, width="content")
+    ui.chart(curves_legend_below, mu, sigma, width="content")
     st.caption(
         "Both gradients are zero only at μ = 0, σ = 1: the KL pulls every posterior towards the "
         "prior. Shrinking σ is punished by −log σ² (steeply, as the curve on the right shows); "

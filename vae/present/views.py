@@ -298,7 +298,7 @@ def curves_chart(frame: pd.DataFrame) -> alt.FacetChart:
             color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=3)),
             tooltip=["run:N", "epoch:Q", "quantity:N", alt.Tooltip("nats:Q", format=".2f")],
         )
-        .properties(width=230, height=200)
+        .properties(width=170, height=200)  # three panels fit an 800 px window
         .facet(column=alt.Column("quantity:N", title=None, sort=["R", "D", "−ELBO"]))
         .resolve_scale(y="independent")
     )
