@@ -93,23 +93,30 @@ def start_long_jobs(store: RunStore, count: int) -> list[str]:
     return [store.create_run(config) for _ in range(count)]
 
 
-def settle(page, t0: float, done: Callable[[], bool], timeout_s: float = 30.0) -> float:
-    """Milliseconds from t0 (page clock) to the last change, once the page has settled."""
+def settle(
+    page, t0: float, done: Callable[[], bool], quiet: bool = True, timeout_s: float = 30.0
+) -> float:
+    """Milliseconds from t0 (page clock) until the page has settled: a script run started after
+    t0 has ended and `done()` holds; with `quiet`, also nothing changed for QUIET_MS (the time of
+    the last change is reported). Without it, the first moment both hold: for pages that keep
+    redrawing because a run trains."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         s = page.evaluate(STATE_JS)
-        ran = s["runStart"] > t0
-        if ran and s["state"] == "notRunning" and s["now"] - s["last"] >= QUIET_MS and done():
-            return s["last"] - t0
+        ran = s["runStart"] > t0 and s["state"] == "notRunning"
+        if ran and (not quiet or s["now"] - s["last"] >= QUIET_MS) and done():
+            return (s["last"] if quiet else s["now"]) - t0
         time.sleep(0.02)
     raise TimeoutError(f"the page did not settle: t0 {t0:.0f}, {s}, expected change: {done()}")
 
 
-def timed(page, action: Callable[[], None], done: Callable[[], bool] = lambda: True) -> float:
+def timed(
+    page, action: Callable[[], None], done: Callable[[], bool] = lambda: True, quiet: bool = True
+) -> float:
     page.evaluate(OBSERVER_JS)
     t0 = page.evaluate("() => performance.now()")
     action()
-    return settle(page, t0, done)
+    return settle(page, t0, done, quiet)
 
 
 def wait_idle(page) -> None:
@@ -210,17 +217,26 @@ def compare_toggles(page, repeats: int) -> list[float]:
 
 
 def train_and_cancel(page, repeats: int) -> tuple[list[float], list[float]]:
-    nav(page, "Train")
+    """Train: until the new run's row (with its Cancel button) is on the page. Cancel: until
+    its Resume button is, so a running run's time includes its worker stopping."""
+    origin = "/".join(page.url.split("/")[:3])
+    page.goto(f"{origin}/?epochs=2&latent_dim=4")  # short runs, should one escape a Cancel
     wait_idle(page)
+    cancels = page.locator("[class*='st-key-cancel-']")
     train_times, cancel_times = [], []
     for _ in range(repeats):
-        queued = page.locator("[data-testid='stAlert']").filter(has_text="Queued run")
+        before = {c.get_attribute("class") for c in cancels.all()}
+        count = len(before)
         button = page.locator(".st-key-train_button button")
-        train_times.append(timed(page, button.click, lambda q=queued: q.count() > 0))
-        run_id = queued.inner_text().split("Queued run")[1].strip().split()[0]
-        cancel = page.locator(f".st-key-cancel-{run_id} button")
-        cancel.wait_for(timeout=30_000)
-        cancel_times.append(timed(page, cancel.click))
+        train_times.append(
+            timed(page, button.click, lambda c=count: cancels.count() > c, quiet=False)
+        )
+        new = [c for c in cancels.all() if c.get_attribute("class") not in before][0]
+        run_id = new.get_attribute("class").split("st-key-cancel-")[1].split()[0]
+        resume = page.locator(f".st-key-resume-{run_id}")
+        cancel_times.append(
+            timed(page, new.locator("button").click, lambda r=resume: r.count() > 0, quiet=False)
+        )
     return train_times, cancel_times
 
 
