@@ -36,4 +36,6 @@ PAGES = [
 ]
 
 # Navigation across the top: no sidebar to squeeze the pages in a narrow window.
-st.navigation(PAGES, position="top").run()
+page = st.navigation(PAGES, position="top")
+st.set_page_config(page_title=f"{page.title} · β-VAE dashboard")  # the browser tab's title
+page.run()

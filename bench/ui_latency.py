@@ -70,6 +70,10 @@ STATE_JS = """() => ({now: performance.now(), last: window.__lat.last, runStart:
   state: document.querySelector("[data-testid='stApp']").dataset.testScriptState})"""
 
 
+CANCEL_IDS_JS = """() => [...document.querySelectorAll("[class*='st-key-cancel-']")].map(
+  e => [...e.classList].find(c => c.startsWith('st-key-cancel-')).slice('st-key-cancel-'.length))"""
+
+
 def expect():
     from playwright.sync_api import expect as _expect
 
@@ -107,7 +111,9 @@ def settle(
         if ran and (not quiet or s["now"] - s["last"] >= QUIET_MS) and done():
             return (s["last"] if quiet else s["now"]) - t0
         time.sleep(0.02)
-    raise TimeoutError(f"the page did not settle: t0 {t0:.0f}, {s}, expected change: {done()}")
+    shot = Path(tempfile.gettempdir()) / "ui_latency_failure.png"
+    page.screenshot(path=str(shot))
+    raise TimeoutError(f"the page did not settle ({shot}): t0 {t0:.0f}, {s}, change: {done()}")
 
 
 def timed(
@@ -222,21 +228,21 @@ def train_and_cancel(page, repeats: int) -> tuple[list[float], list[float]]:
     origin = "/".join(page.url.split("/")[:3])
     page.goto(f"{origin}/?epochs=2&latent_dim=4")  # short runs, should one escape a Cancel
     wait_idle(page)
-    cancels = page.locator("[class*='st-key-cancel-']")
+
+    def cancellable() -> set[str]:  # run ids with a Cancel button, read in one go
+        return set(page.evaluate(CANCEL_IDS_JS))
+
     train_times, cancel_times = [], []
     for _ in range(repeats):
-        before = {c.get_attribute("class") for c in cancels.all()}
-        count = len(before)
+        before = cancellable()
         button = page.locator(".st-key-train_button button")
         train_times.append(
-            timed(page, button.click, lambda c=count: cancels.count() > c, quiet=False)
+            timed(page, button.click, lambda b=before: bool(cancellable() - b), quiet=False)
         )
-        new = [c for c in cancels.all() if c.get_attribute("class") not in before][0]
-        run_id = new.get_attribute("class").split("st-key-cancel-")[1].split()[0]
+        run_id = sorted(cancellable() - before)[0]
+        cancel = page.locator(f".st-key-cancel-{run_id} button")
         resume = page.locator(f".st-key-resume-{run_id}")
-        cancel_times.append(
-            timed(page, new.locator("button").click, lambda r=resume: r.count() > 0, quiet=False)
-        )
+        cancel_times.append(timed(page, cancel.click, lambda r=resume: r.count() > 0, quiet=False))
     return train_times, cancel_times
 
 

@@ -95,6 +95,7 @@ def test_every_page_fits_800_and_1400_px(two_runs, tmp_path):
                     assert page.locator("[data-testid='stSidebar']").count() == 0
                     assert page.locator("[data-testid='stTopNavLink']").count() >= 1
                     assert page.get_by_role("button", name="Deploy").count() == 0
+                    assert page.title().endswith("· β-VAE dashboard"), page.title()
                 icon = page.locator("link[rel~='icon']").first.get_attribute("href")
                 assert icon and not icon.startswith("http") or icon.startswith(app.url), icon
                 context.close()
