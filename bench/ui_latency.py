@@ -293,16 +293,17 @@ def run_interactions(page, repeats: int) -> dict[str, list[float] | str]:
         ("Train button|Cancel button", lambda: train_and_cancel(page, max(2, repeats // 2))),
     ]
     for names, bench in benches:
+        parts = names.split("|")
         try:
             outcome = bench()
+            outcome = outcome if len(parts) > 1 else (outcome,)
         except Exception as exc:  # report it in the table, measure the rest
-            outcome = tuple(
-                f"not measured: {str(exc).splitlines()[0][:80]}" for _ in names.split("|")
-            )
+            print(f"  {names}: {exc}", flush=True)
+            reason = f"not measured: {str(exc).splitlines()[0][:60]}"
+            outcome = tuple(reason for _ in parts)
             page.goto("/".join(page.url.split("/")[:3]))
             wait_idle(page)
-        outcome = outcome if "|" in names else (outcome,)
-        results.update(zip(names.split("|"), outcome, strict=True))
+        results.update(zip(parts, outcome, strict=True))
     return results
 
 
