@@ -135,6 +135,14 @@ def nav(page, title: str) -> None:
     page.locator("[data-testid='stTopNavLink']").filter(has_text=title).first.click()
 
 
+def go(page, title: str) -> None:
+    """Switch page and wait until its heading is there and its script run has ended."""
+    nav(page, title)
+    heading = page.locator("[data-testid='stMainBlockContainer'] h1").filter(has_text=PAGES[title])
+    heading.first.wait_for(timeout=60_000)
+    wait_idle(page)
+
+
 def heading_is(page, text: str) -> Callable[[], bool]:
     heading = page.locator("[data-testid='stMainBlockContainer'] h1").first
     return lambda: heading.count() > 0 and heading.inner_text().strip() == text
@@ -151,8 +159,7 @@ def page_switches(page, repeats: int) -> list[float]:
 
 
 def kl_slider(page, repeats: int) -> list[float]:
-    nav(page, "The KL term")
-    wait_idle(page)
+    go(page, "The KL term")
     thumb = page.locator("[data-testid='stSlider']").filter(has_text="μ (posterior mean)")
     thumb = thumb.locator("input[type='range']")
     metric = page.locator("[data-testid='stMetric']").filter(has_text="KL (nats)").first
@@ -167,8 +174,7 @@ def kl_slider(page, repeats: int) -> list[float]:
 
 
 def tradeoff_clicks(page, repeats: int) -> list[float]:
-    nav(page, "Tradeoff")
-    wait_idle(page)
+    go(page, "Tradeoff")
     points = page.locator("[data-testid='stVegaLiteChart'] g.mark-symbol path")
     tags = page.locator("[data-testid='stMultiSelect'] [data-tag]")
     times = []
@@ -182,8 +188,7 @@ def tradeoff_clicks(page, repeats: int) -> list[float]:
 def multiselect(page, repeats: int) -> list[float]:
     nav(page, "Posterior")  # a fresh Tradeoff page: no point selected, the last 3 runs chosen
     wait_idle(page)
-    nav(page, "Tradeoff")
-    wait_idle(page)
+    go(page, "Tradeoff")
     box = page.locator("[data-testid='stMultiSelect']")
     tags = box.locator("[data-tag]")
     times = []
@@ -195,19 +200,18 @@ def multiselect(page, repeats: int) -> list[float]:
                 box.locator("input").click()
                 page.locator("[role='option']").first.click()
 
-            times.append(timed(page, add, lambda c=count: tags.count() == c + 1))
+            times.append(timed(page, add, lambda c=count: tags.count() != c))
             page.keyboard.press("Escape")
         else:  # remove the last tag
             remove = tags.last.locator("button[aria-label^='Remove']")
-            times.append(timed(page, remove.click, lambda c=count: tags.count() == c - 1))
+            times.append(timed(page, remove.click, lambda c=count: tags.count() != c))
     return times
 
 
 def compare_toggles(page, repeats: int) -> list[float]:
     times = []
     for title in ("Posterior", "Samples"):
-        nav(page, title)
-        wait_idle(page)
+        go(page, title)
         toggle = page.locator("label").filter(has_text="Compare two runs side by side").first
         for i in range(max(2, repeats // 4 * 2)):  # an even count: it ends switched off
 
@@ -343,8 +347,7 @@ def main() -> int:
                 second.close()
 
                 for title in PAGES:  # one open tab per page, nothing training
-                    nav(page, title)
-                    wait_idle(page)
+                    go(page, title)
                     time.sleep(1.0)
                     cpu_rows.append((title, idle_cpu(app, args.idle_seconds)))
                 page.close()
