@@ -3,11 +3,16 @@
 Entry point only: it declares the pages; each page lives in pages/ and does its work through vae/.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui import cluster_sidebar, job_manager
 
-st.set_page_config(page_title="β-VAE dashboard", page_icon=":material/insights:", layout="wide")
+# Served by this server (a material icon would make the browser fetch the favicon from a font host).
+ICON = str(Path(__file__).resolve().parent / "static" / "favicon.png")
+
+st.set_page_config(page_title="β-VAE dashboard", page_icon=ICON, layout="wide")
 
 PAGES = [
     st.Page(
@@ -33,10 +38,9 @@ PAGES = [
     ),
 ]
 
-manager = job_manager()
-with st.sidebar:
-    st.caption(f"Run store: `{manager.store.root}`")
-    st.caption(f"{manager.slots()} run(s) at once · {manager.threads()} thread(s) each")
-    cluster_sidebar(manager)
-
-st.navigation(PAGES).run()
+# Navigation across the top: no sidebar to squeeze the pages in a narrow window.
+page = st.navigation(PAGES, position="top")
+st.set_page_config(page_title=f"{page.title} · β-VAE dashboard")  # the browser tab's title
+with st.sidebar:  # drawn only with the Ray backend: the cluster's free CPUs and GPUs
+    st.fragment(cluster_sidebar, run_every=5)(job_manager())
+page.run()

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import job_manager, pick_run
+from ui import job_manager, list_runs, pick_run, refresh_on_change
 from vae.execution.checkpoint import (
     MAX_UPLOAD_BYTES,
     CheckpointError,
@@ -21,7 +21,7 @@ st.caption(
 )
 manager = job_manager()
 store = manager.store
-records = store.list_runs()
+records = list_runs()
 
 if not records:
     st.info("No runs yet. Start one on the Train page.")
@@ -46,27 +46,28 @@ else:
             st.error(f"Checkpoint unusable: {problem}")
         evaluation = store.read_eval(record.run_id)
         if evaluation:
-            cols = st.columns(5)
-            for col, (key, label) in zip(cols, [("elbo", "ELBO"), ("iwae", "IWAE log p(x) ≥"), ("rate", "R"),
-                                                ("distortion", "D"), ("active_units", "active units")], strict=True):  # fmt: skip
+            row = st.container(horizontal=True)  # wraps instead of truncating
+            shown = [("elbo", "ELBO"), ("iwae", "IWAE log p(x) ≥"), ("rate", "R"),
+                     ("distortion", "D"), ("active_units", "active units")]  # fmt: skip
+            for key, label in shown:
                 if evaluation.get(key) is not None:
-                    col.metric(
+                    row.metric(
                         label,
                         f"{evaluation[key]:.2f}" if key != "active_units" else evaluation[key],
                     )
             st.caption(
                 f"test split, {evaluation.get('n_test')} images, IWAE with k = {evaluation.get('iw_samples')}"
             )
-        a, b, c, _ = st.columns([1, 1, 1, 2])
-        for column, name in ((a, "final.pt"), (b, "model.pt")):
+        downloads = st.container(horizontal=True)  # full labels in a narrow window
+        for name in ("final.pt", "model.pt"):
             path = store.path(record.run_id, name)
             if path.exists() and not (problem and problem.startswith(name)):
-                column.download_button(
+                downloads.download_button(
                     f"Download {name}", path.read_bytes, file_name=f"{record.run_id}-{name}",
                     mime="application/octet-stream", key=f"download-{name}",
                 )  # fmt: skip
         if record.metrics:
-            c.download_button(
+            downloads.download_button(
                 "Download metrics.csv", lambda: metrics_csv(store.read_metrics(record.run_id)),
                 file_name=f"{record.run_id}-metrics.csv",
                 mime="text/csv", key="download-csv",
@@ -115,3 +116,5 @@ if upload is not None:
             caption="samples from its prior",
             width=420,
         )
+
+refresh_on_change()  # the table follows runs as they train and finish

@@ -51,6 +51,11 @@ def formula_section() -> None:
         )
 
 
+def curves_legend_below(mu: float, sigma: float):
+    """The two curve panels with their legend underneath: at 800 px a legend on the right is cut."""
+    return kt.kl_curves_chart(mu, sigma).configure_legend(orient="bottom")
+
+
 def one_dimension_section() -> tuple[float, float]:
     """Sliders for one dimension; returns the chosen (mu, sigma) for the mistakes table."""
     st.subheader("One dimension")
@@ -70,7 +75,7 @@ def one_dimension_section() -> tuple[float, float]:
     cols[1].metric("∂KL/∂μ = μ", f"{grads.mu:.4f}")
     cols[2].metric("∂KL/∂σ = σ − 1/σ", f"{grads.sigma:.4f}")
     cols[3].metric("∂KL/∂log σ² = ½(σ² − 1)", f"{grads.logvar:.4f}")
-    st.altair_chart(kt.kl_curves_chart(mu, sigma), width="content")
+    ui.chart(curves_legend_below, mu, sigma, width="content")
     st.caption(
         "Both gradients are zero only at μ = 0, σ = 1: the KL pulls every posterior towards the "
         "prior. Shrinking σ is punished by −log σ² (steeply, as the curve on the right shows); "
@@ -163,7 +168,7 @@ def mistakes_section(mu: float, sigma: float) -> None:
 def trained_run_section() -> None:
     st.subheader("In a trained run")
     try:
-        records = [r for r in ui.run_store().list_runs() if not r.broken and r.metrics]
+        records = [r for r in ui.list_runs() if not r.broken and r.metrics]
     except OSError as exc:
         st.error(f"The run store could not be read: {exc}")
         return
@@ -176,6 +181,7 @@ def trained_run_section() -> None:
     record = ui.pick_run(records, key="run", label="Run")
     if record is None:
         return
+    ui.refresh_on_change([record.run_id])  # follows the picked run while it trains
     last = record.last_metrics
     try:
         frame = kt.per_dim_frame(last)
@@ -187,7 +193,7 @@ def trained_run_section() -> None:
     cols[0].metric("rate Σⱼ KLⱼ (nats)", f"{frame['KL (nats)'].sum():.3f}")
     cols[1].metric("active units", f"{int(frame['active'].sum())} of {d}")
     cols[2].metric("epoch", str(last.get("epoch", "?")))
-    st.altair_chart(kt.per_dim_chart(frame), width="content")
+    ui.chart(kt.per_dim_chart, frame, width="content")
     st.caption(
         f"A dimension is active when its posterior mean varies across inputs: Cov_x(μ_j) > "
         f"{ACTIVE_UNIT_THRESHOLD:g}. Inactive ones sit at the prior (σⱼ² ≈ 1, KLⱼ ≈ 0) and carry "

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import compare_toggle, pick_runs, run_store
+from ui import compare_toggle, list_runs, pick_runs, refresh_on_change
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER, unit_counts
 from vae.present.views import (
     dims_charts,
@@ -19,10 +19,11 @@ st.caption(
     f"**informative** ({INFORMATIVE_RULE}) and **active units** ({ACTIVE_RULE}, Burda et al. "
     f"2015). {WHY_COUNTS_DIFFER} Values are test-split averages."
 )
-records = [r for r in run_store().list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.metrics]
 if not records:
     st.info("No run has finished an epoch yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    refresh_on_change()  # shows the first run as soon as it has an epoch
     st.stop()
 
 compare = compare_toggle()
@@ -34,6 +35,10 @@ if compare:
     st.caption("Both sides share their axes and colour ranges, so equal heights mean equal values.")
 picked = pick_runs(records, compare)
 scales = dims_scales([record.metrics for _, record in picked])
+
+
+def one_dims_chart(frame, which: int):
+    return dims_charts(frame)[which]
 
 
 def show(record) -> None:
@@ -65,3 +70,7 @@ def show(record) -> None:
 for column, record in picked:
     with column:
         show(record)
+
+refresh_on_change(
+    [record.run_id for _, record in picked]
+)  # follows the shown runs while they train

@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from ui import compare_toggle, pick_runs, run_store
+from ui import compare_toggle, list_runs, pick_runs, refresh_on_change, run_store
 from vae.execution.checkpoint import CheckpointError, model_from_checkpoint
 from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import (
@@ -25,10 +25,11 @@ st.caption(
     "aggregate posterior drifts from the prior and samples look worse; with a large β they blur."
 )
 store = run_store()
-records = [r for r in store.list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.metrics]
 if not records:
     st.info("No run has a checkpoint yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    refresh_on_change()  # shows the first run as soon as it has an epoch
     st.stop()
 
 

@@ -4,7 +4,7 @@ import hashlib
 
 import streamlit as st
 
-from ui import run_store
+from ui import list_runs, refresh_on_change
 from vae.execution.states import RunState
 from vae.present.tradeoff import (
     beta_domain,
@@ -29,12 +29,11 @@ st.caption(
     "join points of equal ELBO (D + R = −ELBO); grey lines join the runs of one sweep. Click "
     "points to plot their curves."
 )
-store = run_store()
 
 
-@st.fragment(run_every=2.0)
+@st.fragment  # a click or a choice here reruns this part only
 def live_chart() -> None:
-    records = store.list_runs()
+    records = list_runs()
     sets = comparable_sets(records)
     if not sets:
         st.info("No run has finished an epoch yet. Start one on the Train page.")
@@ -112,3 +111,4 @@ def live_chart() -> None:
 
 
 live_chart()
+refresh_on_change()

@@ -2,13 +2,27 @@
 
 import streamlit as st
 
-from ui import job_manager, run_label
-from vae.execution.states import ACTIVE, RESUMABLE
+from ui import job_manager, list_runs, refresh_on_change, run_label
+from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import StoreError
-from vae.learn.config import LIMITS, RunConfig, parse_number, parse_number_list, validation_errors
+from vae.learn.config import (
+    LIMITS,
+    RunConfig,
+    parse_number,
+    parse_number_list,
+    sweep_betas,
+    validation_errors,
+)
 from vae.learn.data import DATASETS, DEFAULT_DATASET
 from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
-from vae.present.views import progress, runs_frame
+from vae.present.views import (
+    active_jobs,
+    grouping_text,
+    job_speed,
+    progress,
+    runs_frame,
+    slots_text,
+)
 
 BETA_STEPS = [0.0, 0.01, 0.03, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]
 LR_STEPS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 1e-2]
@@ -193,57 +207,27 @@ for field, message in errors.items():
 
 betas, sweep_problem = [], None
 try:
-    betas = parse_number_list(sweep_text)
-    for b in betas:
-        low, high = LIMITS["beta"]
-        if not low <= b <= high:
-            raise ValueError(f"β = {b:g} is outside {low:g}..{high:g}")
+    betas = sweep_betas(parse_number_list(sweep_text))  # range and repeats: the CLI checks the same
 except ValueError as exc:
     sweep_problem = str(exc)
     sweep_error.error(f"Sweep: {sweep_problem}")
 
 st.caption(f"Will train: {config.describe()}, {epochs} epochs, batch {batch_size}, lr {lr:g}")
-train_col, sweep_col, _ = st.columns([1, 1, 4])
-if train_col.button("Train", type="primary", key="train_button", disabled=bool(errors)):
+buttons = st.container(horizontal=True)  # buttons keep their full labels in a narrow window
+if buttons.button("Train", type="primary", key="train_button", disabled=bool(errors)):
     try:
         run_id = manager.submit(config.validated())
         st.success(f"Queued run {run_id}")
     except (ValueError, StoreError) as exc:
         st.error(f"Nothing was started: {exc}")
 sweep_disabled = bool(errors) or bool(sweep_problem) or objective == "capacity"
-if sweep_col.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=sweep_disabled):
+if buttons.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=sweep_disabled):
     try:
         run_ids = manager.submit_sweep(config.validated(), betas)
-        st.success(f"Queued {len(run_ids)} runs: β = {', '.join(f'{b:g}' for b in betas)}")
+        grouping = grouping_text(manager.jobs, run_ids, manager.max_concurrent)
+        st.success(f"Queued β = {', '.join(f'{b:g}' for b in betas)}: {grouping}")
     except (ValueError, StoreError) as exc:
         st.error(f"Nothing was started: {exc}")
-
-
-@st.fragment(run_every=1.0)
-def jobs_panel() -> None:
-    """Redrawn every second from the run store: progress, cancel and resume for recent runs."""
-    records = manager.store.list_runs()
-    st.subheader("Jobs")
-    if not records:
-        st.info("No runs yet. Press **Train** or **Sweep β** above.")
-        return
-    recent = [r for r in records if not r.broken][-12:][::-1]
-    for record in recent:
-        label_col, bar_col, action_col = st.columns([4, 5, 1.2])
-        label_col.text(run_label(record, with_state=False))
-        fraction, text = progress(record)
-        if record.state in ACTIVE:
-            bar_col.progress(fraction, text=f"{record.state} · {text}")
-            if action_col.button("Cancel", key=f"cancel-{record.run_id}", help=CANCEL_HELP):
-                _act(manager.cancel, record.run_id)
-        else:
-            reason = record.status.get("reason", "")
-            bar_col.caption(f"{record.state} · {text}" + (f" · {reason}" if reason else ""))
-            resumable = record.state in RESUMABLE
-            if resumable and action_col.button("Resume", key=f"resume-{record.run_id}"):
-                _act(manager.resume, record.run_id)
-    with st.expander(f"All runs ({len(records)})"):
-        st.dataframe(runs_frame(records), hide_index=True)
 
 
 def _act(action, run_id: str) -> None:
@@ -253,4 +237,57 @@ def _act(action, run_id: str) -> None:
         st.error(str(exc))
 
 
+def _run_row(record, job_size: int = 1) -> None:
+    """One run: its label, its progress, and Cancel or Resume."""
+    label_col, bar_col, action_col = st.columns([4, 5, 1.4], vertical_alignment="center")
+    label_col.text(run_label(record, with_state=False))
+    fraction, text = progress(record)
+    if job_size > 1:
+        text = text.replace(" img/s", " img/s (this run)")
+    if record.state in ACTIVE:
+        bar_col.progress(fraction, text=f"{record.state} · {text}")
+        if action_col.button("Cancel", key=f"cancel-{record.run_id}", help=CANCEL_HELP):
+            _act(manager.cancel, record.run_id)
+    else:
+        reason = record.status.get("reason", "")
+        bar_col.caption(f"{record.state} · {text}" + (f" · {reason}" if reason else ""))
+        resumable = record.state in RESUMABLE
+        if resumable and action_col.button("Resume", key=f"resume-{record.run_id}"):
+            _act(manager.resume, record.run_id)
+
+
+@st.fragment
+def jobs_panel() -> None:
+    """Running jobs (a stacked sweep group is one job, shown with its runs), the queue, recent
+    runs. A click here reruns only this panel; the page reruns when the store changes."""
+    records = list_runs()
+    st.subheader("Jobs")
+    jobs = active_jobs(manager.jobs, records)
+    queued = [r for r in records if r.state == RunState.QUEUED]
+    st.caption(
+        slots_text(manager.slots(), len(jobs), sum(map(len, jobs)), len(queued))
+        + f" · {manager.threads()} thread(s) per job · run store `{manager.store.root}`"
+    )
+    if not records:
+        st.info("No runs yet. Press **Train** or **Sweep β** above.")
+        return
+    for number, members in enumerate(jobs, 1):
+        with st.container(border=True):
+            speed = job_speed(members)
+            per_run = f" ({speed / len(members):,.0f} per run)" if len(members) > 1 else ""
+            kind = f"{len(members)} runs stacked in one process" if len(members) > 1 else "1 run"
+            st.markdown(f"**Job {number}** · {kind} · {speed:,.0f} img/s in all{per_run}")
+            for record in members:
+                _run_row(record, len(members))
+    shown = {r.run_id for members in jobs for r in members}
+    rest = [r for r in records if not r.broken and r.run_id not in shown]
+    for record in [r for r in rest if r.state == RunState.QUEUED] + [
+        r for r in rest if r.state != RunState.QUEUED
+    ][-12:][::-1]:
+        _run_row(record)
+    with st.expander(f"All runs ({len(records)})"):
+        st.dataframe(runs_frame(records), hide_index=True)
+
+
 jobs_panel()
+refresh_on_change()

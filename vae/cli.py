@@ -4,6 +4,8 @@ python -m vae train --dataset digits --beta 4 --latent-dim 10 --epochs 20
 python -m vae sweep --betas 0.25 0.5 1 2 4 8 --epochs 5 --jobs 2
 python -m vae eval RUN_ID --iw-samples 5000
 python -m vae list
+
+The store is --store, else $VAE_STORE, else checkpoints/ (as in the app).
 """
 
 from __future__ import annotations
@@ -21,11 +23,23 @@ from vae.execution.layout import cached_layout
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.execution.worker import JobControl, run_job
-from vae.learn.config import ConfigError, RunConfig
+from vae.learn.config import (
+    ARCHITECTURES,
+    DEVICES,
+    LIKELIHOODS,
+    OBJECTIVES,
+    ConfigError,
+    RunConfig,
+    sweep_betas,
+)
+from vae.learn.data import DATASETS
+from vae.present.views import format_seconds
+
+EVAL_REPORT_EVERY_S = 2.0
 
 CONFIG_HELP = {
-    "dataset": "data set: digits (offline default), mnist, fashion-mnist, shapes32, shapes64",
-    "data_root": "folder holding MNIST/Fashion-MNIST files (default ./data)",
+    "dataset": "data set (digits is built in and works offline)",
+    "data_root": "folder holding MNIST/Fashion-MNIST files",
     "architecture": "mlp or conv",
     "hidden_dims": "hidden layer sizes (mlp: the encoder's, mirrored in the decoder; conv: FC size)",
     "latent_dim": "number of latent dimensions J",
@@ -49,6 +63,25 @@ CONFIG_HELP = {
     "precision": "auto (bf16 where the hardware computes it natively), fp32 or bf16",
     "name": "a label for the run",
 }
+CHOICES = {
+    "dataset": tuple(DATASETS),
+    "architecture": ARCHITECTURES,
+    "likelihood": LIKELIHOODS,
+    "objective": OBJECTIVES,
+    "device": DEVICES,
+}
+SHOWN_DEFAULTS = {"data_root": "./data", "name": "none"}  # defaults whose value says nothing
+
+
+def shown_default(name: str, value) -> str:
+    """How --help writes a default: on/off for switches, space-separated lists, words for None."""
+    if name in SHOWN_DEFAULTS:
+        return SHOWN_DEFAULTS[name]
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -58,16 +91,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
             continue
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
+        help_text = f"{help_text} (default: {shown_default(name, default)})"
         if isinstance(default, bool):
+            if default:
+                help_text = help_text[:-1] + f"; --no-{flag[2:]} turns it off)"
+            # A plain store_true/--no- pair: BooleanOptionalAction would add its own default.
+            parser.add_argument(flag, dest=name, action="store_true", help=help_text)
             parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=default, help=help_text
+                "--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS
             )
+            parser.set_defaults(**{name: default})
         elif isinstance(default, list):
             parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
             kind = type(default) if default is not None else str
             parser.add_argument(
-                flag, type=kind, default=default, help=f"{help_text} (default {default})"
+                flag, type=kind, default=default, choices=CHOICES.get(name), help=help_text
             )
 
 
@@ -106,11 +145,12 @@ def cmd_train(args, store: RunStore) -> int:
 
 def cmd_sweep(args, store: RunStore) -> int:
     config = config_from_args(args)
+    betas = sweep_betas(args.betas)  # the app's check: range, and no β twice
     manager = make_manager(store, make_backend(args.backend), max_concurrent=args.jobs)
     if manager.backend.name == "local" and args.jobs is None and cached_layout(store.root) is None:
         print("measuring how to lay out jobs on this machine (once; cached in the store)...")
         manager.measure_layout()
-    run_ids = manager.submit_sweep(config, args.betas)
+    run_ids = manager.submit_sweep(config, betas)
     slots, threads = manager.slots(), manager.threads()
     size = -(-len(run_ids) // slots)
     print(
@@ -118,6 +158,8 @@ def cmd_sweep(args, store: RunStore) -> int:
         f"stack of up to {size} run(s) with {threads} thread(s): {' '.join(run_ids)}",
         flush=True,
     )
+    for run_id, beta in zip(run_ids, betas, strict=True):
+        print(f"  {run_id}  β={beta:g}", flush=True)
     return follow(manager, store, run_ids)
 
 
@@ -148,9 +190,35 @@ def follow(manager: JobManager, store: RunStore, run_ids: list[str]) -> int:
 
 
 def cmd_eval(args, store: RunStore) -> int:
-    evaluation = evaluate_run(store, args.run_id, iw_samples=args.iw_samples)
+    print(
+        f"evaluating {args.run_id} on its test split: ELBO, active units, and the IWAE bound "
+        f"with k = {args.iw_samples} importance samples per image",
+        flush=True,
+    )
+    evaluation = evaluate_run(
+        store, args.run_id, iw_samples=args.iw_samples, progress=EvalProgress()
+    )
     print_eval(evaluation)
     return 0
+
+
+class EvalProgress:
+    """Prints 'IWAE 120/1,000 images · 14 s · about 1 min 42 s left' every couple of seconds."""
+
+    def __init__(self, every_s: float | None = None):
+        self.started = time.monotonic()
+        self.every_s = EVAL_REPORT_EVERY_S if every_s is None else every_s
+        self.last = self.started
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = elapsed / done * (total - done) if done else 0.0
+        estimate = f" · about {format_seconds(left)} left" if done < total else " · done"
+        print(f"  IWAE {done:,}/{total:,} images · {format_seconds(elapsed)}{estimate}", flush=True)
 
 
 def print_eval(evaluation: dict | None) -> None:
@@ -185,7 +253,9 @@ def print_runs(store: RunStore, run_ids: list[str] | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vae", description="Train and inspect β-VAEs.")
-    parser.add_argument("--store", default=None, help="run store folder (default: checkpoints/)")
+    parser.add_argument(
+        "--store", default=None, help="run store folder (default: $VAE_STORE, else checkpoints/)"
+    )
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -197,17 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train)
     sweep = sub.add_parser("sweep", help="train one run per β, in parallel worker processes")
     add_config_arguments(sweep, skip=("beta",))
-    sweep.add_argument("--betas", type=float, nargs="+", required=True, help="the β values")
+    sweep.add_argument(
+        "--betas", type=float, nargs="+", required=True, help="the β values, each at most once"
+    )
     sweep.add_argument(
         "--jobs", type=settings.argument(settings.SWEEP_JOBS), default=None,
-        help="jobs at once, each a stack of runs (default: the layout measured on this machine; "
-        "at most 64)",
+        help="worker processes at once, 1 to 64; runs that differ only in β train as one stack "
+        "per process (default: $VAE_MAX_JOBS, else the layout measured on this machine)",
     )  # fmt: skip
     ev = sub.add_parser("eval", help="evaluate a run on the test split (writes eval.json)")
     ev.add_argument("run_id")
     ev.add_argument(
         "--iw-samples", type=settings.argument(settings.IW_SAMPLES), default=100,
-        help="importance samples k (default 100, at most 10,000)",
+        help="importance samples k per test image, 1 to 10,000; time grows with k (default: 100)",
     )  # fmt: skip
     sub.add_parser("list", help="list every run in the store")
     return parser
@@ -215,7 +287,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = RunStore(args.store)
     commands = {
         "train": cmd_train,
         "sweep": cmd_sweep,
@@ -223,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         "list": lambda a, s: print_runs(s) or 0,
     }
     try:
+        if args.command == "sweep" and args.jobs is None:
+            args.jobs = settings.read(settings.MAX_JOBS)  # None: the layout measured here
+        store = RunStore(args.store or settings.read(settings.STORE))
         return commands[args.command](args, store)
     except (ConfigError, StoreError, ValueError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,8 +42,8 @@ def wait_idle(page, timeout_ms: int = 30_000) -> None:
 
 
 def nav(page, title: str) -> None:
-    """Switch page with the sidebar link: a client-side page change in the same session."""
-    page.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).click()
+    """Switch page with the navigation link: a client-side page change in the same session."""
+    page.locator("[data-testid='stTopNavLink']").filter(has_text=title).click()
 
 
 def test_beta_sweep_end_to_end(app_server, page, tmp_path):

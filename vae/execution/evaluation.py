@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vae.execution.checkpoint import model_from_checkpoint
 from vae.execution.store import RunStore
 from vae.learn.data import Dataset, load_dataset
@@ -10,15 +12,22 @@ from vae.learn.evaluate import evaluate_model
 
 
 def evaluate_run(
-    store: RunStore, run_id: str, iw_samples: int = 100, dataset: Dataset | None = None
+    store: RunStore,
+    run_id: str,
+    iw_samples: int = 100,
+    dataset: Dataset | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Evaluate a run's final (else latest) checkpoint on its data set and save eval.json."""
+    """Evaluate a run's final (else latest) checkpoint on its data set and save eval.json.
+
+    `progress(done, total)` follows the IWAE bound, the slow part (the CLI prints it).
+    """
     checkpoint = store.load_checkpoint(run_id)
     config = store.read_config(run_id)
     device = resolve_device(config)
     dataset = dataset or load_dataset(config.dataset, config.data_root, seed=config.seed)
     model = model_from_checkpoint(checkpoint, device)
-    result = evaluate_model(model, dataset, config, iw_samples=iw_samples)
+    result = evaluate_model(model, dataset, config, iw_samples=iw_samples, progress=progress)
     result["epoch"] = int(checkpoint["epoch"])
     store.save_eval(run_id, result)
     return result

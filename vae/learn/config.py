@@ -7,6 +7,7 @@ inside every checkpoint) as a plain dict so that `torch.load(weights_only=True)`
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 
 from vae.learn.data import DATASETS
@@ -184,3 +185,20 @@ def parse_number_list(text: str, most: int = 32) -> list[float]:
     if len(parts) > most:
         raise ValueError(f"at most {most} values")
     return [parse_number(p) for p in parts]
+
+
+def sweep_betas(betas: Iterable[float]) -> list[float]:
+    """The β values of a sweep, checked: each within LIMITS and none repeated (a repeat would
+    train the same run twice). The app and the CLI both call this before queuing anything."""
+    values = [float(b) for b in betas]
+    if not values:
+        raise ValueError("give at least one β value")
+    low, high = LIMITS["beta"]
+    for beta in values:
+        if not math.isfinite(beta) or not low <= beta <= high:
+            raise ValueError(f"β = {beta:g} is outside {low:g}..{high:g}")
+    repeated = sorted({b for b in values if values.count(b) > 1})
+    if repeated:
+        listed = ", ".join(f"{b:g} ({values.count(b)}×)" for b in repeated)
+        raise ValueError(f"each β may appear once; repeated: {listed}")
+    return values

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -117,6 +117,7 @@ def iwae_bound(
     k: int = 100,
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Per-data-point IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (Burda et al.).
 
@@ -124,7 +125,7 @@ def iwae_bound(
     number of z samples decoded per call (data points x importance samples); by default the largest
     tensor of one decoder call (logits or a hidden layer) takes at most 64 MB, so k=5000 fits
     anywhere. Returns float64 [N] on the CPU. `generator` (on the model's device) makes the draw
-    reproducible.
+    reproducible. `progress(done, total)` is called after each chunk of data points.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -139,6 +140,8 @@ def iwae_bound(
         for chunk in x.split(n_data):
             log_w = _log_weights(model, _as_input(model, chunk), k, per_call, generator)
             bounds.append((torch.logsumexp(log_w, dim=1) - math.log(k)).cpu())
+            if progress is not None:
+                progress(sum(len(b) for b in bounds), len(x))
     return torch.cat(bounds)
 
 
@@ -327,17 +330,21 @@ def _factor_sizes(dataset, factors: torch.Tensor) -> list[int] | None:
     return None
 
 
-def evaluate_model(model, dataset, config, iw_samples: int = 100, seed: int = 0) -> dict:
+def evaluate_model(
+    model, dataset, config, iw_samples: int = 100, seed: int = 0, progress=None
+) -> dict:
     """Test-split numbers for a trained model, JSON-ready; same model and seed -> same numbers.
 
     Posterior summary (ELBO, rate, distortion, per-dim KL, variances, active units) on the test
     inputs the training loop also uses, the mean IWAE bound with k=iw_samples, and MIG when the
-    data set has ground-truth factors (else None).
+    data set has ground-truth factors (else None). `progress` goes to `iwae_bound`, the slow part.
     """
     started = time.perf_counter()
     x = test_inputs(config, dataset, model_device(model))
     summary = posterior_summary(model, x, generator=_generator(model, seed))
-    iwae = iwae_bound(model, x, k=iw_samples, generator=_generator(model, seed + 1))
+    iwae = iwae_bound(
+        model, x, k=iw_samples, generator=_generator(model, seed + 1), progress=progress
+    )
     mig = None
     factors = getattr(dataset.test, "factors", None)
     if factors is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -36,6 +38,70 @@ def progress(record: RunRecord) -> tuple[float, str]:
     if silent is not None:
         text = f"stalled: no sign of life for {format_seconds(silent)} · {text}"
     return (min(1.0, epoch / total) if total else 0.0), text
+
+
+# ---- jobs and slots -----------------------------------------------------------------------
+def job_members(jobs: Mapping[str, Any]) -> list[list[str]]:
+    """The distinct jobs of `JobManager.jobs`, each as the run ids it trains, in start order.
+
+    Relies on what JobManager exposes today: `jobs` maps a run id to its Job, every run of one
+    worker process maps to the same Job object, and `Job.run_ids` lists that job's runs (several
+    for a stacked sweep group, which fills one slot)."""
+    by_job: dict[int, list[str]] = {}
+    for job in list(jobs.values()):
+        by_job.setdefault(id(job), list(job.run_ids))
+    return list(by_job.values())
+
+
+def active_jobs(jobs: Mapping[str, Any], records: Iterable[RunRecord]) -> list[list[RunRecord]]:
+    """The running runs grouped into the jobs that train them; a running run that belongs to no
+    job this server knows (a worker still starting, or another process's) counts as its own."""
+    running = {r.run_id: r for r in records if r.state == RunState.RUNNING}
+    groups: list[list[RunRecord]] = []
+    placed: set[str] = set()
+    for members in job_members(jobs):
+        group = [running[m] for m in members if m in running]
+        if group:
+            groups.append(group)
+            placed.update(m.run_id for m in group)
+    groups += [[r] for run_id, r in running.items() if run_id not in placed]
+    return groups
+
+
+def job_speed(members: list[RunRecord]) -> float:
+    """Images per second of a whole job: its runs' latest speeds added (stacked runs share the
+    work of one process, so each reads slower alone than the job really is)."""
+    return float(sum(r.last_metrics.get("images_per_s") or 0.0 for r in members))
+
+
+def slots_text(slots: int, jobs: int, runs: int, queued: int) -> str:
+    """'2 slots: 1 job training 3 runs (stacked) · 2 queued': jobs, not runs, fill slots."""
+    text = f"{slots} training slot{'s' if slots != 1 else ''}: {jobs} in use"
+    if jobs:
+        text += f" by {jobs} job{'s' if jobs != 1 else ''} training {runs} run{'s' if runs != 1 else ''}"
+        if runs > jobs:
+            text += " (a stacked sweep group is one job)"
+    if queued:
+        text += f" · {queued} queued"
+    return text
+
+
+def grouping_text(jobs: Mapping[str, Any], run_ids: list[str], slots: int) -> str:
+    """How the runs of one submission were started: '6 runs: 2 jobs of 3 stacked runs (2 slots)'."""
+    wanted = set(run_ids)
+    sizes = [len(wanted.intersection(m)) for m in job_members(jobs)]
+    sizes = [n for n in sizes if n]
+    waiting = len(run_ids) - sum(sizes)
+    parts = []
+    for size in sorted(set(sizes), reverse=True):
+        count = sizes.count(size)
+        what = f"{size} stacked runs" if size > 1 else "1 run"
+        parts.append(f"{count} job{'s' if count != 1 else ''} of {what}")
+    text = f"{len(run_ids)} run{'s' if len(run_ids) != 1 else ''}: "
+    text += ", ".join(parts) if parts else "none started yet"
+    if waiting and parts:
+        text += f", {waiting} waiting for a slot"
+    return text + f" ({slots} slot{'s' if slots != 1 else ''}, one job each)"
 
 
 def format_seconds(seconds: float) -> str:
@@ -337,3 +403,20 @@ def metrics_csv(metrics: list[dict]) -> bytes:
     buffer = io.StringIO()
     pd.DataFrame(rows).to_csv(buffer, index=False)
     return buffer.getvalue().encode()
+
+
+# ---- handing charts to the page ---------------------------------------------------------------
+def vega_lite_spec(chart: alt.TopLevelMixin) -> dict:
+    """The chart as a Vega-Lite dict with its data inline, without the default theme's 300×300
+    view size (the page sizes charts to their column). Building and validating a layered Altair
+    chart takes 50-250 ms; a page caches this dict and hands it to the browser as it is.
+    Not validated against the schema here (a third of the time): tests build every chart."""
+    spec = chart.to_dict(validate=False)
+    view = spec.get("config", {}).get("view", {})
+    for name in ("continuousWidth", "continuousHeight"):
+        view.pop(name, None)
+    if "view" in spec.get("config", {}) and not view:
+        del spec["config"]["view"]
+    if spec.get("config") == {}:
+        del spec["config"]
+    return spec

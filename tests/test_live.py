@@ -1,0 +1,65 @@
+"""The cheap change detection behind live pages, and the job labels of the Train page."""
+
+from __future__ import annotations
+
+from vae.execution.jobs import Job
+from vae.present.live import RunListing, run_fingerprint, store_fingerprint
+from vae.present.views import active_jobs, grouping_text, job_members, job_speed, slots_text
+
+
+def test_fingerprint_changes_with_status_and_metrics_only(store, tiny_config):
+    run_id = store.create_run(tiny_config)
+    before = store_fingerprint(store)
+    assert store_fingerprint(store) == before  # reading changes nothing
+    store.update_status(run_id, "running")
+    after_status = store_fingerprint(store)
+    assert after_status != before
+    store.append_metrics(run_id, {"epoch": 1, "rate": 1.0})
+    assert run_fingerprint(store, run_id) != dict(after_status)[run_id]
+
+
+def test_fingerprint_sees_new_and_deleted_runs(store, tiny_config):
+    first = store.create_run(tiny_config)
+    second = store.create_run(tiny_config)
+    assert [r for r, _ in store_fingerprint(store)] == sorted([first, second])
+    store.delete_run(first)
+    assert [r for r, _ in store_fingerprint(store)] == [second]
+
+
+def test_listing_rereads_only_changed_runs(store, tiny_config):
+    listing = RunListing(store)
+    a, b = store.create_run(tiny_config), store.create_run(tiny_config)
+    first = {r.run_id: r for r in listing.runs()}
+    store.update_status(b, "running")
+    second = {r.run_id: r for r in listing.runs()}
+    assert second[a] is first[a]  # unchanged: the same record, not read again
+    assert second[b] is not first[b] and second[b].state == "running"
+    assert [r.run_id for r in listing.runs()] == [r.run_id for r in store.list_runs()]
+
+
+def test_stacked_group_is_one_job_with_speed_added(store, tiny_config):
+    ids = [store.create_run(tiny_config) for _ in range(4)]
+    for run_id, speed in zip(ids, (1000.0, 2000.0, 3000.0, 5000.0), strict=True):
+        store.update_status(run_id, "running")
+        store.append_metrics(run_id, {"epoch": 1, "images_per_s": speed})
+    # JobManager.jobs as it is today: run id -> Job, one Job object for all runs of a worker.
+    group, single = Job(ids[:3], handle=None), Job(ids[3:], handle=None)
+    jobs = {ids[0]: group, ids[1]: group, ids[2]: group, ids[3]: single}
+    assert job_members(jobs) == [ids[:3], ids[3:]]
+    groups = active_jobs(jobs, store.list_runs())
+    assert [[r.run_id for r in g] for g in groups] == [ids[:3], ids[3:]]
+    assert job_speed(groups[0]) == 6000.0
+    assert slots_text(2, 2, 4, 1) == (
+        "2 training slots: 2 in use by 2 jobs training 4 runs "
+        "(a stacked sweep group is one job) · 1 queued"
+    )
+    assert (
+        grouping_text(jobs, ids[:3], 2) == "3 runs: 1 job of 3 stacked runs (2 slots, one job each)"
+    )
+
+
+def test_a_running_run_outside_any_job_counts_as_its_own(store, tiny_config):
+    run_id = store.create_run(tiny_config)
+    store.update_status(run_id, "running", "starting")
+    assert [[r.run_id for r in g] for g in active_jobs({}, store.list_runs())] == [[run_id]]
+    assert grouping_text({}, [run_id], 1) == "1 run: none started yet (1 slot, one job each)"
