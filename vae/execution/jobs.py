@@ -28,7 +28,7 @@ from vae.execution.lease import is_held, stalled_for
 from vae.execution.local import LocalProcessBackend
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import RunRecord, RunStore, StoreError
-from vae.learn.config import RunConfig
+from vae.learn.config import RunConfig, sweep_betas
 from vae.learn.engine import can_train_together
 
 CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is killed
@@ -65,13 +65,11 @@ class JobManager:
         return run_id
 
     def submit_sweep(self, config: RunConfig, betas: Iterable[float]) -> list[str]:
-        """Queue one run per β (all validated before any is written)."""
+        """Queue one run per β (all validated before any is written; no β twice)."""
         configs = []
-        for beta in betas:
+        for beta in sweep_betas(betas):
             c = RunConfig.from_dict({**config.to_dict(), "beta": float(beta)})
             configs.append(c.validated())
-        if not configs:
-            raise ValueError("the β list is empty")
         group = f"sweep-{int(time.time() * 1000):x}"
         run_ids: list[str] = []
         with self._lock:  # the scheduler thread starts none of them before all are written
