@@ -397,6 +397,7 @@ class BenchBackend:
 
     def __init__(self, data: str, evaluate: bool = False):
         self.data, self.evaluate = data, evaluate
+        self.started: list = []  # every job, so the bench can wait for its process to exit
 
     def start(self, store, run_ids, threads):
         from vae.execution.local import LocalJob
@@ -413,7 +414,9 @@ class BenchBackend:
             )  # fmt: skip
         finally:
             log.close()
-        return LocalJob(store, run_ids, process.pid, process_start_time(process.pid), process)
+        job = LocalJob(store, run_ids, process.pid, process_start_time(process.pid), process)
+        self.started.append(job)
+        return job
 
     def owns(self, ref):
         return False
@@ -438,14 +441,16 @@ def sweep_with_job_runner(data: str, root: Path, epochs: int, layout) -> dict:
     from vae.execution.store import RunStore
 
     store = RunStore(root)
+    backend = BenchBackend(data, evaluate=True)
     manager = JobManager(
-        store, max_concurrent=layout.processes, threads_per_job=layout.threads,
-        backend=BenchBackend(data, evaluate=True),
-    )  # fmt: skip
+        store, max_concurrent=layout.processes, threads_per_job=layout.threads, backend=backend
+    )
     started = time.perf_counter()
     run_ids = manager.submit_sweep(bench_config(epochs=epochs, threads=0), BETAS)
     manager.wait(run_ids, timeout_s=1800, poll_s=0.05)
     wall = time.perf_counter() - started
+    for job in backend.started:  # its peak memory is reported when the process ends
+        job.process.wait(timeout=120)
     size = -(-len(BETAS) // layout.processes)
     how = f"{layout.processes} job(s) × stack of {size}, {layout.threads} thread(s) each"
     return _sweep_outcome(store, run_ids, wall, how)
