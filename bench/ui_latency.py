@@ -34,7 +34,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 from live_app import IDLE, LiveApp, launch_chromium, stop_workers  # noqa: E402
 
 from vae.execution.store import RunStore  # noqa: E402
-from vae.execution.worker import StopFlag, run_one  # noqa: E402
+from vae.execution.worker import JobControl, run_job  # noqa: E402
 from vae.learn.config import RunConfig  # noqa: E402
 
 QUIET_MS = 250  # no change in the page for this long: it has settled
@@ -87,7 +87,8 @@ def make_store(root: Path) -> RunStore:
         config = RunConfig(
             hidden_dims=[64], latent_dim=6, epochs=3, batch_size=256, beta=beta, threads=1
         )
-        run_one(store, store.create_run(config, group="sweep-bench"), StopFlag())
+        run_id = store.create_run(config, group="sweep-bench")
+        run_job(store, [run_id], JobControl(store))
     return store
 
 

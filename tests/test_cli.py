@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import open_app
+from helpers import open_app, train_run
 
 from vae import cli
 from vae.execution.store import RunStore
-from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import sweep_betas
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 def trained(store, tiny_config):
     """A finished one-epoch run in a fresh store."""
     run_id = store.create_run(tiny_config)
-    assert run_one(store, run_id, StopFlag()) == "finished"
+    assert train_run(store, run_id) == "finished"
     return run_id
 
 

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import train_run
 from live_app import IDLE, LiveApp, launch_chromium, stop_workers
 
 from vae.execution.store import RunStore
-from vae.execution.worker import StopFlag, run_one
 from vae.learn.config import RunConfig
 
 pytestmark = pytest.mark.browser
@@ -55,7 +55,7 @@ def two_runs(tmp_path_factory):
             hidden_dims=[32], latent_dim=8, epochs=3, batch_size=256, beta=beta, threads=1,
             name=f"layout check β {beta:g}",
         )  # fmt: skip
-        run_one(store, store.create_run(config), StopFlag())
+        train_run(store, store.create_run(config))
     return store
 
 
