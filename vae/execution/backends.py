@@ -34,8 +34,7 @@ def make_backend(name: str | None = None, address: str | None = None) -> Backend
             f"{RAY_ADDRESS_ENV}={address[:100]!r} is not a Ray address: use auto, "
             "ray://HOST:10001 or HOST:6379"
         )
-    # Deferred: importing ray costs about a second and 100 MB, paid only when it is chosen.
-    from vae.execution.ray_backend import RayBackend
+    from vae.execution.ray_backend import RayBackend  # deferred: ray costs ~1 s and 100 MB
 
     return RayBackend(address)
 
