@@ -41,6 +41,8 @@ PAGES = [
 # Navigation across the top: no sidebar to squeeze the pages in a narrow window.
 page = st.navigation(PAGES, position="top")
 st.set_page_config(page_title=f"{page.title} · β-VAE dashboard")  # the browser tab's title
-with st.sidebar:  # drawn only with the Ray backend: the cluster's free CPUs and GPUs
-    st.fragment(cluster_sidebar, run_every=5)(job_manager())
+manager = job_manager()
+if manager.backend.name == "ray":  # the cluster's free CPUs and GPUs; no sidebar otherwise
+    with st.sidebar:
+        cluster_sidebar(manager)
 page.run()
