@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vae.execution.jobs import Job
+from vae.execution.local import LocalJob
 from vae.present.live import RunListing, run_fingerprint, store_fingerprint
 from vae.present.views import active_jobs, grouping_text, job_members, job_speed, slots_text
 
@@ -42,8 +42,8 @@ def test_stacked_group_is_one_job_with_speed_added(store, tiny_config):
     for run_id, speed in zip(ids, (1000.0, 2000.0, 3000.0, 5000.0), strict=True):
         store.update_status(run_id, "running")
         store.append_metrics(run_id, {"epoch": 1, "images_per_s": speed})
-    # JobManager.jobs as it is today: run id -> Job, one Job object for all runs of a worker.
-    group, single = Job(ids[:3], handle=None), Job(ids[3:], handle=None)
+    # JobManager.jobs: run id -> its job, one job object for all runs of a worker.
+    group, single = LocalJob(store, ids[:3], 1, None), LocalJob(store, ids[3:], 2, None)
     jobs = {ids[0]: group, ids[1]: group, ids[2]: group, ids[3]: single}
     assert job_members(jobs) == [ids[:3], ids[3:]]
     groups = active_jobs(jobs, store.list_runs())

@@ -168,7 +168,7 @@ def test_cli_sweep_on_ray(ray_backend, tmp_path, capsys):
     records = RunStore(root).list_runs()
     assert [r.state for r in records] == [RunState.FINISHED] * 2
     assert all(r.status["where"].startswith("ray node ") for r in records)
-    assert "as 2 job(s) at once" in capsys.readouterr().out  # the cluster's 2 CPUs
+    assert "(2 slots, one job each)" in capsys.readouterr().out  # the cluster's 2 CPUs
 
 
 def test_bad_backend_settings_are_named(monkeypatch):

@@ -33,7 +33,7 @@ from vae.learn.config import (
     sweep_betas,
 )
 from vae.learn.data import DATASETS
-from vae.present.views import format_seconds
+from vae.present.views import format_seconds, grouping_text
 
 EVAL_REPORT_EVERY_S = 2.0
 
@@ -151,11 +151,9 @@ def cmd_sweep(args, store: RunStore) -> int:
         print("measuring how to lay out jobs on this machine (once; cached in the store)...")
         manager.measure_layout()
     run_ids = manager.submit_sweep(config, betas)
-    slots, threads = manager.slots(), manager.threads()
-    size = -(-len(run_ids) // slots)
     print(
-        f"sweep of {len(run_ids)} runs as {min(slots, len(run_ids))} job(s) at once, each a "
-        f"stack of up to {size} run(s) with {threads} thread(s): {' '.join(run_ids)}",
+        f"sweep: {grouping_text(manager.jobs, run_ids, manager.slots())} · "
+        f"{manager.threads()} thread(s) per job",
         flush=True,
     )
     for run_id, beta in zip(run_ids, betas, strict=True):
