@@ -37,26 +37,22 @@ picked = pick_runs(records, compare)
 scales = dims_scales([record.metrics for _, record in picked])
 
 
-def one_dims_chart(frame, which: int):
-    return dims_charts(frame)[which]
-
-
 def show(record) -> None:
     last = record.last_metrics
     counts = unit_counts(last)
-    a, b, c, d = st.columns(4)
-    a.metric(
+    row = st.container(horizontal=True)  # wraps instead of truncating in a narrow window
+    row.metric(
         "informative",
         f"{counts.informative} / {counts.latent_dim}",
         help=f"dimensions with {INFORMATIVE_RULE}: they carry information about x",
     )
-    b.metric(
+    row.metric(
         "active",
         f"{counts.active} / {counts.latent_dim}",
         help=f"active units (Burda et al. 2015): dimensions with {ACTIVE_RULE}. {WHY_COUNTS_DIFFER}",
     )
-    c.metric("R (nats)", f"{last['rate']:.2f}")
-    d.metric("D (nats)", f"{last['distortion']:.2f}")
+    row.metric("R (nats)", f"{last['rate']:.2f}")
+    row.metric("D (nats)", f"{last['distortion']:.2f}")
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
@@ -71,6 +67,4 @@ for column, record in picked:
     with column:
         show(record)
 
-refresh_on_change(
-    [record.run_id for _, record in picked]
-)  # follows the shown runs while they train
+refresh_on_change([record.run_id for _, record in picked])  # follows them while they train

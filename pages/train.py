@@ -224,7 +224,7 @@ sweep_disabled = bool(errors) or bool(sweep_problem) or objective == "capacity"
 if buttons.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=sweep_disabled):
     try:
         run_ids = manager.submit_sweep(config.validated(), betas)
-        grouping = grouping_text(manager.jobs, run_ids, manager.max_concurrent)
+        grouping = grouping_text(manager.jobs, run_ids, manager.slots())
         st.success(f"Queued β = {', '.join(f'{b:g}' for b in betas)}: {grouping}")
     except (ValueError, StoreError) as exc:
         st.error(f"Nothing was started: {exc}")

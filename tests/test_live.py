@@ -41,7 +41,9 @@ def test_stacked_group_is_one_job_with_speed_added(store, tiny_config):
     ids = [store.create_run(tiny_config) for _ in range(4)]
     for run_id, speed in zip(ids, (1000.0, 2000.0, 3000.0, 5000.0), strict=True):
         store.update_status(run_id, "running")
-        store.append_metrics(run_id, {"epoch": 1, "images_per_s": speed})
+        line = {"epoch": 1, "images_per_s": speed, "rate": 1.0, "distortion": 2.0, "elbo": -3.0}
+        line |= {"active_units": 1, "kl_per_dim": [1.0] * 4, "posterior_var": [0.5] * 4}
+        store.append_metrics(run_id, {**line, "mean_cov": [0.1] * 4})  # latent_dim 4
     # JobManager.jobs: run id -> its job, one job object for all runs of a worker.
     group, single = LocalJob(store, ids[:3], 1, None), LocalJob(store, ids[3:], 2, None)
     jobs = {ids[0]: group, ids[1]: group, ids[2]: group, ids[3]: single}

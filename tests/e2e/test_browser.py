@@ -82,7 +82,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     check(sweep_button).to_be_enabled()
     wait_idle(page)
     sweep_button.click()
-    check(page.get_by_text("Queued 3 runs: β = 0.5, 1, 4")).to_be_visible()
+    check(page.get_by_text("Queued β = 0.5, 1, 4: 3 runs")).to_be_visible()
 
     records = store.list_runs(with_metrics=False)
     assert len(records) == 3, [r.run_id for r in records]
