@@ -407,7 +407,7 @@ def curves_chart(
                 alt.Tooltip("nats:Q", title="nats", format=".2f"),
             ],
         )
-        .properties(width=170, height=200)  # three panels and the legend fit an 800 px window
+        .properties(width=150, height=200)  # three panels and the legend fit an 800 px window
         .facet(column=alt.Column("quantity:N", title=None, sort=list(CURVE_QUANTITIES)))
         .resolve_scale(y="independent")
     )
