@@ -188,16 +188,6 @@ def compare_toggle() -> bool:
     return compare
 
 
-def side_by_side(records: list[RunRecord], show, compare: bool) -> list[RunRecord]:
-    """Pick one run (or two, in columns), call show(record) for each; returns the runs shown."""
-    shown = []
-    for column, record in pick_runs(records, compare):
-        with column:
-            show(record)
-        shown.append(record)
-    return shown
-
-
 def pick_runs(records: list[RunRecord], compare: bool) -> list[tuple]:
     """Pick one run (or two, in columns); returns (column, record) pairs, so a page can compute
     what both sides share (axis ranges) before drawing either."""

@@ -367,11 +367,6 @@ class RunStore:
             raise StoreError(f"metrics.jsonl is unreadable: {exc}") from None
         return rows
 
-    def read_series(self, run_id: str) -> list[dict]:
-        """The run's epochs thinned for display (schema-checked; [] when none or unreadable)."""
-        record = self.get(run_id)
-        return [] if record.broken else list(record.metrics)
-
     def read_eval(self, run_id: str) -> dict | None:
         """eval.json when present and well-formed, else None (the listing says why it is not)."""
         try:

@@ -39,9 +39,6 @@ class BernoulliLikelihood(nn.Module):
 
     kind = "bernoulli"
 
-    def log_var_tensor(self) -> None:
-        return None
-
     def nll(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """D per image: the pixel terms summed over the last three (image) dimensions."""
         return pixel_nll(self.kind, x, logits).flatten(start_dim=-3).sum(-1)
@@ -62,9 +59,6 @@ class GaussianLikelihood(nn.Module):
             self.log_var = nn.Parameter(log_var)
         else:
             self.register_buffer("log_var", log_var)
-
-    def log_var_tensor(self) -> torch.Tensor:
-        return self.log_var
 
     def clamped_log_var(self) -> torch.Tensor:
         """The log-variance actually used (reported as the decoder's σ)."""

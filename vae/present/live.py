@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vae.execution.states import ACTIVE
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 
 # The files whose change a page can show: status and metrics (every page), checkpoints (samples).
@@ -85,7 +84,3 @@ class RunListing:
                 del self._cache[gone]
         records.sort(key=lambda r: (r.status.get("created", 0), r.run_id))
         return fingerprint, records
-
-
-def any_active(records: Iterable[RunRecord]) -> bool:
-    return any(r.state in ACTIVE for r in records)
