@@ -34,6 +34,8 @@ CANCEL_HELP = (
     "Other runs of its sweep, even those trained in the same process, train on."
 )
 
+CANCEL_WAIT_S = 1.5  # a Cancel waits this long for the worker to stop, so the row shows it
+
 manager = job_manager()
 st.title("Train β-VAEs")
 st.caption(
@@ -230,11 +232,20 @@ if buttons.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=
         st.error(f"Nothing was started: {exc}")
 
 
+ACTION_ERROR = "_train_action_error"  # session state: why the last Cancel or Resume failed
+
+
 def _act(action, run_id: str) -> None:
+    """A Cancel or Resume callback: it runs before the panel redraws, so the panel shows the
+    run's new state at once instead of at the next refresh."""
     try:
         action(run_id)
     except StoreError as exc:
-        st.error(str(exc))
+        st.session_state[ACTION_ERROR] = str(exc)
+
+
+def _cancel(run_id: str) -> None:
+    manager.cancel(run_id, wait_s=CANCEL_WAIT_S)
 
 
 def _run_row(record, job_size: int = 1) -> None:
@@ -246,14 +257,19 @@ def _run_row(record, job_size: int = 1) -> None:
         text = text.replace(" img/s", " img/s (this run)")
     if record.state in ACTIVE:
         bar_col.progress(fraction, text=f"{record.state} · {text}")
-        if action_col.button("Cancel", key=f"cancel-{record.run_id}", help=CANCEL_HELP):
-            _act(manager.cancel, record.run_id)
+        action_col.button(
+            "Cancel", key=f"cancel-{record.run_id}", help=CANCEL_HELP,
+            on_click=_act, args=(_cancel, record.run_id),
+        )  # fmt: skip
     else:
         reason = record.status.get("reason", "")
         bar_col.caption(f"{record.state} · {text}" + (f" · {reason}" if reason else ""))
         resumable = record.state in RESUMABLE
-        if resumable and action_col.button("Resume", key=f"resume-{record.run_id}"):
-            _act(manager.resume, record.run_id)
+        if resumable:
+            action_col.button(
+                "Resume", key=f"resume-{record.run_id}",
+                on_click=_act, args=(manager.resume, record.run_id),
+            )  # fmt: skip
 
 
 @st.fragment
@@ -262,6 +278,8 @@ def jobs_panel() -> None:
     runs. A click here reruns only this panel; the page reruns when the store changes."""
     records = list_runs()
     st.subheader("Jobs")
+    if ACTION_ERROR in st.session_state:
+        st.error(st.session_state.pop(ACTION_ERROR))
     jobs = active_jobs(manager.jobs, records)
     queued = [r for r in records if r.state == RunState.QUEUED]
     st.caption(

@@ -12,7 +12,10 @@ import pytest
 import torch
 from helpers import wait_for, worker_pid
 
+import vae.execution.jobs
 from vae.execution.jobs import JobManager
+from vae.execution.layout import Layout
+from vae.execution.local import WORKER_NICENESS
 from vae.execution.procs import local_ref
 from vae.execution.store import StoreError
 from vae.learn.config import RunConfig
@@ -304,3 +307,49 @@ def test_a_stopped_worker_shows_as_stalled_and_can_be_cancelled(store, slow_conf
     manager.wait([run_id], timeout_s=300)
     epochs = [m["epoch"] for m in store.read_metrics(run_id)]
     assert epochs == list(range(1, slow_config.epochs + 1))
+
+
+def test_workers_run_below_the_priority_of_the_process_that_starts_them(store, slow_config):
+    manager = JobManager(store, max_concurrent=1)
+    run_id = manager.submit(slow_config)
+    try:
+        pid = wait_for(lambda: manager.reconcile() or worker_pid(store.read_status(run_id)))
+
+        def niceness() -> int:  # field 19 of /proc/<pid>/stat
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+        expected = min(19, os.nice(0) + WORKER_NICENESS)
+        wait_for(lambda: niceness() == expected, what=f"niceness {expected}")  # set at its start
+    finally:
+        manager.cancel(run_id, wait_s=30)
+    assert store.read_status(run_id)["state"] == "cancelled"
+
+
+def test_cancel_can_wait_until_the_worker_has_stopped_the_run(store, slow_config):
+    manager = JobManager(store, max_concurrent=1)
+    run_id = manager.submit(slow_config)
+    wait_for(lambda: manager.reconcile() or store.read_status(run_id).get("epoch", 0) >= 1)
+    manager.cancel(run_id, wait_s=30)  # returns once the worker has written its last state
+    status = store.read_status(run_id)
+    assert status["state"] == "cancelled", status
+    assert status["reason"].startswith("cancelled after epoch")
+
+
+def test_the_job_layout_is_measured_only_once_a_run_waits(store, tiny_config, monkeypatch):
+    """Measuring takes seconds of every core: never while a server draws its first page."""
+    measured = []
+    monkeypatch.setattr(
+        vae.execution.jobs, "choose_layout", lambda root: measured.append(root) or Layout(1, 1)
+    )
+    manager = JobManager(store)  # no job count given: the layout is measured on first use
+    manager.start_scheduler(interval_s=0.1)
+    try:
+        time.sleep(1.0)  # ten scheduler rounds with nothing queued
+        assert measured == []
+        run_id = manager.submit(tiny_config)
+        wait_for(lambda: measured, what="the layout measured")
+        manager.wait([run_id], timeout_s=180)
+    finally:
+        manager.shutdown()
+    assert measured == [store.root]
+    assert store.read_status(run_id)["state"] == "finished"

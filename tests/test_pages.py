@@ -12,6 +12,7 @@ from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
 from vae.execution.jobs import JobManager
+from vae.execution.states import RunState
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import RunConfig
 from vae.present.demo import DEMO_BETAS, DEMO_EPOCHS_ENV, DEMO_LATENT_DIM, DEMO_NAME
@@ -154,6 +155,45 @@ def test_train_button_puts_a_run_in_the_store(monkeypatch, tmp_path, cleanup_job
     assert len(runs) == 1 and runs[0].config.beta == 3.5
     assert runs[0].state in ("queued", "running")
     assert any("Queued run" in s.value for s in at.success)
+
+
+def test_cancel_and_resume_show_the_new_state_in_the_same_click(
+    monkeypatch, tmp_path, cleanup_jobs
+):
+    """The buttons act before the jobs panel redraws: no stale row with the old button."""
+    store = RunStore(tmp_path / "runs")
+    cleanup_jobs(store)
+    at = open_app(monkeypatch, store.root, "pages/train.py")
+    next(w for w in at.text_input if w.label.startswith("Exact β")).input("3.5").run()
+    at.button(key="train_button").click().run()
+    (run_id,) = [r.run_id for r in store.list_runs()]
+    deadline = time.time() + 60
+    while store.read_status(run_id)["state"] != "running" and time.time() < deadline:
+        time.sleep(0.1)  # the scheduler starts its worker
+    at.run()
+
+    at.button(key=f"cancel-{run_id}").click().run()
+    assert store.read_status(run_id)["state"] == "cancelled"
+    assert [b for b in at.button if b.key == f"resume-{run_id}"], "Resume shown at once"
+    assert not [b for b in at.button if b.key == f"cancel-{run_id}"]
+
+    at.button(key=f"resume-{run_id}").click().run()
+    assert store.read_status(run_id)["state"] in ("queued", "running")
+    assert [b for b in at.button if b.key == f"cancel-{run_id}"], "Cancel shown at once"
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_resume_of_a_run_deleted_meanwhile_says_so_and_creates_nothing(monkeypatch, tmp_path):
+    store = RunStore(tmp_path / "runs")
+    config = RunConfig(hidden_dims=[16], latent_dim=2, epochs=1, batch_size=512, threads=1)
+    run_id = store.create_run(config)
+    store.update_status(run_id, RunState.CANCELLED, "cancelled while queued")
+    at = open_app(monkeypatch, store.root, "pages/train.py")
+    store.delete_run(run_id)  # by another tab, after this one drew its Resume button
+    at.button(key=f"resume-{run_id}").click().run()
+    assert not at.exception
+    assert any(run_id in e.value for e in at.error), [e.value for e in at.error]
+    assert not store.root.joinpath(run_id).exists()
 
 
 def test_sweep_button_queues_one_run_per_beta(monkeypatch, tmp_path, cleanup_jobs):

@@ -32,6 +32,7 @@ from vae.learn.config import RunConfig, sweep_betas
 from vae.learn.engine import can_train_together
 
 CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is killed
+CANCEL_POLL_S = 0.05  # how often `cancel(wait_s=…)` looks whether the run has stopped
 
 
 @dataclass
@@ -84,8 +85,19 @@ class JobManager:
         self.reconcile()
         return run_ids
 
-    def cancel(self, run_id: str) -> None:
-        """Stop this run only: at once if queued, else at its last completed epoch."""
+    def cancel(self, run_id: str, wait_s: float = 0.0) -> None:
+        """Stop this run only: at once if queued, else at its last completed epoch.
+
+        With `wait_s`, wait up to that long for its worker to stop it (a worker answers within a
+        training step), so a caller that shows the run next shows it stopped."""
+        self._request_cancel(run_id)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.store.read_status(run_id)["state"] not in ACTIVE:
+                return
+            time.sleep(CANCEL_POLL_S)
+
+    def _request_cancel(self, run_id: str) -> None:
         with self._lock:
             state = self.store.read_status(run_id)["state"]
             if state == RunState.QUEUED:
@@ -269,11 +281,16 @@ class JobManager:
             return
 
         def loop():
-            try:
-                self.measure_layout()  # first use on this machine: a few seconds, in this thread
-            except Exception as exc:  # measuring is an optimisation: keep the default layout
-                print(f"job manager: layout not measured: {exc}", file=sys.stderr)
+            measured = False
             while not self._stop.wait(interval_s):
+                if not measured and self._queue_waiting():
+                    # First use on this machine: a few seconds, in this thread, and only once a
+                    # run waits, so it never competes with a server's first page.
+                    measured = True
+                    try:
+                        self.measure_layout()
+                    except Exception as exc:  # an optimisation: keep the default layout
+                        print(f"job manager: layout not measured: {exc}", file=sys.stderr)
                 try:
                     self.reconcile()
                 except Exception as exc:  # keep scheduling; a bad folder must not stop the queue
@@ -281,6 +298,12 @@ class JobManager:
 
         self._scheduler = threading.Thread(target=loop, name="vae-job-scheduler", daemon=True)
         self._scheduler.start()
+
+    def _queue_waiting(self) -> bool:
+        try:
+            return any(r.state == RunState.QUEUED for r in self.store.list_runs(False))
+        except StoreError:
+            return False
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -19,6 +19,9 @@ from vae.execution.procs import describe_signal, is_running, local_ref, signal_p
 from vae.execution.store import RunStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+# Workers run below the server's priority: on a machine as busy as its cores, the page still
+# answers at once, and training loses nothing while nobody clicks.
+WORKER_NICENESS = 10
 
 
 @dataclass
@@ -74,7 +77,7 @@ class LocalProcessBackend:
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
         )
         command = [sys.executable, "-m", "vae.execution.worker", "--store", str(store.root)]
-        command += ["--threads", str(threads), *run_ids]
+        command += ["--threads", str(threads), "--nice", str(WORKER_NICENESS), *run_ids]
         store.root.mkdir(parents=True, exist_ok=True)
         log = open(store.root / ".worker.log", "ab")  # noqa: SIM115 - the child owns it
         try:

@@ -11,6 +11,7 @@ at its last completed epoch, while the others train on.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -321,8 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", required=True, help="run store root folder")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: config's)")
+    parser.add_argument(
+        "--nice", type=int, default=0, help="lower this process's priority by this much (0–19)"
+    )
     parser.add_argument("run_ids", nargs="+")
     args = parser.parse_args(argv)
+    if args.nice > 0:
+        os.nice(min(args.nice, 19))
     store = RunStore(args.store)
     control = JobControl(store)
     control.install()

@@ -267,7 +267,8 @@ def tradeoff_chart(frame: pd.DataFrame, show_slopes: bool = False) -> alt.LayerC
             .mark_line(strokeWidth=3, clip=True)
             .encode(x=x, y=y, detail="run_id:N", color=color)
         )
-    pick = alt.selection_point(name="pick", fields=["run_id"], on="click", toggle="true")
+    # A click picks one run; shift-click adds or removes one (Vega-Lite's default toggle).
+    pick = alt.selection_point(name="pick", fields=["run_id"], on="click")
     points = (
         alt.Chart(frame)
         .mark_circle(size=140, stroke="black")
