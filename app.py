@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import cluster_sidebar, job_manager
+from ui import cluster_sidebar, job_manager, warm_up
 
 # Served by this server (a material icon would make the browser fetch the favicon from a font host).
 ICON = str(Path(__file__).resolve().parent / "static" / "favicon.png")
@@ -45,4 +45,7 @@ manager = job_manager()
 if manager.backend.name == "ray":  # the cluster's free CPUs and GPUs; no sidebar otherwise
     with st.sidebar:
         cluster_sidebar(manager)
-page.run()
+try:
+    page.run()
+finally:  # also after st.stop(): torch and the model code, in the background, for later pages
+    warm_up()

@@ -7,6 +7,9 @@ Everything else (charts, tables, numbers) comes from `vae/`; this file only know
 from __future__ import annotations
 
 import gc
+import importlib
+import threading
+import time
 from collections.abc import Callable
 
 import altair as alt
@@ -27,6 +30,11 @@ POLL_ACTIVE_S = 2.0  # how often an open page looks for changes while a run it s
 POLL_IDLE_S = 20.0  # ... and while nothing does (a run started elsewhere still shows up)
 _SEEN = "_live_seen"  # session state: {run id: file stamps} of the listing last drawn
 _ACTIVE = "_live_active"  # session state: ids of the queued or running runs in that listing
+
+# What the pages that show models need (torch: seconds to import). The first page a visitor
+# opens (Train, Tradeoff, Posterior, the KL term) needs none of it, so it is loaded afterwards.
+WARM_UP_MODULES = ("vae.execution.checkpoint", "vae.learn.evaluate", "vae.present.gallery")
+WARM_UP_DELAY_S = 1.0  # after the first page is out, so its drawing is not slowed
 
 # The modules imported by now live as long as the server: keep them out of the garbage
 # collector's full passes, which otherwise walk a few hundred thousand objects (0.2 s) each time.
@@ -81,6 +89,22 @@ def cluster_sidebar(manager: JobManager) -> None:
         st.caption(f"{record.run_id}: {record.status.get('where', 'starting')}")
     if len(running) > 8:
         st.caption(f"… and {len(running) - 8} more running")
+
+
+@st.cache_resource
+def warm_up() -> threading.Thread:
+    """Load WARM_UP_MODULES once per server in a background thread (call it after the page has
+    run), so the first visit to Samples, the gallery or Checkpoints does not wait for torch."""
+
+    def load() -> None:
+        time.sleep(WARM_UP_DELAY_S)
+        for name in WARM_UP_MODULES:
+            importlib.import_module(name)  # a preload, not a deferred import: the pages import it
+        gc.freeze()  # as above, for what these modules keep
+
+    thread = threading.Thread(target=load, name="vae-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_store() -> RunStore:

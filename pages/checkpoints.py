@@ -6,6 +6,7 @@ from ui import job_manager, list_runs, pick_run, refresh_on_change
 from vae.execution.checkpoint import (
     MAX_UPLOAD_BYTES,
     CheckpointError,
+    checkpoint_problem,
     model_from_checkpoint,
     read_checkpoint,
 )
@@ -41,7 +42,7 @@ else:
         st.caption(
             "Files: " + (", ".join(f"{n} ({s / 1024:,.0f} KiB)" for n, s in present) or "none yet")
         )
-        problem = store.checkpoint_problem(record.run_id)
+        problem = checkpoint_problem(store, record.run_id)
         if problem:
             st.error(f"Checkpoint unusable: {problem}")
         evaluation = store.read_eval(record.run_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD
 from vae.present import kl_teaching as kt
 
 

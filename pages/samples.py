@@ -4,7 +4,7 @@ import streamlit as st
 import torch
 
 from ui import compare_toggle, list_runs, pick_runs, refresh_on_change, run_store
-from vae.execution.checkpoint import CheckpointError, model_from_checkpoint
+from vae.execution.checkpoint import CheckpointError, load_run_checkpoint, model_from_checkpoint
 from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import (
     grid,
@@ -36,7 +36,7 @@ if not records:
 @st.cache_resource(max_entries=8)
 def load_model(run_id: str, modified: float):
     """The run's model, reloaded when its checkpoint file changes (modified time in the key)."""
-    return model_from_checkpoint(store.load_checkpoint(run_id))
+    return model_from_checkpoint(load_run_checkpoint(store, run_id))
 
 
 def checkpoint_mtime(run_id: str) -> float:

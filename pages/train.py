@@ -13,7 +13,7 @@ from vae.learn.config import (
     sweep_betas,
     validation_errors,
 )
-from vae.learn.data import DATASETS, DEFAULT_DATASET
+from vae.learn.datasets import DATASETS, DEFAULT_DATASET
 from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
 from vae.present.views import (
     active_jobs,

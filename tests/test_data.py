@@ -12,14 +12,8 @@ import pytest
 import torch
 
 from vae.learn import data
-from vae.learn.data import (
-    DATASETS,
-    DEFAULT_DATASET,
-    SHAPES_FACTOR_SIZES,
-    DataError,
-    binarize,
-    load_dataset,
-)
+from vae.learn.data import DataError, binarize, load_dataset
+from vae.learn.datasets import DATASETS, DEFAULT_DATASET, SHAPES_FACTOR_SIZES
 
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 

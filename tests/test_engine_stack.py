@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 
-from vae.execution.checkpoint import model_from_checkpoint
+from vae.execution.checkpoint import load_run_checkpoint, model_from_checkpoint
 from vae.execution.states import RunState
 from vae.execution.worker import JobControl, run_job
-from vae.learn.config import RunConfig
+from vae.learn.config import RunConfig, can_train_together
 from vae.learn.engine import (
     NonFiniteLossError,
     TrainCallbacks,
     bernoulli_draw,
-    can_train_together,
     train,
     train_models,
 )
@@ -187,7 +186,7 @@ def test_run_job_writes_each_runs_files(store, tiny_config):
             model = model_from_checkpoint(checkpoint)
             assert sum(p.numel() for p in model.parameters()) > 0
         assert "optimizer_state" in torch.load(store.path(run_id, "model.pt"), weights_only=True)
-        assert store.load_checkpoint(run_id)["metrics"] == lines[-1]
+        assert load_run_checkpoint(store, run_id)["metrics"] == lines[-1]
         assert store.read_eval(run_id) is not None
     grouped = _read_lines(store, run_ids[1])
     for key in ("train_loss", "elbo", "rate"):
@@ -223,7 +222,7 @@ def test_stopping_the_job_cancels_every_member_at_its_last_epoch(store, tiny_con
     for run_id in run_ids:
         status = store.read_status(run_id)
         assert status["state"] == "cancelled" and "epoch 1" in status["reason"]
-        assert store.load_checkpoint(run_id, final=False)["epoch"] == 1
+        assert load_run_checkpoint(store, run_id, final=False)["epoch"] == 1
         store.update_status(run_id, RunState.QUEUED, "resumed")
     # the three stand at the same place, so they resume as one stack again
     stacks = []

@@ -23,6 +23,7 @@ import torch
 from helpers import train_run, wait_for, worker_pid
 from live_app import IDLE, LiveApp, alive, launch_chromium, stop_workers, worker_pids
 
+from vae.execution.checkpoint import load_run_checkpoint
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 
@@ -124,7 +125,7 @@ def test_server_sigkill_and_restart_keeps_every_run(tmp_path, servers, page):
     assert {p.name: p.read_bytes() for p in store.run_dir(finished).iterdir()} == finished_files
     for run_id in (adopted, killed):
         assert [m["epoch"] for m in store.read_metrics(run_id)] == list(range(1, 21))
-        assert store.load_checkpoint(run_id)["epoch"] == 20
+        assert load_run_checkpoint(store, run_id)["epoch"] == 20
     assert store.read_status(adopted)["started"] == before[adopted]["started"]  # never restarted
     wait_for(lambda: worker_pids(store.root) == [], 30, what="the workers exit")
 

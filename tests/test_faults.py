@@ -26,7 +26,12 @@ import torch
 from helpers import PAGES, open_app, train_run, wait_for, worker_pid
 from streamlit.testing.v1 import AppTest
 
-from vae.execution.checkpoint import CheckpointError
+from vae.execution.checkpoint import (
+    CheckpointError,
+    checkpoint_problem,
+    load_run_checkpoint,
+    save_run_checkpoint,
+)
 from vae.execution.jobs import JobManager
 from vae.execution.store import FILES, RunStore, StoreError
 from vae.learn.config import RunConfig
@@ -185,7 +190,7 @@ def test_sigkill_mid_epoch_interrupts_only_that_run_and_resume_matches(store, wo
     if now["state"] == "running":
         assert worker_pid(now) == other_pid and alive(other_pid)
 
-    saved = store.load_checkpoint(victim, final=False)  # the last completed epoch, loadable
+    saved = load_run_checkpoint(store, victim, final=False)  # the last completed epoch, loadable
     assert 1 <= saved["epoch"] < config.epochs
     assert not store.path(victim, "final.pt").exists()
     epochs = [m["epoch"] for m in store.read_metrics(victim)]
@@ -197,10 +202,10 @@ def test_sigkill_mid_epoch_interrupts_only_that_run_and_resume_matches(store, wo
         record = store.get(run_id)
         assert record.state == "finished", record.status
         assert [m["epoch"] for m in record.metrics] == [1, 2, 3]  # none lost, none doubled
-        assert store.load_checkpoint(run_id)["epoch"] == 3
+        assert load_run_checkpoint(store, run_id)["epoch"] == 3
     assert store.read_status(other)["started"] == other_status["started"]  # never restarted
-    resumed = store.load_checkpoint(victim)["model_state"]
-    reference = store.load_checkpoint(other)["model_state"]
+    resumed = load_run_checkpoint(store, victim)["model_state"]
+    reference = load_run_checkpoint(store, other)["model_state"]
     for key, tensor in reference.items():
         assert torch.allclose(resumed[key], tensor, rtol=1e-5, atol=1e-6), key
     assert run_folders(store.root) == sorted([victim, other])
@@ -210,13 +215,13 @@ def test_sigkill_mid_epoch_interrupts_only_that_run_and_resume_matches(store, wo
 # ---- 3. crash in the middle of writing -------------------------------------------------------
 WRITER = """
 import sys, torch
-from vae.execution.checkpoint import make_checkpoint
+from vae.execution.checkpoint import load_run_checkpoint, make_checkpoint, save_run_checkpoint
 from vae.execution.store import RunStore
 from vae.learn.engine import new_state
 store, run_id = RunStore(sys.argv[1]), sys.argv[2]
 config = store.read_config(run_id)
 state = new_state(config, (1, 28, 28), torch.device("cpu"))
-epoch = store.load_checkpoint(run_id, final=False)["epoch"] if store.path(run_id, "model.pt").exists() else 0
+epoch = load_run_checkpoint(store, run_id, final=False)["epoch"] if store.path(run_id, "model.pt").exists() else 0
 store.truncate_metrics(run_id, epoch)  # as the worker's restore_state does
 print("ready", flush=True)
 while True:  # what a worker does after each epoch, as fast as the disk allows
@@ -228,7 +233,7 @@ while True:  # what a worker does after each epoch, as fast as the disk allows
     lists = {k: [0.0] * config.latent_dim for k in ("kl_per_dim", "posterior_var", "mean_cov")}
     store.append_metrics(run_id, {"epoch": epoch, "rate": float(epoch), "distortion": 1.0,
                                   "elbo": -1.0 - epoch, "active_units": 0, **lists})
-    store.save_checkpoint(run_id, make_checkpoint(config, state, (1, 28, 28), {"rate": 1.0}))
+    save_run_checkpoint(store, run_id, make_checkpoint(config, state, (1, 28, 28), {"rate": 1.0}))
     store.update_status(run_id, "running", epoch=epoch)
 """
 
@@ -264,12 +269,12 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_checkpoint(store):
         assert all(p.name.startswith(".") and p.name.endswith(".tmp") for p in temps), temps
         killed_mid_write += any(".pt." in p.name for p in temps)
 
-        checkpoint = store.load_checkpoint(run_id, final=False)
+        checkpoint = load_run_checkpoint(store, run_id, final=False)
         epoch = checkpoint["epoch"]
         assert epoch >= last_epoch
         for key, tensor in checkpoint["model_state"].items():
             assert torch.all(tensor == torch.tensor(epoch / 1000)), (key, epoch)  # one save only
-        assert store.checkpoint_problem(run_id) is None
+        assert checkpoint_problem(store, run_id) is None
         rows = [m["epoch"] for m in store.read_metrics(run_id)]
         assert rows == list(range(1, len(rows) + 1)) and len(rows) in (epoch, epoch + 1)
         status = store.read_status(run_id)
@@ -284,10 +289,10 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_checkpoint(store):
     # The next save (the run's worker resuming) removes the checkpoint-sized temp files the
     # killed writers left behind (a tiny .status.json temp file may stay: the server writes
     # status too, so the worker leaves those alone).
-    checkpoint = store.load_checkpoint(run_id, final=False)
-    store.save_checkpoint(run_id, {**checkpoint, "epoch": last_epoch + 1})
+    checkpoint = load_run_checkpoint(store, run_id, final=False)
+    save_run_checkpoint(store, run_id, {**checkpoint, "epoch": last_epoch + 1})
     assert [p for p in leftovers(store.root) if ".pt." in p] == []
-    assert store.load_checkpoint(run_id, final=False)["epoch"] == last_epoch + 1
+    assert load_run_checkpoint(store, run_id, final=False)["epoch"] == last_epoch + 1
 
 
 @pytest.fixture(scope="module")
@@ -327,10 +332,12 @@ def test_damaged_files_are_listed_as_broken_with_a_reason(damaged_store):
     assert "status.json is unreadable" in records[ids["status.json"]].broken
     assert "must be a dictionary" in records[ids["not_a_dict"]].broken
     assert records[ids["bad_checkpoint"]].broken is None  # listed; its checkpoint is refused
-    assert "truncated or damaged" in store.checkpoint_problem(ids["bad_checkpoint"])
+    assert "truncated or damaged" in checkpoint_problem(store, ids["bad_checkpoint"])
     with pytest.raises(CheckpointError):
-        store.load_checkpoint(ids["bad_checkpoint"])
-    assert store.load_checkpoint(ids["good"])["epoch"] == 2  # the temp file beside it is ignored
+        load_run_checkpoint(store, ids["bad_checkpoint"])
+    assert (
+        load_run_checkpoint(store, ids["good"])["epoch"] == 2
+    )  # the temp file beside it is ignored
     JobManager(store).reconcile()  # the scheduler copes with the broken folders
     assert {r.run_id: r.state for r in store.list_runs()}[ids["good"]] == "finished"
 
@@ -415,7 +422,7 @@ def test_read_only_store_refuses_changes_with_a_message(readonly_store, tiny_con
             assert f"could not {what}" in str(info.value)
     (record,) = store.list_runs()  # still readable, unchanged
     assert record.run_id == run_id and record.state == "finished"
-    assert store.load_checkpoint(run_id)["config"]["name"] == "kept"
+    assert load_run_checkpoint(store, run_id)["config"]["name"] == "kept"
 
 
 @pytest.mark.parametrize("fault", ["read-only", "full"])
@@ -468,7 +475,7 @@ def test_disk_filling_during_training_fails_the_run_and_keeps_its_checkpoint(tmp
     def saved_epoch():
         manager.reconcile()
         with contextlib.suppress(CheckpointError, StoreError):
-            return store.load_checkpoint(run_id, final=False)["epoch"]
+            return load_run_checkpoint(store, run_id, final=False)["epoch"]
         return 0
 
     wait_for(saved_epoch, what="a first checkpoint")
@@ -490,7 +497,7 @@ def test_disk_filling_during_training_fails_the_run_and_keeps_its_checkpoint(tmp
     assert status["state"] == "failed", status
     assert "the disk is full" in status["reason"]
     assert "job" not in status
-    checkpoint = store.load_checkpoint(run_id, final=False)
+    checkpoint = load_run_checkpoint(store, run_id, final=False)
     assert 1 <= checkpoint["epoch"] < 8
     assert leftovers(store.root) == []
 
@@ -533,9 +540,9 @@ def test_diverged_checkpoint_makes_the_resumed_run_fail_without_replacing_it(sto
     manager.wait([run_id], timeout_s=60)
     assert store.read_status(run_id)["state"] == "cancelled"
 
-    checkpoint = store.load_checkpoint(run_id, final=False)
+    checkpoint = load_run_checkpoint(store, run_id, final=False)
     checkpoint["model_state"] = {k: v * 1e30 for k, v in checkpoint["model_state"].items()}
-    store.save_checkpoint(run_id, checkpoint)  # still finite, so it passes validation
+    save_run_checkpoint(store, run_id, checkpoint)  # still finite, so it passes validation
     before = store.path(run_id, "model.pt").read_bytes()
     epochs_before = [m["epoch"] for m in store.read_metrics(run_id)]
 
@@ -604,7 +611,7 @@ def test_ten_clients_at_once_queue_at_the_configured_concurrency(store, workers)
     for record in records:
         assert record.state == "finished", record.status
         assert [m["epoch"] for m in record.metrics] == [1, 2]
-        assert store.load_checkpoint(record.run_id)["epoch"] == 2
+        assert load_run_checkpoint(store, record.run_id)["epoch"] == 2
         assert len(pids.get(record.run_id, ())) <= 1, pids[record.run_id]  # started once
     assert leftovers(store.root) == []
 

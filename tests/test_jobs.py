@@ -13,6 +13,7 @@ import torch
 from helpers import wait_for, worker_pid
 
 import vae.execution.jobs
+from vae.execution.checkpoint import load_run_checkpoint, save_run_checkpoint
 from vae.execution.jobs import JobManager
 from vae.execution.layout import Layout
 from vae.execution.local import WORKER_NICENESS
@@ -49,14 +50,14 @@ def test_sigkill_marks_interrupted_and_resume_completes(store, slow_config):
     wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] == "interrupted")
     status = store.read_status(run_id)
     assert "signal 9" in status["reason"] and "SIGKILL" in status["reason"]
-    done_epochs = store.load_checkpoint(run_id, final=False)["epoch"]
+    done_epochs = load_run_checkpoint(store, run_id, final=False)["epoch"]
     assert done_epochs >= 2
     manager.resume(run_id)
     manager.wait([run_id], timeout_s=180)
     metrics = store.read_metrics(run_id)
     assert store.read_status(run_id)["state"] == "finished"
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]  # no epoch lost, none doubled
-    assert store.load_checkpoint(run_id)["epoch"] == 4
+    assert load_run_checkpoint(store, run_id)["epoch"] == 4
 
 
 def test_cancel_running_and_queued(store, slow_config):
@@ -155,7 +156,7 @@ def test_cancelling_one_run_of_a_stack_stops_only_that_run(store, slow_config):
     manager.wait(run_ids, timeout_s=300)
     status = store.read_status(victim)
     assert status["state"] == "cancelled" and status["reason"].startswith("cancelled after epoch")
-    kept = store.load_checkpoint(victim, final=False)["epoch"]
+    kept = load_run_checkpoint(store, victim, final=False)["epoch"]
     assert [m["epoch"] for m in store.read_metrics(victim)] == list(range(1, kept + 1))
     assert kept < 6
     for other in (run_ids[0], run_ids[2]):
@@ -178,7 +179,7 @@ def test_sigkill_of_a_stacks_worker_interrupts_every_member_and_each_resumes(sto
     ))  # fmt: skip
     for run_id in run_ids:
         assert "SIGKILL" in store.read_status(run_id)["reason"]
-        assert store.load_checkpoint(run_id, final=False)["epoch"] >= 1
+        assert load_run_checkpoint(store, run_id, final=False)["epoch"] >= 1
     manager.resume(run_ids[0])  # each alone...
     manager.wait([run_ids[0]], timeout_s=300)
     for run_id in run_ids[1:]:  # ...or the rest together
@@ -206,7 +207,7 @@ def test_a_run_whose_loss_turns_nan_fails_alone_in_its_stack(store, tiny_config)
     victim = run_ids[1]
     checkpoint = torch.load(store.path(victim, "model.pt"), weights_only=True)
     checkpoint["model_state"] = {k: v * 1e30 for k, v in checkpoint["model_state"].items()}
-    store.save_checkpoint(victim, checkpoint)
+    save_run_checkpoint(store, victim, checkpoint)
     for run_id in run_ids:  # queued together, so one worker resumes them as one stack
         store.update_status(run_id, "queued", "resumed")
     manager.reconcile()
@@ -214,7 +215,7 @@ def test_a_run_whose_loss_turns_nan_fails_alone_in_its_stack(store, tiny_config)
     manager.wait(run_ids, timeout_s=300)
     status = store.read_status(victim)
     assert status["state"] == "failed" and "NaN/inf" in status["reason"], status
-    assert store.load_checkpoint(victim, final=False)["epoch"] == 1  # the last good epoch kept
+    assert load_run_checkpoint(store, victim, final=False)["epoch"] == 1  # the last good epoch kept
     for other in (run_ids[0], run_ids[2]):
         assert store.read_status(other)["state"] == "finished"
         assert [m["epoch"] for m in store.read_metrics(other)] == [1, 2, 3]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
 from vae.learn.objective import kl_per_dim
+from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD
 from vae.present import kl_teaching as kt
 
 POINTS = [(0.0, 1.0), (1.0, 0.5), (-2.0, 0.05), (0.3, 3.0), (2.5, 1.7)]

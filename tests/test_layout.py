@@ -1,8 +1,17 @@
 """The library's layout holds: learning code below execution code, no cycles, states named once."""
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+from helpers import train_run
+
+from vae.execution.store import RunStore
+from vae.learn.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # Imports allowed inside a function: only to defer a heavy third-party import, never for a cycle.
@@ -94,3 +103,38 @@ def test_one_optimizer_step_in_the_library():
         if ".step()" in line
     ]
     assert steps == ["vae/learn/engine.py:" + steps[0].split(":")[1]] and len(steps) == 1
+
+
+FIRST_PAGE_PROBE = """
+import sys
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file("app.py", default_timeout=60)
+at.run()
+if sys.argv[1] != "pages/train.py":
+    at.switch_page(sys.argv[1]).run()
+assert not at.exception, at.exception
+print("torch" in sys.modules)
+"""
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    store = RunStore(tmp_path_factory.mktemp("first-page") / "runs")
+    config = RunConfig(hidden_dims=[16], latent_dim=2, epochs=1, batch_size=512, threads=1)
+    train_run(store, store.create_run(config))
+    return store
+
+
+@pytest.mark.parametrize(
+    "page", ["pages/train.py", "pages/tradeoff.py", "pages/posterior.py", "pages/kl_term.py"]
+)
+def test_pages_that_show_no_model_open_without_loading_torch(one_run, page):
+    """Importing torch takes seconds: a fresh server's first page must not wait for it (the
+    pages that decode images load it in the background afterwards: ui.warm_up)."""
+    env = {**os.environ, "VAE_STORE": str(one_run.root), "VAE_MAX_JOBS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_PAGE_PROBE, page],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"

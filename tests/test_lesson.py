@@ -17,8 +17,8 @@ from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 from vae.learn.data import load_dataset
 from vae.learn.evaluate import posterior_means
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
 from vae.learn.objective import kl_per_dim
+from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
 from vae.present import demo
 from vae.present.gallery import checkpoint_pictures, gallery_frame, sweeps
 from vae.present.tradeoff import (

@@ -18,6 +18,7 @@ from helpers import PAGES, open_app, wait_for
 import ui
 from vae import cli
 from vae.execution.backends import make_backend, make_manager
+from vae.execution.checkpoint import load_run_checkpoint
 from vae.execution.jobs import JobManager
 from vae.execution.ray_backend import NAMESPACE, RayBackend
 from vae.execution.states import RunState
@@ -85,7 +86,7 @@ def test_sweep_on_ray_matches_local_processes(ray_sweep, tmp_path):
         assert [_numbers(r) for r in ray_rows] == [_numbers(r) for r in local_rows]
         ray_eval, local_eval = store.read_eval(ray_id), local_store.read_eval(local_id)
         assert _numbers(ray_eval) == _numbers(local_eval)
-        assert store.load_checkpoint(ray_id)["epoch"] == 2
+        assert load_run_checkpoint(store, ray_id)["epoch"] == 2
     wait_for(lambda: not _job_actors(), timeout=60, what="job actors to end")
 
 
@@ -113,13 +114,13 @@ def test_killed_ray_worker_interrupts_and_the_run_resumes(ray_backend, store):
     status = store.read_status(run_id)
     assert status["state"] == RunState.INTERRUPTED, status
     assert "Ray worker" in status["reason"] and "died" in status["reason"]
-    saved = store.load_checkpoint(run_id, final=False)["epoch"]
+    saved = load_run_checkpoint(store, run_id, final=False)["epoch"]
     assert 1 <= saved < 5
     manager.resume(run_id)
     manager.wait([run_id], timeout_s=300)
     assert store.read_status(run_id)["state"] == RunState.FINISHED
     assert [m["epoch"] for m in store.read_metrics(run_id)] == [1, 2, 3, 4, 5]
-    assert store.load_checkpoint(run_id)["epoch"] == 5
+    assert load_run_checkpoint(store, run_id)["epoch"] == 5
 
 
 def test_restarted_app_attaches_to_its_ray_jobs(ray_backend, store):

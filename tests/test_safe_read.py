@@ -21,6 +21,7 @@ from helpers import PAGES, open_app, train_run, wait_for
 
 from vae.cli import main
 from vae.execution import safe_read
+from vae.execution.checkpoint import checkpoint_problem
 from vae.execution.jobs import JobManager
 from vae.execution.store import HOST_TAG, RunStore, StoreError, new_run_id
 from vae.learn.config import RunConfig
@@ -289,7 +290,7 @@ def test_checkpoint_files_that_are_pipes_or_links_are_refused(hostile):
     _replace(store.path(run_id, "model.pt"), lambda p: os.symlink("/dev/zero", p))
     result = {}
     thread = threading.Thread(
-        target=lambda: result.update(p=store.checkpoint_problem(run_id)), daemon=True
+        target=lambda: result.update(p=checkpoint_problem(store, run_id)), daemon=True
     )
     thread.start()
     thread.join(20)

@@ -6,7 +6,13 @@ import pytest
 import torch
 from helpers import worker_pid
 
-from vae.execution.checkpoint import CheckpointError, read_checkpoint
+from vae.execution.checkpoint import (
+    CheckpointError,
+    checkpoint_problem,
+    load_run_checkpoint,
+    read_checkpoint,
+    save_run_checkpoint,
+)
 from vae.execution.store import RunStore, StoreError, atomic_write_bytes, is_valid_run_id
 from vae.learn.config import ConfigError, RunConfig
 
@@ -94,17 +100,19 @@ def test_checkpoint_round_trip_and_truncation(store, tiny_config):
 
     run_id = store.create_run(tiny_config)
     state = new_state(tiny_config, (1, 28, 28), torch.device("cpu"))
-    store.save_checkpoint(run_id, make_checkpoint(tiny_config, state, (1, 28, 28), {}), final=True)
+    save_run_checkpoint(
+        store, run_id, make_checkpoint(tiny_config, state, (1, 28, 28), {}), final=True
+    )
     checkpoint = torch.load(store.path(run_id, "final.pt"), weights_only=True)
     assert checkpoint["config"] == tiny_config.to_dict()
     assert "optimizer_state" not in checkpoint  # final.pt is the slim, shareable file
-    assert store.checkpoint_problem(run_id) is None
+    assert checkpoint_problem(store, run_id) is None
     path = store.path(run_id, "model.pt")
     path.write_bytes(path.read_bytes()[:1000])  # truncated, as if the disk filled mid-write
     with pytest.raises(CheckpointError):
         read_checkpoint(path)
-    assert "model.pt" in store.checkpoint_problem(run_id)
-    assert store.load_checkpoint(run_id)["epoch"] == 0  # final.pt still loads
+    assert "model.pt" in checkpoint_problem(store, run_id)
+    assert load_run_checkpoint(store, run_id)["epoch"] == 0  # final.pt still loads
 
 
 def test_delete_run(store, tiny_config):

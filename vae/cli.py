@@ -32,7 +32,7 @@ from vae.learn.config import (
     RunConfig,
     sweep_betas,
 )
-from vae.learn.data import DATASETS
+from vae.learn.datasets import DATASETS
 from vae.present.views import format_seconds, grouping_text
 
 EVAL_REPORT_EVERY_S = 2.0

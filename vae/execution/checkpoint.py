@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from vae.execution import safe_read
+from vae.execution.store import RunStore
 from vae.learn.config import ConfigError, RunConfig
 from vae.learn.model import VAE, build_model
 
@@ -56,6 +57,34 @@ def checkpoint_bytes(checkpoint: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     return buffer.getvalue()
+
+
+def save_run_checkpoint(store: RunStore, run_id: str, checkpoint: dict, final: bool = False):
+    """model.pt (to resume from); with `final`, also final.pt without the optimizer state."""
+    slim = {k: v for k, v in checkpoint.items() if k != "optimizer_state"} if final else None
+    store.write_checkpoint(
+        run_id, checkpoint_bytes(checkpoint), None if slim is None else checkpoint_bytes(slim)
+    )
+
+
+def load_run_checkpoint(store: RunStore, run_id: str, final: bool = True) -> dict:
+    """final.pt if asked and present, else model.pt. Raises CheckpointError if unusable."""
+    path = store.checkpoint_path(run_id, final)
+    if path is None:
+        raise CheckpointError(f"run {run_id} has no checkpoint yet")
+    return read_checkpoint(path)
+
+
+def checkpoint_problem(store: RunStore, run_id: str) -> str | None:
+    """Why the run's checkpoint cannot be used, or None when it loads (or none exists yet)."""
+    for name in ("final.pt", "model.pt"):
+        path = store.path(run_id, name)
+        if os.path.lexists(path):
+            try:
+                read_checkpoint(path)
+            except CheckpointError as exc:
+                return f"{name}: {exc}"
+    return None
 
 
 def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = None) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vae.execution.checkpoint import model_from_checkpoint
+from vae.execution.checkpoint import load_run_checkpoint, model_from_checkpoint
 from vae.execution.store import RunStore
 from vae.learn.data import Dataset, load_dataset
 from vae.learn.engine import resolve_device
@@ -22,7 +22,7 @@ def evaluate_run(
 
     `progress(done, total)` follows the IWAE bound, the slow part (the CLI prints it).
     """
-    checkpoint = store.load_checkpoint(run_id)
+    checkpoint = load_run_checkpoint(store, run_id)
     config = store.read_config(run_id)
     device = resolve_device(config)
     dataset = dataset or load_dataset(config.dataset, config.data_root, seed=config.seed)

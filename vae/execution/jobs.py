@@ -28,8 +28,7 @@ from vae.execution.lease import is_held, stalled_for
 from vae.execution.local import LocalProcessBackend
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import RunRecord, RunStore, StoreError
-from vae.learn.config import RunConfig, sweep_betas
-from vae.learn.engine import can_train_together
+from vae.learn.config import RunConfig, can_train_together, sweep_betas
 
 CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is killed
 CANCEL_POLL_S = 0.05  # how often `cancel(wait_s=…)` looks whether the run has stopped

@@ -11,23 +11,18 @@ settings (VAE_MAX_JOBS, a JobManager argument) override it.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import platform
-import time
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from vae.execution.store import atomic_write_json
-from vae.learn.config import RunConfig
-from vae.learn.data import Dataset, DatasetInfo, DataSplit
-from vae.learn.engine import TrainCallbacks, train_models
 
 CACHE_NAME = ".layout.json"
-SWEEP = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # the β values of the measured sweep
-STEPS = 40  # training steps per measurement, after a warm-up epoch of 10
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass(frozen=True)
@@ -41,7 +36,15 @@ class Layout:
 
 def machine_key() -> str:
     model = next((f for f in _cpu_model_lines()), platform.processor() or "unknown CPU")
-    return f"{model} | {os.cpu_count()} cores | torch {torch.__version__}"
+    return f"{model} | {os.cpu_count()} cores | torch {_torch_version()}"
+
+
+def _torch_version() -> str:
+    """torch's version as pip installed it, read without importing torch (seconds)."""
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _cpu_model_lines():
@@ -93,57 +96,18 @@ def choose_layout(store_root: Path, cores: int | None = None) -> Layout:
 
 
 def measure(layout: Layout) -> Layout:
-    """model-images/s of a 6-β sweep split into `layout.processes` stacks, under a half load."""
-    ctx = mp.get_context("spawn")  # never fork a process that has run torch
-    size = -(-len(SWEEP) // layout.processes)
-    stacks = [SWEEP[i : i + size] for i in range(0, len(SWEEP), size)]
-    results = ctx.Queue()
-    load = ctx.Process(target=_half_busy, daemon=True)
-    load.start()
-    try:
-        jobs = [
-            ctx.Process(target=_timed_stack, args=(betas, layout.threads, results), daemon=True)
-            for betas in stacks
-        ]
-        for job in jobs:
-            job.start()
-        rates = [results.get(timeout=300) for _ in jobs]
-        for job in jobs:
-            job.join()
-    finally:
-        load.terminate()
-    return Layout(layout.processes, layout.threads, round(sum(rates)))
+    """model-images/s of a 6-β sweep split into `layout.processes` stacks, under a half load.
 
-
-def _half_busy() -> None:
-    """Busy half of the time on one core: the server or another job sharing the machine."""
-    while True:
-        end = time.perf_counter() + 0.005
-        while time.perf_counter() < end:
-            pass
-        time.sleep(0.005)
-
-
-class _Timer(TrainCallbacks):
-    def __init__(self):
-        self.steps, self.started = 0, None
-
-    def stop_all(self) -> bool:
-        self.steps += 1
-        if self.steps == 10:
-            self.started = time.perf_counter()
-        return self.steps > 10 + STEPS
-
-
-def _timed_stack(betas, threads: int, results) -> None:
-    torch.set_num_threads(threads)
-    n = 128 * (10 + STEPS + 1)
-    x = (torch.rand(n + 256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) < 0.15).float()
-    y = torch.zeros(len(x), dtype=torch.int64)
-    info = DatasetInfo("layout", "layout", "measurement", (1, 28, 28), False)
-    dataset = Dataset(info, DataSplit(x[:n], y[:n]), DataSplit(x[n:], y[n:]))
-    configs = [RunConfig(beta=b, threads=threads, epochs=1, device="cpu") for b in betas]
-    timer = _Timer()
-    train_models(configs, dataset=dataset, callbacks=timer)
-    seconds = time.perf_counter() - timer.started
-    results.put(len(betas) * 128 * STEPS / seconds)
+    Measured by `vae.execution.layout_probe` in a process of its own: the job runner (and the
+    server it lives in) never loads the training code."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "vae.execution.layout_probe"]
+    command += [str(layout.processes), str(layout.threads)]
+    done = subprocess.run(
+        command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the layout probe failed: {done.stderr.strip()[-300:]}")
+    rate = float(done.stdout.strip().splitlines()[-1])
+    return Layout(layout.processes, layout.threads, round(rate))

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution import safe_read
-from vae.execution.checkpoint import CheckpointError, checkpoint_bytes, read_checkpoint
 from vae.execution.schema import (
     SchemaError,
     check_config_types,
@@ -374,15 +373,9 @@ class RunStore:
         except (FileNotFoundError, StoreError, SchemaError):
             return None
 
-    def load_checkpoint(self, run_id: str, final: bool = True) -> dict:
-        """final.pt if asked and present, else model.pt. Raises CheckpointError if unusable."""
-        path = self.checkpoint_path(run_id, final)
-        if path is None:
-            raise CheckpointError(f"run {run_id} has no checkpoint yet")
-        return read_checkpoint(path)
-
     def checkpoint_path(self, run_id: str, final: bool = True) -> Path | None:
-        """The file load_checkpoint reads: final.pt if asked and present, else model.pt."""
+        """final.pt if asked and present, else model.pt (None: no checkpoint yet). Reading and
+        checking it is `vae.execution.checkpoint`'s job, so listing runs never loads torch."""
         names = ("final.pt", "model.pt") if final else ("model.pt",)
         return next((p for n in names if os.path.lexists(p := self.path(run_id, n))), None)
 
@@ -643,17 +636,6 @@ class RunStore:
 
         return EpochSeries(head.last, head.count, rows)
 
-    def checkpoint_problem(self, run_id: str) -> str | None:
-        """Why the run's checkpoint cannot be used, or None when it loads (or none exists yet)."""
-        for name in ("final.pt", "model.pt"):
-            path = self.path(run_id, name)
-            if os.path.lexists(path):
-                try:
-                    read_checkpoint(path)
-                except CheckpointError as exc:
-                    return f"{name}: {exc}"
-        return None
-
     # ---- writing -------------------------------------------------------------------------
     def _changed(self, run_id: str | None = None) -> None:
         """Tell every store object (this process or another) that something was written."""
@@ -775,13 +757,14 @@ class RunStore:
         with contextlib.suppress(FileNotFoundError):
             self.path(run_id, "cancel.request").unlink()
 
-    def save_checkpoint(self, run_id: str, checkpoint: dict, final: bool = False) -> None:
+    def write_checkpoint(self, run_id: str, model_pt: bytes, final_pt: bytes | None = None) -> None:
+        """Write model.pt (and final.pt, at the end of a run) atomically; the bytes come from
+        `vae.execution.checkpoint.save_run_checkpoint`."""
         remove_leftovers(self.run_dir(run_id))  # what writers killed mid-write left behind
         try:
-            atomic_write_bytes(self.path(run_id, "model.pt"), checkpoint_bytes(checkpoint))
-            if final:
-                slim = {k: v for k, v in checkpoint.items() if k not in ("optimizer_state",)}
-                atomic_write_bytes(self.path(run_id, "final.pt"), checkpoint_bytes(slim))
+            atomic_write_bytes(self.path(run_id, "model.pt"), model_pt)
+            if final_pt is not None:
+                atomic_write_bytes(self.path(run_id, "final.pt"), final_pt)
         except OSError as exc:
             raise _explain_os_error(exc, "save the checkpoint") from None
         self._changed(run_id)

@@ -21,13 +21,19 @@ from dataclasses import dataclass
 
 import torch
 
-from vae.execution.checkpoint import CheckpointError, make_checkpoint, model_from_checkpoint
+from vae.execution.checkpoint import (
+    CheckpointError,
+    load_run_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_run_checkpoint,
+)
 from vae.execution.evaluation import evaluate_run
 from vae.execution.lease import Lease
 from vae.execution.procs import local_ref
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
-from vae.learn.config import RunConfig
+from vae.learn.config import RunConfig, stack_key
 from vae.learn.data import DataError, Dataset, load_dataset
 from vae.learn.engine import (
     NonFiniteLossError,
@@ -36,7 +42,6 @@ from vae.learn.engine import (
     make_optimizer,
     new_state,
     resolve_device,
-    stack_key,
     train_models,
 )
 
@@ -103,7 +108,7 @@ class RunFiles(TrainCallbacks):
         try:
             self.store.append_metrics(member.run_id, metrics)
             checkpoint = make_checkpoint(member.config, state, self.shape, metrics)
-            self.store.save_checkpoint(member.run_id, checkpoint)
+            save_run_checkpoint(self.store, member.run_id, checkpoint)
             self.store.update_status(member.run_id, RunState.RUNNING, epoch=state.epoch)
         except StoreError as exc:
             self.write_errors[index] = str(exc)
@@ -139,7 +144,7 @@ def load_state(store: RunStore, run_id: str, config: RunConfig, shape) -> TrainS
     if not store.path(run_id, "model.pt").exists():
         store.truncate_metrics(run_id, 0)
         return new_state(config, shape, device)
-    checkpoint = store.load_checkpoint(run_id, final=False)
+    checkpoint = load_run_checkpoint(store, run_id, final=False)
     model = model_from_checkpoint(checkpoint, device).train()
     optimizer = make_optimizer(model.parameters(), config)
     if "optimizer_state" in checkpoint:
@@ -273,7 +278,7 @@ def finish_run(store: RunStore, member: Member, dataset: Dataset, evaluate: Eval
     try:
         last = store.get(run_id).last_metrics  # the latest epoch, without reading every line
         checkpoint = make_checkpoint(member.config, state, dataset.info.image_shape, last)
-        store.save_checkpoint(run_id, checkpoint, final=True)
+        save_run_checkpoint(store, run_id, checkpoint, final=True)
     except (CheckpointError, StoreError) as exc:
         return fail(store, run_id, str(exc))
     reason = ""

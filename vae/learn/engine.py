@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vae.learn.config import ConfigError, RunConfig
+from vae.learn.config import RunConfig, can_train_together
 from vae.learn.data import Dataset, binarize, load_dataset
 from vae.learn.likelihood import pixel_nll
 from vae.learn.metrics import posterior_summary
@@ -42,7 +42,6 @@ TEST_BINARIZATION_SEED = 12345  # one fixed binarised test set, so runs compare 
 EVAL_NOISE_SEED = 0  # the posterior sample of the test summary; vae.learn.evaluate's default too
 # Fields that may differ between models trained as one stack: `beta` is what a sweep varies;
 # `name` and `threads` do not change what is computed.
-STACK_FREE_FIELDS = ("beta", "name", "threads")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -99,25 +98,6 @@ class TrainResult:
     errors: list[Exception | None] = field(default_factory=list)  # NonFiniteLossError
     dropped: set[int] = field(default_factory=set)  # dropped through TrainCallbacks.to_drop
     stopped: bool = False  # TrainCallbacks.stop_all ended training
-
-
-# ---- which models can train together -----------------------------------------------------------
-def stack_key(config: RunConfig) -> tuple:
-    """Runs whose configs have equal keys compute the same thing up to β: they can share a stack."""
-    return tuple(
-        sorted((k, repr(v)) for k, v in config.to_dict().items() if k not in STACK_FREE_FIELDS)
-    )
-
-
-def can_train_together(configs: Sequence[RunConfig]) -> bool:
-    """True for two or more valid configs that agree on everything but β (and labels)."""
-    if len(configs) < 2:
-        return False
-    try:
-        keys = {stack_key(c.validated()) for c in configs}
-    except ConfigError:
-        return False
-    return len(keys) == 1
 
 
 # ---- set-up --------------------------------------------------------------------------------------

@@ -13,10 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from vae.learn.objective import kl_per_dim
-
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2015: Cov_x(E_q[z_u|x]) > 0.01
-# A dimension carries real information about x when its average KL_j exceeds this (nats).
-INFORMATIVE_KL_THRESHOLD = 0.05
+from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD
 
 
 @dataclass

@@ -17,7 +17,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD
+from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD
 from vae.present.views import dims_frame
 
 # sigma values for the page's select slider: roughly log-spaced, and containing the round numbers

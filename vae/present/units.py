@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
+from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
 
 ACTIVE_RULE = f"Cov_x(μⱼ) > {ACTIVE_UNIT_THRESHOLD:g}"
 INFORMATIVE_RULE = f"KLⱼ > {INFORMATIVE_KL_THRESHOLD:g} nats"

@@ -19,7 +19,7 @@ import pandas as pd
 from vae.execution.lease import stalled_for
 from vae.execution.states import BROKEN, RunState
 from vae.execution.store import RunRecord
-from vae.learn.metrics import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
+from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, UNIT_CLASSES, UNIT_COLOURS, unit_class
 
 
