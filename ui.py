@@ -11,8 +11,8 @@ import importlib
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import altair as alt
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
@@ -24,6 +24,9 @@ from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 from vae.present.live import RunListing, run_fingerprint, run_folders, store_fingerprint
 from vae.present.views import vega_lite_spec
 
+if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
+    import altair as alt
+
 STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
 MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)
 POLL_ACTIVE_S = 2.0  # how often an open page looks for changes while a run it shows trains
@@ -34,7 +37,7 @@ _ACTIVE = "_live_active"  # session state: ids of the queued or running runs in 
 # What the pages that show models need (torch: seconds to import). The first page a visitor
 # opens (Train, Tradeoff, Posterior, the KL term) needs none of it, so it is loaded afterwards.
 WARM_UP_MODULES = ("vae.execution.checkpoint", "vae.learn.evaluate", "vae.present.gallery")
-WARM_UP_DELAY_S = 1.0  # after the first page is out, so its drawing is not slowed
+WARM_UP_DELAY_S = 2.0  # after the first page is out and drawn, so it is not slowed
 
 # The modules imported by now live as long as the server: keep them out of the garbage
 # collector's full passes, which otherwise walk a few hundred thousand objects (0.2 s) each time.

@@ -49,15 +49,14 @@ from vae.execution import store as store_module  # noqa: E402
 from vae.execution.series import Series, file_signature  # noqa: E402
 from vae.execution.store import RunStore, new_run_id  # noqa: E402
 from vae.learn.config import RunConfig  # noqa: E402
-from vae.present.views import (  # noqa: E402
+from vae.present.charts import dims_over_epochs, heatmap_chart  # noqa: E402
+from vae.present.tradeoff import (  # noqa: E402
     curves_chart,
     curves_frame,
-    dims_over_epochs,
-    heatmap_chart,
-    runs_frame,
     tradeoff_chart,
     tradeoff_frame,
 )
+from vae.present.views import runs_frame  # noqa: E402
 
 
 def cpu_name() -> str:

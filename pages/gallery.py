@@ -6,9 +6,9 @@ from ui import run_store
 from vae.execution.checkpoint import CheckpointError
 from vae.execution.states import RunState
 from vae.learn.data import DataError
+from vae.present.charts import units_chart
 from vae.present.gallery import Pictures, checkpoint_pictures, gallery_frame, sweeps
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER
-from vae.present.views import units_chart
 
 st.title("β gallery")
 st.caption(

@@ -3,14 +3,14 @@
 import streamlit as st
 
 from ui import compare_toggle, list_runs, pick_runs, refresh_on_change
-from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER, unit_counts
-from vae.present.views import (
+from vae.present.charts import (
     dims_charts,
     dims_frame,
     dims_over_epochs,
     dims_scales,
     heatmap_chart,
 )
+from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER, unit_counts
 
 st.title("Posterior per latent dimension")
 st.caption(

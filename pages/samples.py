@@ -14,7 +14,7 @@ from vae.learn.evaluate import (
     prior_samples,
     reconstructions,
 )
-from vae.present.views import latent_map_chart, latent_map_extent
+from vae.present.charts import latent_map_chart, latent_map_extent
 
 IMAGE_WIDTH = 560
 MAP_POINTS = 2000

@@ -20,6 +20,14 @@ from vae.learn.evaluate import posterior_means
 from vae.learn.objective import kl_per_dim
 from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD, INFORMATIVE_KL_THRESHOLD
 from vae.present import demo
+from vae.present.charts import (
+    dims_charts,
+    dims_frame,
+    dims_over_epochs,
+    dims_scales,
+    heatmap_chart,
+    latent_map_extent,
+)
 from vae.present.gallery import checkpoint_pictures, gallery_frame, sweeps
 from vae.present.tradeoff import (
     comparable_sets,
@@ -39,14 +47,6 @@ from vae.present.units import (
     INFORMATIVE,
     unit_class,
     unit_counts,
-)
-from vae.present.views import (
-    dims_charts,
-    dims_frame,
-    dims_over_epochs,
-    dims_scales,
-    heatmap_chart,
-    latent_map_extent,
 )
 
 SMALL = dict(hidden_dims=[32], latent_dim=4, epochs=2, batch_size=256, threads=1)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD
-from vae.present.views import dims_frame
+from vae.present.charts import dims_frame
 
 # sigma values for the page's select slider: roughly log-spaced, and containing the round numbers
 # (0.1, 0.5, 1, 2) a student will want to land on exactly.
