@@ -184,12 +184,14 @@ def kl_slider(page, repeats: int) -> list[float]:
 
 def tradeoff_clicks(page, repeats: int) -> list[float]:
     go(page, "Tradeoff")
-    points = page.locator("[data-testid='stVegaLiteChart'] g.mark-symbol path")
+    chart = page.locator("[data-testid='stVegaLiteChart']").first
+    points = chart.locator("g.mark-symbol path")
     tags = page.locator("[data-testid='stMultiSelect'] [data-tag]")
     times = []
-    for i in range(repeats):  # two points in turn: the runs to plot become the one clicked
+    for _ in range(repeats):  # a point the chart does not show as picked: the runs to plot change
         before = tags.all_inner_texts()
-        point = points.nth(i % 2)
+        strokes = [points.nth(i).get_attribute("stroke-width") for i in range(points.count())]
+        point = points.nth(next((i for i, w in enumerate(strokes) if w != "2"), 0))
         times.append(timed(page, point.click, lambda b=before: tags.all_inner_texts() != b))
         page.mouse.move(0, 0)  # away from the tooltip
     return times

@@ -12,10 +12,8 @@ import pytest
 import torch
 from helpers import wait_for, worker_pid
 
-import vae.execution.jobs
 from vae.execution.checkpoint import load_run_checkpoint, save_run_checkpoint
 from vae.execution.jobs import JobManager
-from vae.execution.layout import Layout
 from vae.execution.local import WORKER_NICENESS
 from vae.execution.procs import local_ref
 from vae.execution.store import StoreError
@@ -334,23 +332,3 @@ def test_cancel_can_wait_until_the_worker_has_stopped_the_run(store, slow_config
     status = store.read_status(run_id)
     assert status["state"] == "cancelled", status
     assert status["reason"].startswith("cancelled after epoch")
-
-
-def test_the_job_layout_is_measured_only_once_a_run_waits(store, tiny_config, monkeypatch):
-    """Measuring takes seconds of every core: never while a server draws its first page."""
-    measured = []
-    monkeypatch.setattr(
-        vae.execution.jobs, "choose_layout", lambda root: measured.append(root) or Layout(1, 1)
-    )
-    manager = JobManager(store)  # no job count given: the layout is measured on first use
-    manager.start_scheduler(interval_s=0.1)
-    try:
-        time.sleep(1.0)  # ten scheduler rounds with nothing queued
-        assert measured == []
-        run_id = manager.submit(tiny_config)
-        wait_for(lambda: measured, what="the layout measured")
-        manager.wait([run_id], timeout_s=180)
-    finally:
-        manager.shutdown()
-    assert measured == [store.root]
-    assert store.read_status(run_id)["state"] == "finished"

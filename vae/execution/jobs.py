@@ -94,7 +94,11 @@ class JobManager:
         while time.monotonic() < deadline:
             if self.store.read_status(run_id)["state"] not in ACTIVE:
                 return
-            time.sleep(CANCEL_POLL_S)
+            job = self.jobs.get(run_id)
+            if job is not None and not job.alive():
+                self.reconcile()  # its worker is gone (e.g. before it could answer): settle now
+            else:
+                time.sleep(CANCEL_POLL_S)
 
     def _request_cancel(self, run_id: str) -> None:
         with self._lock:
@@ -280,16 +284,11 @@ class JobManager:
             return
 
         def loop():
-            measured = False
+            try:
+                self.measure_layout()  # first use on this machine: seconds, in niced processes
+            except Exception as exc:  # measuring is an optimisation: keep the default layout
+                print(f"job manager: layout not measured: {exc}", file=sys.stderr)
             while not self._stop.wait(interval_s):
-                if not measured and self._queue_waiting():
-                    # First use on this machine: a few seconds, in this thread, and only once a
-                    # run waits, so it never competes with a server's first page.
-                    measured = True
-                    try:
-                        self.measure_layout()
-                    except Exception as exc:  # an optimisation: keep the default layout
-                        print(f"job manager: layout not measured: {exc}", file=sys.stderr)
                 try:
                     self.reconcile()
                 except Exception as exc:  # keep scheduling; a bad folder must not stop the queue
@@ -297,12 +296,6 @@ class JobManager:
 
         self._scheduler = threading.Thread(target=loop, name="vae-job-scheduler", daemon=True)
         self._scheduler.start()
-
-    def _queue_waiting(self) -> bool:
-        try:
-            return any(r.state == RunState.QUEUED for r in self.store.list_runs(False))
-        except StoreError:
-            return False
 
     def shutdown(self) -> None:
         self._stop.set()
