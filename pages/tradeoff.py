@@ -13,6 +13,7 @@ from vae.present.tradeoff import (
     curves_chart,
     curves_frame,
     frontier_slopes,
+    runs_of_set,
     slope_summary,
     tradeoff_chart,
     tradeoff_frame,
@@ -31,16 +32,14 @@ st.caption(
 )
 
 
-@st.fragment  # a click or a choice here reruns this part only
-def live_chart() -> None:
-    records = list_runs()
+def choose_set(records) -> str | None:
+    """The settings whose runs are compared (None: no run has an epoch yet). A full rerun: the
+    page's refresh then follows exactly the runs of the chosen set."""
     sets = comparable_sets(records)
     if not sets:
-        st.info("No run has finished an epoch yet. Start one on the Train page.")
-        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
-        return
+        return None
     by_key = {s.key: s for s in sets}
-    chosen_set = st.selectbox(
+    return st.selectbox(
         "Runs with the same settings (data set, architecture, latent size, likelihood, "
         "objective, epochs)",
         [s.key for s in sets] + [EVERY_RUN], key="tradeoff_set",
@@ -50,9 +49,14 @@ def live_chart() -> None:
         help="Runs are comparable when they differ only in β. The first entry holds the latest "
         "sweep.",
     )  # fmt: skip
+
+
+@st.fragment  # a click or a choice here reruns this part only
+def live_chart(chosen_set: str) -> None:
+    records = list_runs()
     frame = tradeoff_frame(records)
-    if chosen_set in by_key:
-        frame = frame[frame["run_id"].isin(by_key[chosen_set].run_ids)]
+    if chosen_set != EVERY_RUN:
+        frame = frame[frame["run_id"].isin(runs_of_set(records, chosen_set))]
     left, right = st.columns(2)
     show_slopes = left.toggle(
         "Theory: slope −β at each run", key="show_slopes",
@@ -110,5 +114,13 @@ def live_chart() -> None:
     st.dataframe(table.rename(columns=columns), hide_index=True, key="runs_table")
 
 
-live_chart()
-refresh_on_change()
+page_records = list_runs()
+chosen = choose_set(page_records)
+if chosen is None:
+    st.info("No run has finished an epoch yet. Start one on the Train page.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    refresh_on_change()  # the first epoch anywhere shows up
+else:
+    live_chart(chosen)
+    # Runs training outside the chosen set do not redraw the page (a new run anywhere does).
+    refresh_on_change(None if chosen == EVERY_RUN else runs_of_set(page_records, chosen))

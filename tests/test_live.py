@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from helpers import open_app, train_run
+
 from vae.execution.local import LocalJob
+from vae.learn.config import RunConfig
 from vae.present.live import RunListing, run_fingerprint, store_fingerprint
+from vae.present.tradeoff import comparable_key, runs_of_set
 from vae.present.views import active_jobs, grouping_text, job_members, job_speed, slots_text
 
 
@@ -65,3 +69,28 @@ def test_a_running_run_outside_any_job_counts_as_its_own(store, tiny_config):
     store.update_status(run_id, "running", "starting")
     assert [[r.run_id for r in g] for g in active_jobs({}, store.list_runs())] == [[run_id]]
     assert grouping_text({}, [run_id], 1) == "1 run: none started yet (1 slot, one job each)"
+
+
+def test_tradeoff_follows_only_the_runs_of_the_chosen_settings(monkeypatch, store, tiny_config):
+    """Training of unrelated settings must not redraw the chart someone is clicking in."""
+    small = train_run(store, store.create_run(tiny_config)) and store.list_runs()[0].run_id
+    wide = RunConfig.from_dict({**tiny_config.to_dict(), "latent_dim": 6})
+    finished_wide = store.create_run(wide)
+    train_run(store, finished_wide)
+    queued_small = store.create_run(RunConfig.from_dict({**tiny_config.to_dict(), "beta": 2.0}))
+    records = store.list_runs()
+    assert runs_of_set(records, comparable_key(store.get(small))) == [small, queued_small]
+    assert runs_of_set(records, comparable_key(store.get(finished_wide))) == [finished_wide]
+
+    at = open_app(monkeypatch, store.root, "pages/tradeoff.py")
+    assert not at.exception
+
+    def plotted() -> list[str]:
+        return list(at.dataframe[-1].value["run"])  # the runs table under the chart
+
+    assert plotted() == [finished_wide]  # the newest set comes first
+    at.selectbox(key="tradeoff_set").select(comparable_key(store.get(small))).run()
+    assert plotted() == [small]  # the queued run joins at its first epoch
+    at.selectbox(key="tradeoff_set").select("every run").run()
+    assert sorted(plotted()) == sorted([small, finished_wide])
+    assert not at.exception

@@ -90,6 +90,12 @@ def comparable_sets(records: list[RunRecord]) -> list[ComparableSet]:
     return [sets[k] for k in order]
 
 
+def runs_of_set(records: list[RunRecord], key: str) -> list[str]:
+    """Every run with these comparable settings, queued ones included: what the chart shows now
+    or will show at their first epoch (a page follows these, not unrelated training)."""
+    return [r.run_id for r in records if not r.broken and r.config and comparable_key(r) == key]
+
+
 # ---- the plane --------------------------------------------------------------------------------
 def tradeoff_frame(records: list[RunRecord]) -> pd.DataFrame:
     """One point per run with at least one epoch: its latest test-set R and D."""
