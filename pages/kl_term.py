@@ -23,32 +23,33 @@ def formula_section() -> None:
         "how many nats the code spends on $x$ beyond what the prior already says."
     )
     with st.expander("Where the formula comes from (one dimension, then sum)"):
-        st.markdown(
-            "Start from the definition, an expectation under $q = \\mathcal N(\\mu, \\sigma^2)$:"
-        )
-        st.latex(r"D_{\mathrm{KL}}(q\,\|\,p) = \mathbb E_{q}\left[\log q(z) - \log p(z)\right]")
-        st.markdown("Write out both Gaussian log-densities:")
-        st.latex(
-            r"\log q(z) = -\tfrac12\log 2\pi - \tfrac12\log\sigma^2 - \frac{(z-\mu)^2}{2\sigma^2},"
-            r"\qquad \log p(z) = -\tfrac12\log 2\pi - \frac{z^2}{2}"
-        )
-        st.markdown("The $\\log 2\\pi$ terms cancel in the difference:")
-        st.latex(
-            r"\log q(z) - \log p(z) = -\tfrac12\log\sigma^2 - \frac{(z-\mu)^2}{2\sigma^2} + \frac{z^2}{2}"
-        )
-        st.markdown("Only two expectations are needed, both standard facts about $z \\sim q$:")
-        st.latex(
-            r"\mathbb E_q\left[(z-\mu)^2\right] = \sigma^2, \qquad \mathbb E_q\left[z^2\right] = \mu^2 + \sigma^2"
-        )
-        st.markdown("Substituting them:")
-        st.latex(
-            r"D_{\mathrm{KL}} = -\tfrac12\log\sigma^2 - \tfrac12 + \tfrac12(\mu^2 + \sigma^2)"
-            r" = \tfrac12\left(\mu^2 + \sigma^2 - \log\sigma^2 - 1\right)"
-        )
-        st.markdown(
-            "With a diagonal covariance both densities factor over dimensions, their logs add, "
-            "and so do the KLs: **sum over $j$**."
-        )
+        st.markdown(DERIVATION)  # one element: a page switch draws it in one go
+
+
+DERIVATION = r"""
+Start from the definition, an expectation under $q = \mathcal N(\mu, \sigma^2)$:
+
+$$D_{\mathrm{KL}}(q\,\|\,p) = \mathbb E_{q}\left[\log q(z) - \log p(z)\right]$$
+
+Write out both Gaussian log-densities:
+
+$$\log q(z) = -\tfrac12\log 2\pi - \tfrac12\log\sigma^2 - \frac{(z-\mu)^2}{2\sigma^2},\qquad \log p(z) = -\tfrac12\log 2\pi - \frac{z^2}{2}$$
+
+The $\log 2\pi$ terms cancel in the difference:
+
+$$\log q(z) - \log p(z) = -\tfrac12\log\sigma^2 - \frac{(z-\mu)^2}{2\sigma^2} + \frac{z^2}{2}$$
+
+Only two expectations are needed, both standard facts about $z \sim q$:
+
+$$\mathbb E_q\left[(z-\mu)^2\right] = \sigma^2, \qquad \mathbb E_q\left[z^2\right] = \mu^2 + \sigma^2$$
+
+Substituting them:
+
+$$D_{\mathrm{KL}} = -\tfrac12\log\sigma^2 - \tfrac12 + \tfrac12(\mu^2 + \sigma^2) = \tfrac12\left(\mu^2 + \sigma^2 - \log\sigma^2 - 1\right)$$
+
+With a diagonal covariance both densities factor over dimensions, their logs add, and so do the
+KLs: **sum over $j$**.
+"""
 
 
 def curves_legend_below(mu: float, sigma: float):
@@ -128,7 +129,7 @@ def sum_not_mean_section() -> None:
         "collapses to the prior less than the β you set suggests."
     )
     example = kt.sum_vs_mean_example(beta, d)
-    st.dataframe(example.style.format(precision=4), hide_index=True)
+    st.table(example.round(4), hide_index=True)  # a static table: a few rows, no grid to load
     st.caption(
         "A random batch of 4 posteriors: the averaged KL (as in an old Keras example's K.mean over "
         "the latent axis) is exactly the summed KL divided by d. The same bookkeeping applies to "
@@ -160,9 +161,7 @@ def mistakes_section(mu: float, sigma: float) -> None:
 """
     )
     with st.expander(f"The right and wrong formulas at μ = {mu:g}, σ = {sigma:g}"):
-        st.dataframe(
-            kt.mistakes_table(mu, sigma).style.format({"value": "{:.4f}"}), hide_index=True
-        )
+        st.table(kt.mistakes_table(mu, sigma).round({"value": 4}), hide_index=True)
 
 
 def trained_run_section() -> None:
