@@ -21,8 +21,7 @@ from vae.execution.backends import make_backend, make_manager
 from vae.execution.jobs import JobManager
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
-from vae.present.live import RunListing, run_fingerprint, run_folders, store_fingerprint
-from vae.present.views import vega_lite_spec
+from vae.present.views import newest, vega_lite_spec
 
 if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
     import altair as alt
@@ -31,7 +30,7 @@ STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py
 MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)
 POLL_ACTIVE_S = 2.0  # how often an open page looks for changes while a run it shows trains
 POLL_IDLE_S = 20.0  # ... and while nothing does (a run started elsewhere still shows up)
-_SEEN = "_live_seen"  # session state: {run id: file stamps} of the listing last drawn
+_SEEN = "_live_seen"  # session state: (store generation, {run id: record}) of the listing drawn
 _ACTIVE = "_live_active"  # session state: ids of the queued or running runs in that listing
 
 # What the pages that show models need (torch: seconds to import). The first page a visitor
@@ -114,16 +113,17 @@ def run_store() -> RunStore:
     return job_manager().store
 
 
-@st.cache_resource
-def run_listing() -> RunListing:
-    """One listing cache per server: each run folder is re-read only when its files change."""
-    return RunListing(run_store())
-
-
 def list_runs() -> list[RunRecord]:
-    """Every run, oldest first (shared records: do not modify them); remembers what was drawn."""
-    fingerprint, records = run_listing().snapshot()
-    st.session_state[_SEEN] = dict(fingerprint)
+    """Every run, oldest first (shared records: do not modify them); remembers what was drawn.
+
+    The store keeps one cached listing per server and hands out the same record object while a
+    run's files are unchanged, so "changed" is "another object", and its generation number says
+    cheaply whether anything changed at all (see refresh_on_change).
+    """
+    store = run_store()
+    generation = store.generation()  # before the listing: a change in between shows up later
+    records = store.list_runs()
+    st.session_state[_SEEN] = (generation, {r.run_id: r for r in records})
     st.session_state[_ACTIVE] = {r.run_id for r in records if r.state in ACTIVE}
     return records
 
@@ -143,11 +143,11 @@ def chart(build: Callable[..., alt.TopLevelMixin], *args, **options):
 def refresh_on_change(run_ids: list[str] | None = None) -> None:
     """Rerun the page when the runs it shows change on disk (all runs when run_ids is None).
 
-    Call it once, at the end of a page that drew from `list_runs()`. An invisible fragment looks
-    at file modification times, every 2 s while a watched run is queued or running and every
-    20 s otherwise, and reruns the page only when they differ from what was drawn. The `stat`
-    calls are cheap; the fragment run itself cost the server about 0.2 s of CPU on the busy
-    2-core machine, hence the slow idle poll. The timer never changes while the page shows.
+    Call it once, at the end of a page that drew from `list_runs()`. An invisible fragment asks
+    the store, every 2 s while a watched run is queued or running and every 20 s otherwise,
+    whether its listing changed since the page drew (one number, whatever the store's size), and
+    only then whether a watched run's record did; it reruns the page only in that case. The
+    timer never changes while the page shows.
     """
     active = st.session_state.get(_ACTIVE, set())
     watched_active = bool(active) if run_ids is None else bool(active.intersection(run_ids))
@@ -161,15 +161,22 @@ def _watch_store(run_ids: list[str] | None) -> None:
 
 
 def _store_changed(run_ids: list[str] | None) -> bool:
-    seen = st.session_state.get(_SEEN)
-    if seen is None:
+    drawn = st.session_state.get(_SEEN)
+    if drawn is None:
         return False
+    generation, drawn_records = drawn
     store = run_store()
-    if run_ids is None:
-        return dict(store_fingerprint(store)) != seen
-    if set(run_folders(store)) != set(seen):  # a run was added or deleted: the pickers change
-        return True
-    return any(run_fingerprint(store, run_id) != seen.get(run_id) for run_id in run_ids)
+    now = store.generation()
+    if now == generation:  # nothing anywhere in the store changed: no file is looked at
+        return False
+    current = {r.run_id: r for r in store.list_runs()}
+    watched = current if run_ids is None else run_ids
+    changed = current.keys() != drawn_records.keys() or any(
+        current.get(run_id) is not drawn_records.get(run_id) for run_id in watched
+    )  # a run added or deleted (the pickers change), or a watched run re-read
+    if not changed:  # others changed: remember this generation, so the next look is cheap again
+        st.session_state[_SEEN] = (now, current)
+    return changed
 
 
 def run_label(record: RunRecord, with_state: bool = True) -> str:
@@ -187,11 +194,13 @@ def pick_run(
 
     A query value that is not a valid, existing run id is reported and ignored.
     """
+    wanted = st.query_params.get(key)
     usable = [r for r in records if not r.broken]
     if not usable:
         return None
+    listed, _ = newest(usable)  # a picker of 10,000 options would be sent on every rerun
+    usable = listed + [r for r in usable[: len(usable) - len(listed)] if r.run_id == wanted]
     ids = [r.run_id for r in usable]
-    wanted = st.query_params.get(key)
     index = index_default % len(ids)
     if wanted is not None:
         if is_valid_run_id(wanted) and wanted in ids:

@@ -12,7 +12,7 @@ from vae.execution.checkpoint import (
 )
 from vae.execution.store import StoreError
 from vae.learn.evaluate import grid, prior_samples
-from vae.present.views import metrics_csv, runs_frame
+from vae.present.views import metrics_csv, newest, runs_frame
 
 st.title("Checkpoints")
 st.caption(
@@ -28,7 +28,10 @@ if not records:
     st.info("No runs yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
 else:
-    st.dataframe(runs_frame(records), hide_index=True)
+    listed, note = newest(records)
+    if note:
+        st.caption(note)
+    st.dataframe(runs_frame(listed), hide_index=True)
     broken = [r for r in records if r.broken]
     for r in broken:
         st.warning(f"Run folder {r.run_id} is broken: {r.broken}")

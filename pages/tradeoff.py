@@ -18,6 +18,7 @@ from vae.present.tradeoff import (
     tradeoff_chart,
     tradeoff_frame,
 )
+from vae.present.views import newest
 
 EVERY_RUN = "every run"
 MAX_DEFAULT_CURVES = 8
@@ -54,9 +55,13 @@ def choose_set(records) -> str | None:
 @st.fragment  # a click or a choice here reruns this part only
 def live_chart(chosen_set: str) -> None:
     records = list_runs()
-    frame = tradeoff_frame(records)
     if chosen_set != EVERY_RUN:
-        frame = frame[frame["run_id"].isin(runs_of_set(records, chosen_set))]
+        in_set = set(runs_of_set(records, chosen_set))
+        records = [r for r in records if r.run_id in in_set]
+    plotted, note = newest([r for r in records if not r.broken and r.metrics])
+    frame = tradeoff_frame(plotted)
+    if note:
+        st.caption(note)
     left, right = st.columns(2)
     show_slopes = left.toggle(
         "Theory: slope −β at each run", key="show_slopes",

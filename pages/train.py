@@ -19,6 +19,7 @@ from vae.present.views import (
     active_jobs,
     grouping_text,
     job_speed,
+    newest,
     progress,
     runs_frame,
     slots_text,
@@ -303,8 +304,11 @@ def jobs_panel() -> None:
         r for r in rest if r.state != RunState.QUEUED
     ][-12:][::-1]:
         _run_row(record)
-    with st.expander(f"All runs ({len(records)})"):
-        st.dataframe(runs_frame(records), hide_index=True)
+    with st.expander(f"All runs ({len(records):,})"):
+        listed, note = newest(records)
+        if note:
+            st.caption(note)
+        st.dataframe(runs_frame(listed), hide_index=True)
 
 
 jobs_panel()

@@ -2,43 +2,43 @@
 
 from __future__ import annotations
 
+import time
+
 from helpers import open_app, train_run
 
 from vae.execution.local import LocalJob
+from vae.execution.store import RACY_S, RunStore
 from vae.learn.config import RunConfig
-from vae.present.live import RunListing, run_fingerprint, store_fingerprint
 from vae.present.tradeoff import comparable_key, runs_of_set
 from vae.present.views import active_jobs, grouping_text, job_members, job_speed, slots_text
 
 
-def test_fingerprint_changes_with_status_and_metrics_only(store, tiny_config):
-    run_id = store.create_run(tiny_config)
-    before = store_fingerprint(store)
-    assert store_fingerprint(store) == before  # reading changes nothing
-    store.update_status(run_id, "running")
-    after_status = store_fingerprint(store)
-    assert after_status != before
-    store.append_metrics(run_id, {"epoch": 1, "rate": 1.0})
-    assert run_fingerprint(store, run_id) != dict(after_status)[run_id]
-
-
-def test_fingerprint_sees_new_and_deleted_runs(store, tiny_config):
-    first = store.create_run(tiny_config)
-    second = store.create_run(tiny_config)
-    assert [r for r, _ in store_fingerprint(store)] == sorted([first, second])
-    store.delete_run(first)
-    assert [r for r, _ in store_fingerprint(store)] == [second]
-
-
-def test_listing_rereads_only_changed_runs(store, tiny_config):
-    listing = RunListing(store)
-    a, b = store.create_run(tiny_config), store.create_run(tiny_config)
-    first = {r.run_id: r for r in listing.runs()}
-    store.update_status(b, "running")
-    second = {r.run_id: r for r in listing.runs()}
+def test_a_run_keeps_its_record_object_until_another_process_changes_its_files(store, tiny_config):
+    """What the pages' refresh relies on: 'changed' is 'another record object'."""
+    writer = RunStore(store.root)  # another process's store object (a worker, the CLI)
+    a, b = writer.create_run(tiny_config), writer.create_run(tiny_config)
+    time.sleep(RACY_S + 0.05)  # older than the racy window, as files are after a moment
+    first = {r.run_id: r for r in store.list_runs()}
+    generation = store.generation()
+    assert store.generation() == generation  # looking changes nothing
+    writer.update_status(b, "running")
+    time.sleep(RACY_S + 0.05)
+    assert store.generation() != generation
+    second = {r.run_id: r for r in store.list_runs()}
     assert second[a] is first[a]  # unchanged: the same record, not read again
     assert second[b] is not first[b] and second[b].state == "running"
-    assert [r.run_id for r in listing.runs()] == [r.run_id for r in store.list_runs()]
+
+
+def test_the_generation_moves_when_runs_are_added_or_deleted(store, tiny_config):
+    first = store.create_run(tiny_config)
+    generation = store.generation()
+    second = RunStore(store.root).create_run(tiny_config)
+    assert store.generation() != generation
+    assert [r.run_id for r in store.list_runs()] == [first, second]
+    generation = store.generation()
+    RunStore(store.root).delete_run(first)
+    assert store.generation() != generation
+    assert [r.run_id for r in store.list_runs()] == [second]
 
 
 def test_stacked_group_is_one_job_with_speed_added(store, tiny_config):

@@ -11,6 +11,7 @@ from helpers import APP, PAGES, open_app, train_run
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
+import vae.present.views
 from vae.execution.jobs import JobManager
 from vae.execution.states import RunState
 from vae.execution.store import RunStore, StoreError
@@ -448,3 +449,28 @@ def test_run_pickers_switch_the_run_shown(monkeypatch, sweep_store, page):
     assert at.query_params["compare"] == high.run_id
     shown = " ".join(c.value for c in at.caption)
     assert f"β={low.config.beta:g} " in shown and f"β={high.config.beta:g} " in shown
+
+
+def test_pages_list_only_the_newest_runs_of_a_large_store(monkeypatch, tmp_path):
+    """Tables, pickers and the tradeoff plane stop at MAX_LISTED runs and say so."""
+    monkeypatch.setattr(vae.present.views, "MAX_LISTED", 3)
+    store = RunStore(tmp_path / "runs")
+    config = RunConfig(hidden_dims=[16], latent_dim=2, epochs=1, batch_size=512, threads=1)
+    run_ids = [store.create_run(config) for _ in range(5)]
+    for run_id in run_ids:
+        train_run(store, run_id)
+    newest_three = run_ids[-3:]
+
+    at = open_app(monkeypatch, store.root, "pages/train.py")
+    assert list(at.dataframe[-1].value["run"]) == newest_three
+    assert any("newest 3 of 5 runs" in c.value for c in at.caption)
+
+    at = open_app(monkeypatch, store.root, "pages/checkpoints.py")
+    assert list(at.dataframe[0].value["run"]) == newest_three
+    assert [o.split(" ")[0] for o in at.selectbox(key="pick_run").options] == newest_three
+    at = open_app(monkeypatch, store.root, "pages/checkpoints.py", run=run_ids[0])
+    assert at.selectbox(key="pick_run").value == run_ids[0]  # an older run asked for by address
+
+    at = open_app(monkeypatch, store.root, "pages/tradeoff.py")
+    assert list(at.dataframe[-1].value["run"]) == newest_three
+    assert not at.exception and not at.warning

@@ -17,7 +17,8 @@ holds a field of the wrong kind, is listed as broken with the reason.
 
 Listing is cached per store object: a run is read again only when its folder or files change
 (writers also touch <root>/.changes, so an unchanged store costs two stat calls per listing), and
-every FULL_RECHECK_S the files of every run are checked for edits made behind the store's back.
+every FULL_RECHECK_S the files of every run are checked for edits made behind the store's back
+(less often in a store so large that this would cost more than FULL_RECHECK_COST_SHARE of a core).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ INDEX_MAX_BYTES = 1024 * 2**20
 INDEX_SAVE_AFTER_READS = 50  # save the index once this many runs (or a tenth) were read again
 INDEX_SAVE_EVERY_S = 300.0  # ...or this long after the last save, when anything was read
 FULL_RECHECK_S = 30.0  # re-stat every run's files this often (edits made outside the store)
+# ... or less often in a store so large that a recheck would cost more than 1/300 of a core.
+FULL_RECHECK_COST_SHARE = 1 / 300
 RACY_S = 2.0  # a change this close to a scan may share its timestamp: look again next time
 ORPHAN_AGE_S = 3600.0  # temp files without a writer pid are removed after this long
 
@@ -263,6 +266,7 @@ class RunStore:
         self._seen_signal: tuple | None = None
         self._last_scan = 0.0
         self._last_full = 0.0
+        self._full_interval = FULL_RECHECK_S  # grows with what the last full recheck cost
         self._dirty: set[str] = set()
         self._reads = 0  # runs read from their files since the index was last saved
         self._version = 0  # bumped whenever the listing changes (see generation)
@@ -393,7 +397,7 @@ class RunStore:
         with self._lock:
             now = time.time()
             signal = self._signal()
-            full = now - self._last_full > FULL_RECHECK_S
+            full = now - self._last_full > self._full_interval
             fresh = (
                 self._listing is not None
                 and not full
@@ -403,11 +407,15 @@ class RunStore:
             )
             if fresh:
                 return list(self._listing)
+            started, recheck = time.perf_counter(), full and self._listing is not None
             self._scan(full)
             self._seen_signal = signal
             self._last_scan = now
             if full:
                 self._last_full = now
+            if recheck:  # (the first look reads everything: not what a recheck costs)
+                cost = time.perf_counter() - started
+                self._full_interval = max(FULL_RECHECK_S, cost / FULL_RECHECK_COST_SHARE)
             return list(self._listing or [])
 
     def generation(self) -> int:

@@ -114,6 +114,20 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+MAX_LISTED = 1_000  # rows of a runs table, options of a run picker: a browser draws each one
+
+
+def newest(records: list, limit: int | None = None) -> tuple[list, str]:
+    """The newest `limit` (default MAX_LISTED) of `records` (given oldest first) and, when some
+    were left out, a note saying so: a store of 10,000 runs must not make every page draw
+    10,000 rows."""
+    limit = limit or MAX_LISTED
+    if len(records) <= limit:
+        return records, ""
+    note = f"The newest {limit:,} of {len(records):,} runs (`python -m vae list` lists them all)."
+    return records[-limit:], note
+
+
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
     """One row per run: settings, state and the latest test-set numbers."""
     rows = []
