@@ -169,7 +169,7 @@ class JobManager:
             for job in {id(job): job for job in self.jobs.values()}.values():
                 job.sync()  # a job that trains elsewhere delivers its files before being judged
             self._reap_ended_jobs()
-            records = self.store.list_runs(with_metrics=False)
+            records = self.store.active_runs()  # not the whole listing: this runs every second
             self._attach_or_interrupt([r for r in records if r.state == RunState.RUNNING])
             queued = [r for r in records if r.state == RunState.QUEUED]
             queued.sort(key=lambda r: r.status.get("updated", 0))
@@ -301,7 +301,7 @@ class JobManager:
         self._stop.set()
 
     def active_run_ids(self) -> list[str]:
-        return [r.run_id for r in self.store.list_runs(False) if r.state in ACTIVE]
+        return [r.run_id for r in self.store.active_runs()]
 
     def wait(self, run_ids: Iterable[str], timeout_s: float = 600, poll_s: float = 0.2) -> None:
         """Block until the runs leave queued/running (CLI and tests; never the page thread)."""

@@ -270,6 +270,7 @@ class RunStore:
         self._dirty: set[str] = set()
         self._reads = 0  # runs read from their files since the index was last saved
         self._version = 0  # bumped whenever the listing changes (see generation)
+        self._active: tuple[int, list[RunRecord]] = (-1, [])  # (version, its active runs)
         self._index_saved = 0.0
 
     # ---- paths ---------------------------------------------------------------------------
@@ -417,6 +418,15 @@ class RunStore:
                 cost = time.perf_counter() - started
                 self._full_interval = max(FULL_RECHECK_S, cost / FULL_RECHECK_COST_SHARE)
             return list(self._listing or [])
+
+    def active_runs(self) -> list[RunRecord]:
+        """The queued and running runs, oldest first: the scheduler asks every second, so the
+        answer is kept with the listing and found again only when the listing changes."""
+        with self._lock:
+            records = self.list_runs()
+            if self._active[0] != self._version:
+                self._active = (self._version, [r for r in records if r.state in ACTIVE])
+            return list(self._active[1])
 
     def generation(self) -> int:
         """A number that changes exactly when the listing changes (a run added, removed, or any
