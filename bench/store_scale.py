@@ -56,6 +56,8 @@ from vae.execution.store import RunStore, new_run_id  # noqa: E402
 from vae.learn.config import RunConfig  # noqa: E402
 from vae.present.charts import dims_over_epochs, heatmap_chart  # noqa: E402
 from vae.present.tradeoff import (  # noqa: E402
+    beta_domain,
+    beta_values,
     curves_chart,
     curves_frame,
     tradeoff_chart,
@@ -253,7 +255,14 @@ def long_run(base: Path, epochs: int, pages: bool, table: list) -> None:
 
     wall, cpu, _ = timed(heatmap, repeats=3)
     row(table, "Posterior: heatmap spec from the thinned series", wall, cpu)
-    wall, cpu, _ = timed(lambda: curves_chart(curves_frame([record])).to_dict(), repeats=3)
+    frame = tradeoff_frame([record])
+
+    def curves():
+        return curves_chart(
+            curves_frame([record]), beta_domain(frame), beta_values(frame)
+        ).to_dict()
+
+    wall, cpu, _ = timed(curves, repeats=3)
     row(table, "Tradeoff: per-epoch curves spec of this run", wall, cpu)
     if pages:
         for page in ("pages/posterior.py", "pages/tradeoff.py"):
@@ -296,25 +305,30 @@ def browser(store_root: Path, pages: list[str], sessions: int, table: list) -> N
                 row(table, f"browser: idle tab on {title}, server CPU over {IDLE_SECONDS:.0f} s",
                     IDLE_SECONDS, share * IDLE_SECONDS / 100, f"{share:.2f}% of a core")  # fmt: skip
             page.close()
-            tabs = [context.new_page() for _ in range(sessions)]
-            cpu = ui.cpu_seconds(app.process.pid)
-            opened = {}
-            for tab in tabs:  # all requested before any is waited for
-                opened[tab] = time.monotonic()
-                tab.goto(app.url, wait_until="commit")
-            took: dict = {}
-            deadline = time.monotonic() + 300
-            while len(took) < len(tabs) and time.monotonic() < deadline:
-                for tab in tabs:
-                    if tab not in took and tab.locator(IDLE).count() and tab.locator("h1").count():
-                        took[tab] = time.monotonic() - opened[tab]
-                time.sleep(0.05)
-            times = sorted(took.values())
-            worst = times[-1] if len(times) == len(tabs) else float("inf")
-            row(table, f"browser: {sessions} tabs opened at once, slowest to its page", worst,
-                ui.cpu_seconds(app.process.pid) - cpu,
-                f"median {statistics.median(times or [float('nan')]):.1f} s, "
-                f"{len(times)}/{sessions} loaded")  # fmt: skip
+            if sessions:  # tabs opened at once
+                tabs = [context.new_page() for _ in range(sessions)]
+                cpu = ui.cpu_seconds(app.process.pid)
+                opened = {}
+                for tab in tabs:  # all requested before any is waited for
+                    opened[tab] = time.monotonic()
+                    tab.goto(app.url, wait_until="commit")
+                took: dict = {}
+                deadline = time.monotonic() + 300
+                while len(took) < len(tabs) and time.monotonic() < deadline:
+                    for tab in tabs:
+                        if (
+                            tab not in took
+                            and tab.locator(IDLE).count()
+                            and tab.locator("h1").count()
+                        ):
+                            took[tab] = time.monotonic() - opened[tab]
+                    time.sleep(0.05)
+                times = sorted(took.values())
+                worst = times[-1] if len(times) == len(tabs) else float("inf")
+                row(table, f"browser: {sessions} tabs opened at once, slowest to its page", worst,
+                    ui.cpu_seconds(app.process.pid) - cpu,
+                    f"median {statistics.median(times or [float('nan')]):.1f} s, "
+                    f"{len(times)}/{sessions} loaded")  # fmt: skip
             chromium.close()
     finally:
         app.stop()
