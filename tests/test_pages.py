@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 import streamlit as st
-from helpers import APP, PAGES, open_app, train_run
+from helpers import APP, PAGES, open_app, train_run, wait_for
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
@@ -168,9 +168,7 @@ def test_cancel_and_resume_show_the_new_state_in_the_same_click(
     next(w for w in at.text_input if w.label.startswith("Exact β")).input("3.5").run()
     at.button(key="train_button").click().run()
     (run_id,) = [r.run_id for r in store.list_runs()]
-    deadline = time.time() + 60
-    while store.read_status(run_id)["state"] != "running" and time.time() < deadline:
-        time.sleep(0.1)  # the scheduler starts its worker
+    wait_for(lambda: store.read_status(run_id)["state"] == "running", what="its worker started")
     at.run()
 
     at.button(key=f"cancel-{run_id}").click().run()
