@@ -120,9 +120,7 @@ def list_runs() -> list[RunRecord]:
     run's files are unchanged, so "changed" is "another object", and its generation number says
     cheaply whether anything changed at all (see refresh_on_change).
     """
-    store = run_store()
-    generation = store.generation()  # before the listing: a change in between shows up later
-    records = store.list_runs()
+    generation, records = run_store().snapshot()
     st.session_state[_SEEN] = (generation, {r.run_id: r for r in records})
     st.session_state[_ACTIVE] = {r.run_id for r in records if r.state in ACTIVE}
     return records
@@ -165,11 +163,10 @@ def _store_changed(run_ids: list[str] | None) -> bool:
     if drawn is None:
         return False
     generation, drawn_records = drawn
-    store = run_store()
-    now = store.generation()
+    now, records = run_store().snapshot()
     if now == generation:  # nothing anywhere in the store changed: no file is looked at
         return False
-    current = {r.run_id: r for r in store.list_runs()}
+    current = {r.run_id: r for r in records}
     watched = current if run_ids is None else run_ids
     changed = current.keys() != drawn_records.keys() or any(
         current.get(run_id) is not drawn_records.get(run_id) for run_id in watched

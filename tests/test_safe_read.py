@@ -316,15 +316,21 @@ while True:
 """
 
 
-def test_a_temp_eval_json_left_by_a_killed_writer_is_removed_on_the_next_touch(trained, tmp_path):
-    """SIGKILL a process while it writes eval.json: its temp file stays; resuming the run (the
-    worker's first status write) removes it, and a temp file of a live writer is left alone."""
+def interrupted_copy(trained, tmp_path: Path) -> tuple[RunStore, str, Path]:
+    """A copy of the trained good run in a store of its own, marked interrupted (resumable)."""
     store_src, good = trained
     store = RunStore(tmp_path / "runs")
     shutil.copytree(store_src.run_dir(good), store.run_dir(good))
     folder = store.run_dir(good)
     status = json.loads((folder / "status.json").read_text())
     (folder / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    return store, good, folder
+
+
+def test_a_temp_eval_json_left_by_a_killed_writer_is_removed_on_the_next_touch(trained, tmp_path):
+    """SIGKILL a process while it writes eval.json: its temp file stays; resuming the run (the
+    worker's first status write) removes it, and a temp file of a live writer is left alone."""
+    store, good, folder = interrupted_copy(trained, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     left = []
     for _ in range(20):  # the kill must land between mkstemp and rename; retry until it does
@@ -356,12 +362,7 @@ def test_a_temp_eval_json_left_by_a_killed_writer_is_removed_on_the_next_touch(t
 def test_temp_files_of_other_machines_are_left_until_an_hour_old(trained, tmp_path):
     """On a shared disk a pid means nothing to another machine: its temp files are kept while
     they could still be written, and removed once an hour old, like those without a pid."""
-    store_src, good = trained
-    store = RunStore(tmp_path / "runs")
-    shutil.copytree(store_src.run_dir(good), store.run_dir(good))
-    folder = store.run_dir(good)
-    status = json.loads((folder / "status.json").read_text())
-    (folder / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    store, good, folder = interrupted_copy(trained, tmp_path)
     other_host = "0badc0de" if HOST_TAG != "0badc0de" else "0badc0df"
     fresh = folder / f".model.pt.999999@{other_host}-abc.tmp"
     stale = folder / f".model.pt.999998@{other_host}-abc.tmp"

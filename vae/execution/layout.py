@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+from vae.execution.procs import PROJECT_ROOT, project_env
 from vae.execution.store import atomic_write_json
 
 CACHE_NAME = ".layout.json"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass(frozen=True)
@@ -100,12 +100,15 @@ def measure(layout: Layout) -> Layout:
 
     Measured by `vae.execution.layout_probe` in a process of its own: the job runner (and the
     server it lives in) never loads the training code."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "vae.execution.layout_probe"]
     command += [str(layout.processes), str(layout.threads)]
     done = subprocess.run(
-        command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600
+        command,
+        env=project_env(os.environ),
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the layout probe failed: {done.stderr.strip()[-300:]}")

@@ -13,12 +13,18 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from vae.execution.procs import describe_signal, is_running, local_ref, signal_process, this_host
+from vae.execution.procs import (
+    PROJECT_ROOT,
+    describe_signal,
+    is_running,
+    local_ref,
+    project_env,
+    signal_process,
+    this_host,
+)
 from vae.execution.store import RunStore
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 # Workers run below the server's priority: on a machine as busy as its cores, the page still
 # answers at once, and training loses nothing while nobody clicks.
 WORKER_NICENESS = 10
@@ -67,14 +73,13 @@ class LocalProcessBackend:
     name = "local"
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> LocalJob:
-        env = dict(os.environ)
+        env = project_env(os.environ)
         env.update(
             OMP_NUM_THREADS=str(threads),
             MKL_NUM_THREADS=str(threads),
             # Keep glibc from returning each step's temporaries to the OS (page faults cost ~25%).
             MALLOC_TRIM_THRESHOLD_="268435456",
             MALLOC_MMAP_THRESHOLD_="268435456",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")])),
         )
         command = [sys.executable, "-m", "vae.execution.worker", "--store", str(store.root)]
         command += ["--threads", str(threads), "--nice", str(WORKER_NICENESS), *run_ids]

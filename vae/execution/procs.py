@@ -1,4 +1,5 @@
-"""Local process identity: is the process that a status file names still the same, live process?
+"""Local processes: is the process that a status file names still the same, live process? And
+the environment in which this project's own modules start as processes (`python -m vae...`).
 
 A pid alone can be recycled by the kernel, so a process is named by (pid, kernel start time), read
 from /proc/<pid>/stat in one place.
@@ -10,6 +11,16 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def project_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `env` in which `python -m vae...` imports this project from any folder."""
+    paths = [str(PROJECT_ROOT), env.get("PYTHONPATH")]
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
 
 
 def _stat_fields(pid: int) -> list[str] | None:

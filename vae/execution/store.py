@@ -432,9 +432,13 @@ class RunStore:
         """A number that changes exactly when the listing changes (a run added, removed, or any
         of its records re-read). Cheap when nothing changed: pages can keep a chart built from
         the listing while it stays the same."""
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[int, list[RunRecord]]:
+        """(generation, listing), taken together: a page remembers what it drew by both."""
         with self._lock:
-            self.list_runs()
-            return self._version
+            records = self.list_runs()
+            return self._version, records
 
     def _signal(self) -> tuple:
         def mtime(path: Path):
