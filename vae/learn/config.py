@@ -10,30 +10,18 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from vae.learn.datasets import DATASETS
+from vae.learn import fields as F
+from vae.learn.fields import ARCHITECTURES, DEVICES, PRECISIONS, SETTINGS  # noqa: F401 (re-exported)
 
-ARCHITECTURES = ("mlp", "conv")
-LIKELIHOODS = ("bernoulli", "gaussian")
-OBJECTIVES = ("beta", "capacity", "warmup", "free_bits")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+LIKELIHOODS = tuple(F.LIKELIHOODS)
+OBJECTIVES = tuple(F.OBJECTIVES)
 
-# Bounds the UI sliders and the CLI share; anything outside is refused with a message.
+# Bounds the UI controls and the CLI share (from the declarations in fields.py); anything outside
+# is refused with a message. "hidden_dim" bounds each layer size of hidden_dims.
 LIMITS: dict[str, tuple[float, float]] = {
-    "beta": (0.0, 1000.0),
-    "latent_dim": (1, 256),
-    "hidden_dim": (8, 4096),
-    "epochs": (1, 10_000),
-    "batch_size": (1, 16_384),
-    "lr": (1e-6, 1.0),
-    "seed": (0, 2**31 - 1),
-    "threads": (0, 256),
-    "gaussian_std": (1e-3, 10.0),
-    "capacity_max": (0.0, 1000.0),
-    "capacity_gamma": (0.0, 10_000.0),
-    "capacity_steps": (1, 10_000_000),
-    "warmup_steps": (1, 10_000_000),
-    "free_bits": (0.0, 100.0),
+    ("hidden_dim" if s.kind is list else s.name): (s.low, s.high)
+    for s in SETTINGS.values()
+    if s.low is not None
 }
 
 
@@ -102,15 +90,12 @@ class RunConfig:
         return self
 
     def describe(self) -> str:
-        """One line for tables and tooltips."""
-        extra = {
-            "capacity": f", C_max={self.capacity_max:g}, γ={self.capacity_gamma:g}",
-            "warmup": f", warm-up {self.warmup_steps} steps",
-            "free_bits": f", free bits λ={self.free_bits:g}",
-        }.get(self.objective, "")
+        """One line for captions and tooltips: the model and what the objective is."""
+        values = self.to_dict()
+        hidden = SETTINGS["hidden_dims"].text(self.hidden_dims)
         return (
-            f"{self.dataset} {self.architecture} z={self.latent_dim} β={self.beta:g} "
-            f"{self.likelihood}{extra}"
+            f"{self.dataset} {self.architecture} {hidden} z={self.latent_dim} {self.likelihood}, "
+            f"{F.objective_text(values)}"
         )
 
 
@@ -127,42 +112,34 @@ def _check_number(value, low: float, high: float, integer: bool) -> str | None:
 
 
 def validation_errors(config: RunConfig) -> dict[str, str]:
-    """Every problem with a config, keyed by field name (empty when valid)."""
+    """Every problem with a config, keyed by field name (empty when valid); the kinds, ranges
+    and choices come from the declarations in fields.py."""
     errors: dict[str, str] = {}
-    integer_fields = {"latent_dim", "epochs", "batch_size", "seed", "threads"}
-    integer_fields |= {"capacity_steps", "warmup_steps"}
-    for name, (low, high) in LIMITS.items():
-        if name == "hidden_dim":
-            continue
-        problem = _check_number(getattr(config, name), low, high, name in integer_fields)
+    for s in SETTINGS.values():
+        value = getattr(config, s.name)
+        problem = None
+        if s.kind is list:
+            if not isinstance(value, list) or not value:
+                problem = "must be a non-empty list of layer sizes"
+            else:
+                for item in value:
+                    if (inner := _check_number(item, s.low, s.high, integer=True)) is not None:
+                        problem = f"each layer size {inner}"
+                        break
+        elif s.kind is bool:
+            if not isinstance(value, bool):
+                problem = "must be on or off (true or false)"
+        elif s.kind in (int, float):
+            problem = _check_number(value, s.low, s.high, s.kind is int)
+            if problem is None and s.name == "lr" and value <= 0:
+                problem = "must be positive"
+        elif s.choices is not None:
+            if value not in s.choices:
+                problem = f"unknown value {value!r}; choose one of {', '.join(s.choices)}"
+        elif value is not None and (not isinstance(value, str) or len(value) > 200):
+            problem = "must be text of at most 200 characters"
         if problem:
-            errors[name] = problem
-    if "lr" not in errors and config.lr <= 0:
-        errors["lr"] = "must be positive"
-    if not isinstance(config.hidden_dims, list) or not config.hidden_dims:
-        errors["hidden_dims"] = "must be a non-empty list of layer sizes"
-    else:
-        low, high = LIMITS["hidden_dim"]
-        for h in config.hidden_dims:
-            problem = _check_number(h, low, high, integer=True)
-            if problem:
-                errors["hidden_dims"] = f"each layer size {problem}"
-                break
-    choices = {
-        "architecture": ARCHITECTURES,
-        "likelihood": LIKELIHOODS,
-        "objective": OBJECTIVES,
-        "device": DEVICES,
-        "precision": PRECISIONS,
-        "dataset": tuple(DATASETS),
-    }
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            errors[name] = (
-                f"unknown value {getattr(config, name)!r}; choose one of {', '.join(allowed)}"
-            )
-    if not isinstance(config.name, str) or len(config.name) > 200:
-        errors["name"] = "must be text of at most 200 characters"
+            errors[s.name] = problem
     return errors
 
 
@@ -205,14 +182,17 @@ def sweep_betas(betas: Iterable[float]) -> list[float]:
 
 
 # ---- which runs can train together (as one stack: see vae/learn/stack.py) ----------------------
-STACK_FREE_FIELDS = ("beta", "name", "threads")  # what may differ between the runs of a stack
+STACK_FREE_FIELDS = tuple(s.name for s in SETTINGS.values() if s.stack_free)
 
 
 def stack_key(config: RunConfig) -> tuple:
     """Runs whose configs have equal keys compute the same thing up to β: they can share a stack."""
-    return tuple(
-        sorted((k, repr(v)) for k, v in config.to_dict().items() if k not in STACK_FREE_FIELDS)
-    )
+    return F.stack_key(config.to_dict())
+
+
+def comparison_key(config: RunConfig) -> tuple:
+    """Runs whose configs have equal keys may be compared: they differ at most in β and seed."""
+    return F.comparison_key(config.to_dict())
 
 
 def can_train_together(configs: Sequence[RunConfig]) -> bool:
