@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution import safe_read
+from vae.execution.labels import LABELS_FILE, MAX_LABELS_BYTES, clean_labels
 from vae.execution.schema import (
     SchemaError,
     check_config_types,
@@ -810,3 +811,26 @@ class RunStore:
             raise _explain_os_error(exc, f"delete run {run_id}") from None
         shutil.rmtree(trash, ignore_errors=True)
         self._changed(run_id)
+
+    # ---- tags and note (labels.json; see labels.py) -----------------------------------------
+    def read_labels(self, run_id: str) -> dict:
+        """A run's {"tags": [...], "note": "..."}; empty ones when it has none."""
+        path = self.run_dir(run_id) / LABELS_FILE
+        try:
+            return clean_labels(safe_read.read_json(path, MAX_LABELS_BYTES))
+        except FileNotFoundError:
+            return {"tags": [], "note": ""}
+        except (safe_read.UnsafeFileError, ValueError, OSError) as exc:
+            raise StoreError(f"{LABELS_FILE} of run {run_id} is unreadable: {exc}") from None
+
+    def write_labels(self, run_id: str, tags: list[str], note: str) -> dict:
+        """Replace a run's tags and note (checked; written atomically); returns what was stored."""
+        labels = clean_labels({"tags": tags, "note": note})
+        if not self.exists(run_id):
+            raise StoreError(f"run {run_id} does not exist")
+        try:
+            atomic_write_json(self.run_dir(run_id) / LABELS_FILE, labels)
+        except OSError as exc:
+            raise _explain_os_error(exc, "save the tags and note") from None
+        self._changed(run_id)
+        return labels

@@ -17,6 +17,7 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]  # (C, H, W)
     needs_root: bool  # files must exist under a user-given data root
     factor_names: tuple[str, ...] = ()
+    n_train: int = 0  # training images: how many steps an epoch takes (0: unknown)
 
 
 SHAPE_NAMES = ("square", "ellipse", "heart")
@@ -45,6 +46,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         image_shape=(1, 28, 28),
         needs_root=False,
+        n_train=4_000,
     ),
     "mnist": DatasetInfo(
         name="mnist",
@@ -56,6 +58,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         image_shape=(1, 28, 28),
         needs_root=True,
+        n_train=60_000,
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -67,6 +70,7 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         image_shape=(1, 28, 28),
         needs_root=True,
+        n_train=60_000,
     ),
     "shapes32": DatasetInfo(
         name="shapes32",
@@ -74,6 +78,7 @@ DATASETS: dict[str, DatasetInfo] = {
         description=_SHAPES_DESCRIPTION.format(n_train=SHAPES_N_TRAIN, n_test=SHAPES_N_TEST),
         image_shape=(1, 32, 32),
         needs_root=False,
+        n_train=SHAPES_N_TRAIN,
         factor_names=SHAPES_FACTOR_NAMES,
     ),
     "shapes64": DatasetInfo(
@@ -82,6 +87,7 @@ DATASETS: dict[str, DatasetInfo] = {
         description=_SHAPES_DESCRIPTION.format(n_train=SHAPES_N_TRAIN, n_test=SHAPES_N_TEST),
         image_shape=(1, 64, 64),
         needs_root=False,
+        n_train=SHAPES_N_TRAIN,
         factor_names=SHAPES_FACTOR_NAMES,
     ),
 }
