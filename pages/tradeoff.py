@@ -13,8 +13,10 @@ from vae.present.tradeoff import (
     curves_chart,
     curves_frame,
     frontier_slopes,
+    replicate_frame,
     runs_of_set,
     slope_summary,
+    slopes_apply,
     tradeoff_chart,
     tradeoff_frame,
 )
@@ -41,14 +43,14 @@ def choose_set(records) -> str | None:
         return None
     by_key = {s.key: s for s in sets}
     return st.selectbox(
-        "Runs with the same settings (data set, architecture, latent size, likelihood, "
-        "objective, epochs)",
+        "Runs with the same settings (all but β and seed)",
         [s.key for s in sets] + [EVERY_RUN], key="tradeoff_set",
         format_func=lambda k: (
             by_key[k].describe() if k in by_key else "every run (mixed settings: not comparable)"
         ),
-        help="Runs are comparable when they differ only in β. The first entry holds the latest "
-        "sweep.",
+        help="Runs are comparable when they differ only in β: every setting that changes what "
+        "is computed (learning rate, batch size, λ, σ, ...) separates sets. Runs that differ "
+        "only in seed are replicates. The first entry holds the latest sweep.",
     )  # fmt: skip
 
 
@@ -63,18 +65,26 @@ def live_chart(chosen_set: str) -> None:
     if note:
         st.caption(note)
     left, right = st.columns(2)
+    linear = slopes_apply(frame)
     show_slopes = left.toggle(
-        "Theory: slope −β at each run", key="show_slopes",
+        "Theory: slope −β at each run", key="show_slopes", disabled=not linear,
         help="At an optimum of D + β·R the frontier has slope dD/dR = −β (Alemi et al. 2018, "
-        "'Fixing a Broken ELBO').",
+        "'Fixing a Broken ELBO')." + ("" if linear else " Not for this objective: it is not "
+        "of the form D + β·R."),
     )  # fmt: skip
+    show_slopes = show_slopes and linear
     show_train = right.toggle(
         "Curves: training batches too (dashed)", key="show_train",
         help="Solid lines are the test split; dashed lines the training batches of each epoch.",
     )  # fmt: skip
     running = int((frame["state"] == RunState.RUNNING).sum())
     training = f" · {running} still training (drawn faded)" if running else ""
-    st.caption(f"{len(frame)} runs{training} · updates every 2 s")
+    means = replicate_frame(frame)
+    replicated = int((means["n"] > 1).sum())
+    replicates = (
+        f" · {replicated} β with replicates: diamonds are means, bars ±1 sd" if replicated else ""
+    )
+    st.caption(f"{len(frame)} runs{training}{replicates} · updates every 2 s")
     event = st.altair_chart(
         tradeoff_chart(frame, show_slopes), on_select="rerun", key="tradeoff_chart"
     )
@@ -82,8 +92,8 @@ def live_chart(chosen_set: str) -> None:
         slopes = frontier_slopes(frame)
         st.caption(
             "Short coloured segments have slope −β. " + slope_summary(slopes) + " A chord is the "
-            "line between the points of two neighbouring β; at the optimum its slope lies "
-            "between −β of its ends."
+            "line between the points (the means of replicates) of two neighbouring β; at the "
+            "optimum its slope lies between −β of its ends."
         )
         if not slopes.empty:
             names = {"beta_low": "β₁", "beta_high": "β₂", "slope": "chord slope ΔD/ΔR",
@@ -117,6 +127,18 @@ def live_chart(chosen_set: str) -> None:
                "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip
     table = frame[list(columns)].round({"rate": 2, "distortion": 2, "neg_elbo": 2})
     st.dataframe(table.rename(columns=columns), hide_index=True, key="runs_table")
+    if replicated:
+        st.caption("Replicates (runs of one β that differ only in seed): mean ± sd")
+        shown = means[means["n"] > 1].round(2)
+        st.dataframe(
+            shown[["beta", "n", "seeds", "rate", "rate_sd", "distortion", "distortion_sd",
+                   "informative_min", "informative_max"]].rename(
+                columns={"beta": "β", "n": "runs", "rate": "mean R", "rate_sd": "sd R",
+                         "distortion": "mean D", "distortion_sd": "sd D",
+                         "informative_min": "informative from", "informative_max": "to"}
+            ),
+            hide_index=True, key="replicates_table",
+        )  # fmt: skip
 
 
 page_records = list_runs()

@@ -3,96 +3,65 @@
 python -m vae train --dataset digits --beta 4 --latent-dim 10 --epochs 20
 python -m vae sweep --betas 0.25 0.5 1 2 4 8 --epochs 5 --jobs 2
 python -m vae eval RUN_ID --iw-samples 5000
-python -m vae list
+python -m vae sweep --betas 0.5 2 8 --seeds 3 --lr 3e-3
+python -m vae list --filter lr=0.003 --tag baseline
+python -m vae tag RUN_ID --add baseline --remove old
+python -m vae note RUN_ID "lr too high: D still falling"
 
-The store is --store, else $VAE_STORE, else checkpoints/ (as in the app).
+--help and list import no torch (they start in a fraction of a second). The store is --store, else $VAE_STORE, else checkpoints/ (as in the app).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 
 from vae import settings
 from vae.execution.backends import BACKENDS, make_backend, make_manager
-from vae.execution.evaluation import evaluate_run
-from vae.execution.jobs import JobManager
+from vae.execution.jobs import MAX_SEEDS, JobManager
+from vae.execution.labels import clean_tags
 from vae.execution.layout import cached_layout
+from vae.execution.preflight import Finding, refusal, run_findings, sweep_findings
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
-from vae.execution.worker import JobControl, run_job
-from vae.learn.config import (
-    ARCHITECTURES,
-    DEVICES,
-    LIKELIHOODS,
-    OBJECTIVES,
-    ConfigError,
-    RunConfig,
-    sweep_betas,
-)
-from vae.learn.datasets import DATASETS
+from vae.learn.config import ConfigError, RunConfig, sweep_betas
+from vae.learn.fields import SETTINGS
+from vae.present import runs_table
 from vae.present.views import format_seconds, grouping_text
 
 EVAL_REPORT_EVERY_S = 2.0
 
-CONFIG_HELP = {
-    "dataset": "data set (digits is built in and works offline)",
-    "data_root": "folder holding MNIST/Fashion-MNIST files",
-    "architecture": "mlp or conv",
-    "hidden_dims": "hidden layer sizes (mlp: the encoder's, mirrored in the decoder; conv: FC size)",
-    "latent_dim": "number of latent dimensions J",
-    "likelihood": "bernoulli (binarised pixels) or gaussian (with its normaliser)",
-    "dynamic_binarization": "draw fresh binary pixels each epoch (bernoulli only)",
-    "gaussian_std": "decoder standard deviation (gaussian; the initial value if learned)",
-    "learn_variance": "learn the gaussian decoder's variance",
-    "objective": "beta (D + βR), capacity (D + γ|R − C|), warmup (β ramps up), free_bits",
-    "beta": "weight β of the KL term",
-    "capacity_max": "capacity objective: final C in nats",
-    "capacity_gamma": "capacity objective: γ",
-    "capacity_steps": "capacity objective: steps over which C rises to its maximum",
-    "warmup_steps": "warm-up objective: steps over which the KL weight rises to β",
-    "free_bits": "free-bits objective: per-dimension KL floor λ in nats",
-    "epochs": "training epochs",
-    "batch_size": "minibatch size",
-    "lr": "Adam learning rate",
-    "seed": "random seed (same seed and config: same numbers)",
-    "threads": "torch threads (0: all cores for train, shared out for sweep)",
-    "device": "auto (CUDA when available), cpu or cuda",
-    "precision": "auto (bf16 where the hardware computes it natively), fp32 or bf16",
-    "name": "a label for the run",
-}
-CHOICES = {
-    "dataset": tuple(DATASETS),
-    "architecture": ARCHITECTURES,
-    "likelihood": LIKELIHOODS,
-    "objective": OBJECTIVES,
-    "device": DEVICES,
-}
-SHOWN_DEFAULTS = {"data_root": "./data", "name": "none"}  # defaults whose value says nothing
-
 
 def shown_default(name: str, value) -> str:
     """How --help writes a default: on/off for switches, space-separated lists, words for None."""
-    if name in SHOWN_DEFAULTS:
-        return SHOWN_DEFAULTS[name]
-    if isinstance(value, bool):
-        return "on" if value else "off"
+    setting = SETTINGS[name]
+    if setting.shown_default is not None:
+        return setting.shown_default
     if isinstance(value, list):
         return " ".join(str(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return setting.text(value).replace(",", "")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per declared setting (vae/learn/fields.py), with its help, range and choices."""
     defaults = RunConfig()
-    for name, help_text in CONFIG_HELP.items():
+    for setting in SETTINGS.values():
+        name = setting.name
         if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = setting.flag
         default = getattr(defaults, name)
+        help_text = setting.help
+        if setting.low is not None and setting.kind is not list:
+            help_text += f", {setting.text(setting.kind(setting.low))} to "
+            help_text += setting.text(setting.kind(setting.high))
+        if setting.unit and setting.unit not in help_text:
+            help_text += f" ({setting.unit})"
         help_text = f"{help_text} (default: {shown_default(name, default)})"
-        if isinstance(default, bool):
+        if setting.kind is bool:
             if default:
                 help_text = help_text[:-1] + f"; --no-{flag[2:]} turns it off)"
             # A plain store_true/--no- pair: BooleanOptionalAction would add its own default.
@@ -101,18 +70,26 @@ def add_config_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
                 "--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS
             )
             parser.set_defaults(**{name: default})
-        elif isinstance(default, list):
+        elif setting.kind is list:
             parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
         else:
-            kind = type(default) if default is not None else str
             parser.add_argument(
-                flag, type=kind, default=default, choices=CHOICES.get(name), help=help_text
+                flag, type=setting.kind, default=default, choices=setting.choices, help=help_text
             )
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    values = {k: getattr(args, k) for k in CONFIG_HELP if hasattr(args, k)}
+    values = {k: getattr(args, k) for k in SETTINGS if hasattr(args, k)}
     return RunConfig.from_dict(values).validated()
+
+
+def say_findings(found: list[Finding]) -> None:
+    """Warnings on stderr before anything is created; a refusal raises (nothing is written)."""
+    refused = refusal(found)
+    if refused:
+        raise ValueError(refused)
+    for finding in found:
+        print(f"warning: {finding.message} {finding.detail}", file=sys.stderr, flush=True)
 
 
 def print_epoch(run_id: str, m: dict) -> None:
@@ -124,7 +101,10 @@ def print_epoch(run_id: str, m: dict) -> None:
 
 
 def cmd_train(args, store: RunStore) -> int:
+    from vae.execution.worker import JobControl, run_job  # torch: only when training here
+
     config = config_from_args(args)
+    say_findings(run_findings(config))
     backend = make_backend(args.backend)
     if backend.name != "local":  # train on the cluster, followed from here like a sweep
         manager = make_manager(store, backend, max_concurrent=1)
@@ -146,18 +126,20 @@ def cmd_train(args, store: RunStore) -> int:
 def cmd_sweep(args, store: RunStore) -> int:
     config = config_from_args(args)
     betas = sweep_betas(args.betas)  # the app's check: range, and no β twice
+    say_findings(sweep_findings(config))
     manager = make_manager(store, make_backend(args.backend), max_concurrent=args.jobs)
     if manager.backend.name == "local" and args.jobs is None and cached_layout(store.root) is None:
         print("measuring how to lay out jobs on this machine (once; cached in the store)...")
         manager.measure_layout()
-    run_ids = manager.submit_sweep(config, betas)
+    run_ids = manager.submit_sweep(config, betas, seeds=args.seeds)
     print(
         f"sweep: {grouping_text(manager.jobs, run_ids, manager.slots())} · "
         f"{manager.threads()} thread(s) per job",
         flush=True,
     )
-    for run_id, beta in zip(run_ids, betas, strict=True):
-        print(f"  {run_id}  β={beta:g}", flush=True)
+    for run_id in run_ids:
+        c = store.read_config(run_id)
+        print(f"  {run_id}  β={c.beta:g}  seed {c.seed}", flush=True)
     return follow(manager, store, run_ids)
 
 
@@ -188,6 +170,8 @@ def follow(manager: JobManager, store: RunStore, run_ids: list[str]) -> int:
 
 
 def cmd_eval(args, store: RunStore) -> int:
+    from vae.execution.evaluation import evaluate_run  # torch: only when evaluating
+
     print(
         f"evaluating {args.run_id} on its test split: ELBO, active units, and the IWAE bound "
         f"with k = {args.iw_samples} importance samples per image",
@@ -226,27 +210,114 @@ def print_eval(evaluation: dict | None) -> None:
     print("  ".join(f"{k} {evaluation[k]:.4g}" for k in keys if evaluation.get(k) is not None))
 
 
-def print_runs(store: RunStore, run_ids: list[str] | None = None) -> None:
+def store_rows(store: RunStore, run_ids: list[str] | None = None) -> list[dict]:
+    """The runs table's rows (every setting, final metrics, tags, note) of the store's runs."""
     records = store.list_runs()
     if run_ids is not None:
         records = [r for r in records if r.run_id in run_ids]
-    print(f"{'run':22} {'state':11} {'β':>7} {'epoch':>5} {'R':>8} {'D':>9} {'-ELBO':>9}  settings")
-    for r in records:
-        if r.broken:
-            print(f"{r.run_id:22} {'broken':11} {r.broken}")
+
+    def labels(run_id: str) -> dict:
+        try:
+            return store.read_labels(run_id)
+        except StoreError:
+            return {}
+
+    return runs_table.rows_of(records, labels)
+
+
+def print_runs(store: RunStore, run_ids: list[str] | None = None, rows=None) -> None:
+    """A table: run, state, β, epoch, R, D, −ELBO, then the settings that differ among them."""
+    rows = store_rows(store, run_ids) if rows is None else rows
+    varying = [n for n in runs_table.differing([r for r in rows if r["state"] != "broken"])]
+    varying = [n for n in varying if n not in ("beta", "name")]
+    head = f"{'run':22} {'state':11} {'β':>7} {'epoch':>5} {'R':>8} {'D':>9} {'-ELBO':>9}"
+    print(head + "".join(f"  {SETTINGS[n].short or n}" for n in varying) + "  name · tags")
+    for row in rows:
+        if row["state"] == "broken":
+            print(f"{row['run']:22} {'broken':11} {row['note']}")
             continue
-        m = r.last_metrics
-        nums = (
-            "".join(
-                f" {m[k] if k != 'elbo' else -m[k]:>{w}.2f}"
-                for k, w in (("rate", 8), ("distortion", 9), ("elbo", 9))
+        beta = runs_table.text("beta", row["beta"]) or "–"
+        numbers = "".join(
+            f" {runs_table.text(k, row[k]):>{w}}"
+            for k, w in (("epoch", 5), ("rate", 8), ("distortion", 9), ("neg_elbo", 9))
+        )
+        settings_text = "".join(f"  {runs_table.text(n, row[n]) or '–'}" for n in varying)
+        tags = f" [{', '.join(row['tags'])}]" if row["tags"] else ""
+        print(f"{row['run']:22} {row['state']:11} {beta:>7}{numbers}{settings_text}  "
+              f"{row['name'] or ''}{tags}")  # fmt: skip
+
+
+def parse_filters(pairs: list[str]) -> list[tuple[str, str]]:
+    """KEY=VALUE pairs of `list --filter`; a key must be a setting or a column of the table."""
+    known = runs_table.headers()
+    parsed = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(
+                f"--filter wants KEY=VALUE with KEY one of {', '.join(known)}; got {pair[:40]!r}"
             )
-            if m
-            else ""
-        )
-        print(
-            f"{r.run_id:22} {r.state:11} {r.config.beta:>7g} {m.get('epoch', 0):>5}{nums}  {r.config.describe()}"
-        )
+        parsed.append((key, value.strip()))
+    return parsed
+
+
+def cmd_list(args, store: RunStore) -> int:
+    rows = store_rows(store)
+    where = parse_filters(args.filter or [])
+    rows = [r for r in rows if runs_table.matches(r, tags=args.tag or (), where=where)]
+    if args.json:
+        records = {r.run_id: r for r in store.list_runs()}
+        out = []
+        for row in rows:
+            record = records.get(row["run"])
+            config = record.config.to_dict() if record is not None and record.config else None
+            out.append(
+                {
+                    "run": row["run"],
+                    "state": row["state"],
+                    "settings": config,
+                    "metrics": {k: row.get(k) for k in runs_table.METRICS},
+                    "tags": row["tags"],
+                    "note": row["note"],
+                    "created": row["created"],
+                }
+            )
+        print(json.dumps(out, indent=1, ensure_ascii=False))
+        return 0
+    print_runs(store, rows=rows)
+    return 0
+
+
+def cmd_tag(args, store: RunStore) -> int:
+    labels = store.read_labels(args.run_id)
+    remove = set(clean_tags(args.remove or []))
+    tags = [t for t in labels["tags"] if t not in remove] + clean_tags(args.add or [])
+    saved = store.write_labels(args.run_id, tags, labels["note"])
+    print(f"{args.run_id}: tags {', '.join(saved['tags']) or '(none)'}")
+    return 0
+
+
+def cmd_note(args, store: RunStore) -> int:
+    labels = store.read_labels(args.run_id)
+    saved = store.write_labels(args.run_id, labels["tags"], args.text)
+    print(f"{args.run_id}: note {'saved' if saved['note'] else 'cleared'}")
+    return 0
+
+
+def settings_int(low: int, high: int):
+    """An argparse type: a whole number from low to high."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,7 +350,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--iw-samples", type=settings.argument(settings.IW_SAMPLES), default=100,
         help="importance samples k per test image, 1 to 10,000; time grows with k (default: 100)",
     )  # fmt: skip
-    sub.add_parser("list", help="list every run in the store")
+    sweep.add_argument(
+        "--seeds", type=settings_int(1, MAX_SEEDS), default=1,
+        help=f"runs per β, with seeds --seed, --seed + 1, ... (replicates), 1 to {MAX_SEEDS} "
+        "(default: 1)",
+    )  # fmt: skip
+    listing = sub.add_parser(
+        "list", help="list every run: state, β, R, D and the settings that differ among them"
+    )
+    listing.add_argument("--json", action="store_true", help="every setting and final metric")
+    listing.add_argument(
+        "--filter", action="append", metavar="KEY=VALUE",
+        help="only runs whose KEY is VALUE, as the table writes it (lr=0.003, objective=capacity, "
+        "learn_variance=on); repeat for several",
+    )  # fmt: skip
+    listing.add_argument("--tag", action="append", help="only runs with this tag; repeatable")
+    tag = sub.add_parser("tag", help="add or remove a run's tags (stored in its folder)")
+    tag.add_argument("run_id")
+    tag.add_argument("--add", nargs="+", metavar="TAG", help="tags to add")
+    tag.add_argument("--remove", nargs="+", metavar="TAG", help="tags to remove")
+    note = sub.add_parser("note", help="set a run's note (an empty text clears it)")
+    note.add_argument("run_id")
+    note.add_argument("text")
     return parser
 
 
@@ -289,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         "train": cmd_train,
         "sweep": cmd_sweep,
         "eval": cmd_eval,
-        "list": lambda a, s: print_runs(s) or 0,
+        "list": cmd_list,
+        "tag": cmd_tag,
+        "note": cmd_note,
     }
     try:
         if args.command == "sweep" and args.jobs is None:

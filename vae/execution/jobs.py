@@ -26,10 +26,12 @@ from vae.execution.backend import Backend, Job
 from vae.execution.layout import Layout, cached_layout, choose_layout
 from vae.execution.lease import is_held, stalled_for
 from vae.execution.local import LocalProcessBackend
+from vae.execution.preflight import sweep_finding
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import RunRecord, RunStore, StoreError
-from vae.learn.config import RunConfig, can_train_together, sweep_betas
+from vae.learn.config import RunConfig, can_train_together, stack_key, sweep_betas
 
+MAX_SEEDS = 32  # seeds per β in one sweep
 CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is killed
 CANCEL_POLL_S = 0.05  # how often `cancel(wait_s=…)` looks whether the run has stopped
 
@@ -64,12 +66,21 @@ class JobManager:
         self.reconcile()
         return run_id
 
-    def submit_sweep(self, config: RunConfig, betas: Iterable[float]) -> list[str]:
-        """Queue one run per β (all validated before any is written; no β twice)."""
+    def submit_sweep(self, config: RunConfig, betas: Iterable[float], seeds: int = 1) -> list[str]:
+        """Queue one run per β and seed (seeds config.seed, +1, ...): all validated before any is
+        written; no β twice; refused for an objective that ignores β."""
+        if (refused := sweep_finding(config)) is not None:
+            raise ValueError(f"{refused.message} {refused.detail}")
+        if not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+            raise ValueError(f"seeds per β must be a whole number from 1 to {MAX_SEEDS}")
         configs = []
-        for beta in sweep_betas(betas):
-            c = RunConfig.from_dict({**config.to_dict(), "beta": float(beta)})
-            configs.append(c.validated())
+        values = sweep_betas(betas)
+        for offset in range(seeds):  # one seed's runs together: they can train as one stack
+            for beta in values:
+                c = RunConfig.from_dict(
+                    {**config.to_dict(), "beta": float(beta), "seed": config.seed + offset}
+                )
+                configs.append(c.validated())
         group = f"sweep-{int(time.time() * 1000):x}"
         run_ids: list[str] = []
         with self._lock:  # the scheduler thread starts none of them before all are written
@@ -194,7 +205,10 @@ class JobManager:
         group = record.status.get("group")
         if not (self.batch_sweeps and group):
             return [record.run_id]
-        members = [r for r in queued if r.status.get("group") == group]
+        key = stack_key(record.config)  # a sweep over seeds holds one stack per seed
+        members = [
+            r for r in queued if r.status.get("group") == group and stack_key(r.config) == key
+        ]
         if len(members) < 2 or not can_train_together([r.config for r in members]):
             return [record.run_id]
         size = -(-len(members) // slots)  # ceil: one share per slot

@@ -1,8 +1,10 @@
 """The rate-distortion plane: runs as points, grouped by the settings that make them comparable.
 
 Runs are only comparable when they differ in β alone (and seed or name): a β=4 run of 60 epochs
-beside a β=2 run of 5 epochs says nothing about β. `comparable_sets` groups runs by their settings
-and the page shows one group at a time. Colours encode β on a log scale, the same in the plane and
+beside a β=2 run of 5 epochs says nothing about β. `comparable_sets` groups runs by every setting
+that changes what is computed (the comparison key of vae/learn/fields.py) and the page shows one
+group at a time. Runs of one set and one β with different seeds are replicates: drawn as their
+mean with error bars of one standard deviation. Colours encode β on a log scale, the same in the plane and
 in the per-epoch curves.
 """
 
@@ -17,6 +19,8 @@ import pandas as pd
 
 from vae.execution.states import RunState
 from vae.execution.store import RunRecord
+from vae.learn.config import RunConfig, comparison_key
+from vae.learn.fields import OBJECTIVES, set_label
 from vae.present.units import unit_counts
 
 BETA_FLOOR = 1e-3  # β = 0 is drawn at this value on log scales
@@ -27,12 +31,8 @@ ASSUMED_WIDTH = (
 LABEL_WIDTH = 110  # px taken by "−ELBO = 150" at 12 px
 LABEL_HEIGHT = 16
 SLOPE_LENGTH = 0.09  # length of a slope −β segment, as a fraction of the plot's diagonal
-OBJECTIVE_NAMES = {
-    "beta": "β-VAE",
-    "capacity": "capacity",
-    "warmup": "KL warm-up",
-    "free_bits": "free bits",
-}
+OBJECTIVE_NAMES = {name: objective.title for name, objective in OBJECTIVES.items()}
+DEFAULTS = RunConfig().to_dict()
 
 
 def beta_plot(beta: float) -> float:
@@ -41,23 +41,15 @@ def beta_plot(beta: float) -> float:
 
 # ---- grouping ---------------------------------------------------------------------------------
 def comparable_key(record: RunRecord) -> str:
-    """Runs that share this key differ only in β (and seed/name): they may be compared."""
-    c = record.config
-    return (
-        f"{c.dataset}|{c.architecture}|{c.hidden_dims}|{c.latent_dim}|{c.likelihood}|"
-        f"{c.objective}|{c.epochs}"
-    )
+    """Runs that share this key differ only in β (and seed, name, how they ran): they may be
+    compared. Every setting that changes what is computed and applies to the run is in it."""
+    return "|".join(f"{name}={value}" for name, value in comparison_key(record.config))
 
 
 def settings_label(record: RunRecord) -> str:
-    """The comparable settings in words: 'digits · mlp 400 · z=16 · bernoulli · β-VAE · 40 epochs'."""
-    c = record.config
-    hidden = "-".join(str(h) for h in c.hidden_dims)
-    objective = OBJECTIVE_NAMES.get(c.objective, c.objective)
-    return (
-        f"{c.dataset} · {c.architecture} {hidden} · z={c.latent_dim} · {c.likelihood} · "
-        f"{objective} · {c.epochs} epochs"
-    )
+    """The set's settings in words: the model, the objective, and every setting that differs
+    from the defaults ('digits · mlp 400 · J = 20 · bernoulli · β-VAE · 10 epochs · lr 0.003')."""
+    return set_label(record.config.to_dict(), DEFAULTS)
 
 
 @dataclass
@@ -121,12 +113,48 @@ def tradeoff_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "state": r.state,
                 "sweep": r.status.get("group") or r.run_id,
                 "settings": settings_label(r),
+                "seed": c.seed,
+                "linear": OBJECTIVES[c.objective].linear_in_beta,
                 "group_key": comparable_key(r),
             }
         )
     columns = ["run_id", "run", "beta", "beta_plot", "rate", "distortion", "neg_elbo"]
     columns += ["active_units", "informative", "epoch", "epochs", "state", "sweep", "settings"]
-    return pd.DataFrame(rows, columns=[*columns, "group_key"])
+    return pd.DataFrame(rows, columns=[*columns, "seed", "linear", "group_key"])
+
+
+REPLICATE_COLUMNS = [
+    "group_key", "beta", "beta_plot", "n", "rate", "distortion", "neg_elbo", "rate_sd",
+    "distortion_sd", "rate_low", "rate_high", "distortion_low", "distortion_high",
+    "informative_min", "informative_max", "active_min", "active_max", "seeds",
+]  # fmt: skip
+
+
+def replicate_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (set, β): the mean R, D and −ELBO of its replicates (runs that differ only in
+    seed), their sample standard deviations (0 for one run), mean ± sd as error-bar ends, and the
+    range of the unit counts."""
+    rows = []
+    for (key, beta), runs in frame.groupby(["group_key", "beta"], sort=True):
+        n = len(runs)
+        row = {"group_key": key, "beta": float(beta), "beta_plot": beta_plot(beta), "n": n}
+        for name in ("rate", "distortion", "neg_elbo"):
+            row[name] = float(runs[name].mean())
+        for name in ("rate", "distortion"):
+            sd = float(runs[name].std(ddof=1)) if n > 1 else 0.0
+            row[f"{name}_sd"] = sd
+            row[f"{name}_low"], row[f"{name}_high"] = row[name] - sd, row[name] + sd
+        for name, short in (("informative", "informative"), ("active_units", "active")):
+            row[f"{short}_min"] = int(runs[name].min())
+            row[f"{short}_max"] = int(runs[name].max())
+        row["seeds"] = ", ".join(str(s) for s in sorted(runs["seed"]))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=REPLICATE_COLUMNS)
+
+
+def slopes_apply(frame: pd.DataFrame) -> bool:
+    """The slope −β overlay holds for objectives of the form D + β·R only."""
+    return bool(len(frame)) and bool(frame["linear"].all())
 
 
 def beta_domain(frame: pd.DataFrame) -> list[float]:
@@ -260,12 +288,34 @@ def tradeoff_chart(frame: pd.DataFrame, show_slopes: bool = False) -> alt.LayerC
         .mark_text(align="left", baseline="bottom", dx=6, dy=-6, color="#555", fontSize=12)
         .encode(x=x, y=y, text="level:N")
     )
-    sweeps = (
-        alt.Chart(frame)
+    means = replicate_frame(frame)
+    sweeps = (  # one line through the set's points (through the means of replicates)
+        alt.Chart(means)
         .mark_line(opacity=0.5)
-        .encode(x=x, y=y, detail="sweep:N", order="beta:Q", color=alt.value("#888"))
+        .encode(x=x, y=y, detail="group_key:N", order="beta:Q", color=alt.value("#888"))
     )
     layers = [iso, iso_labels, sweeps]
+    replicated = means[means["n"] > 1]
+    if len(replicated):  # replicates: the mean as a diamond, ±1 sd of R and D as error bars
+        bars = alt.Chart(replicated)
+        layers += [
+            bars.mark_rule(strokeWidth=2).encode(x="rate_low:Q", x2="rate_high:Q", y=y, color=color),
+            bars.mark_rule(strokeWidth=2).encode(
+                x=x, y="distortion_low:Q", y2="distortion_high:Q", color=color
+            ),
+            bars.mark_point(shape="diamond", size=220, filled=True, stroke="black").encode(
+                x=x, y=y, color=color,
+                tooltip=[
+                    alt.Tooltip("beta:Q", title="β", format="~g"),
+                    alt.Tooltip("n:Q", title="replicates (seeds)"),
+                    alt.Tooltip("seeds:N", title="seeds"),
+                    alt.Tooltip("rate:Q", title="mean R (nats)", format=".2f"),
+                    alt.Tooltip("rate_sd:Q", title="sd of R", format=".2f"),
+                    alt.Tooltip("distortion:Q", title="mean D (nats)", format=".2f"),
+                    alt.Tooltip("distortion_sd:Q", title="sd of D", format=".2f"),
+                ],
+            ),
+        ]  # fmt: skip
     if show_slopes:
         segments = slope_segments(frame, x_domain, y_domain)
         layers.append(
