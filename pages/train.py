@@ -3,6 +3,8 @@
 import streamlit as st
 
 from ui import job_manager, list_runs, refresh_on_change, run_label
+from vae.execution.jobs import MAX_SEEDS
+from vae.execution.preflight import refusal, run_findings, sweep_findings
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import StoreError
 from vae.learn.config import (
@@ -14,6 +16,7 @@ from vae.learn.config import (
     validation_errors,
 )
 from vae.learn.datasets import DATASETS, DEFAULT_DATASET
+from vae.learn.fields import ARCHITECTURES, DEVICES, LIKELIHOODS, OBJECTIVES, PRECISIONS, SETTINGS
 from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
 from vae.present.views import (
     active_jobs,
@@ -30,6 +33,19 @@ LR_STEPS = [1e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 1e-2]
 BATCH_SIZES = [32, 64, 128, 256, 512, 1024]
 HIDDEN_SIZES = [64, 128, 256, 400, 512, 1024]
 DEFAULTS = RunConfig()
+
+
+def label(name: str) -> str:
+    """A control's label from the setting's declaration (with its unit)."""
+    s = SETTINGS[name]
+    return f"{s.label} ({s.unit})" if s.unit else s.label
+
+
+def key(name: str) -> str:
+    """Every setting's control has this key (the every-setting test finds them by it)."""
+    return f"setting_{name}"
+
+
 CANCEL_HELP = (
     "Stops this run only, at its last completed epoch (kept: Resume continues from it). "
     "Other runs of its sweep, even those trained in the same process, train on."
@@ -107,59 +123,67 @@ with left:
         st.warning("Ignored `dataset` in the address: unknown data set.")
         wanted = DEFAULT_DATASET
     dataset = st.selectbox(
-        "Data set", names, index=names.index(wanted), format_func=lambda n: DATASETS[n].title
-    )
+        label("dataset"), names, index=names.index(wanted), key=key("dataset"),
+        format_func=lambda n: DATASETS[n].title,
+    )  # fmt: skip
     st.caption(DATASETS[dataset].description)
     data_root = None
     if DATASETS[dataset].needs_root:
         data_root = st.text_input(
-            "Data root folder", value="data", help="holds MNIST/ or FashionMNIST/"
-        )
+            label("data_root"), value="data", help=SETTINGS["data_root"].help,
+            key=key("data_root"),
+        )  # fmt: skip
     errors_at["dataset"] = st.empty()
-    architecture = st.radio("Architecture", ["mlp", "conv"], horizontal=True)
+    architecture = st.radio(
+        label("architecture"), list(ARCHITECTURES), horizontal=True, key=key("architecture")
+    )
     hidden = st.select_slider(
-        "Hidden units", HIDDEN_SIZES, value=400 if architecture == "mlp" else 256
-    )
+        label("hidden_dims"), HIDDEN_SIZES, value=400 if architecture == "mlp" else 256,
+        help=SETTINGS["hidden_dims"].help, key=key("hidden_dims"),
+    )  # fmt: skip
     latent_dim = st.slider(
-        "Latent dimensions J", 1, 64, query_default("latent_dim", int, DEFAULTS.latent_dim, (1, 64))
-    )
+        label("latent_dim"), 1, 64,
+        query_default("latent_dim", int, DEFAULTS.latent_dim, (1, 64)), key=key("latent_dim"),
+    )  # fmt: skip
     errors_at["latent_dim"] = st.empty()
     likelihood = st.radio(
-        "Likelihood p(x|z)",
-        ["bernoulli", "gaussian"],
-        horizontal=True,
+        label("likelihood") + " p(x|z)", list(LIKELIHOODS), horizontal=True,
+        key=key("likelihood"),
         help="Bernoulli on binarised pixels, or a Gaussian with its normaliser: both give D in nats.",
-    )
-    gaussian_std, learn_variance = DEFAULTS.gaussian_std, False
-    if likelihood == "gaussian":
-        gaussian_std = st.number_input(
-            "Decoder σ", 0.001, 10.0, DEFAULTS.gaussian_std, format="%.3f"
-        )
-        learn_variance = st.checkbox("Learn the decoder variance")
+    )  # fmt: skip
+    # The likelihood's own settings (fields.LIKELIHOODS): shown only where they apply.
+    likelihood_extra = {}
+    for name in LIKELIHOODS[likelihood]:
+        setting = SETTINGS[name]
+        if setting.kind is bool:
+            likelihood_extra[name] = st.checkbox(
+                label(name), value=getattr(DEFAULTS, name), help=setting.help, key=key(name)
+            )
+        else:
+            likelihood_extra[name] = st.number_input(
+                label(name), setting.low, setting.high, getattr(DEFAULTS, name), format="%.3f",
+                help=setting.help, key=key(name),
+            )  # fmt: skip
 
 with middle:
     st.subheader("Objective")
     objective = st.selectbox(
-        "Objective",
-        ["beta", "capacity", "warmup", "free_bits"],
-        format_func={
-            "beta": "β-VAE: D + β·R",
-            "capacity": "Capacity: D + γ·|R − C(t)|",
-            "warmup": "KL warm-up: β ramps up linearly",
-            "free_bits": "Free bits: KLⱼ floored at λ",
-        }.get,
-    )
+        label("objective"), list(OBJECTIVES), key=key("objective"),
+        format_func=lambda o: f"{OBJECTIVES[o].title}: {OBJECTIVES[o].formula}",
+    )  # fmt: skip
+    uses_beta = OBJECTIVES[objective].uses_beta
     beta_default = query_default("beta", float, DEFAULTS.beta)
     beta_slider = st.select_slider(
         "β (log scale)",
         BETA_STEPS,
         value=min(BETA_STEPS, key=lambda b: abs(b - beta_default)),
-        disabled=objective == "capacity",
-    )
+        disabled=not uses_beta, key=key("beta"), help=SETTINGS["beta"].help
+        + ("" if uses_beta else f" ({OBJECTIVES[objective].title} ignores β)"),
+    )  # fmt: skip
     beta_text = st.text_input(
         "Exact β (overrides the slider)",
         value="" if beta_default in BETA_STEPS else f"{beta_default:g}",
-        disabled=objective == "capacity",
+        disabled=not uses_beta,
     )
     beta = beta_slider
     if beta_text.strip():
@@ -169,40 +193,60 @@ with middle:
             beta = float("nan")
             st.error(f"β: {exc}")
     errors_at["beta"] = st.empty()
+    # The objective's own settings (fields.OBJECTIVES): a new objective's controls come from there.
     extra = {}
-    if objective == "capacity":
-        extra["capacity_max"] = st.number_input("C_max (nats)", 0.0, 1000.0, DEFAULTS.capacity_max)
-        extra["capacity_gamma"] = st.number_input("γ", 0.0, 10000.0, DEFAULTS.capacity_gamma)
-        extra["capacity_steps"] = st.number_input(
-            "Steps for C to rise", 1, 10_000_000, DEFAULTS.capacity_steps
-        )
-    elif objective == "warmup":
-        extra["warmup_steps"] = st.number_input(
-            "Warm-up steps", 1, 10_000_000, DEFAULTS.warmup_steps
-        )
-    elif objective == "free_bits":
-        extra["free_bits"] = st.number_input(
-            "λ (nats per dimension)", 0.0, 100.0, DEFAULTS.free_bits
-        )
+    for name in OBJECTIVES[objective].settings:
+        setting = SETTINGS[name]
+        cast = setting.kind
+        extra[name] = st.number_input(
+            label(name), cast(setting.low), cast(setting.high), getattr(DEFAULTS, name),
+            help=setting.help, key=key(name),
+        )  # fmt: skip
+        errors_at[name] = st.empty()
     sweep_text = st.text_input("β values for a sweep", "0.25, 0.5, 1, 2, 4, 8")
+    seeds = st.number_input(
+        "Seeds per β", 1, MAX_SEEDS, 1, key="sweep_seeds",
+        help="Replicates: each β trains with seeds Seed, Seed + 1, ...; the Tradeoff page draws "
+        "their mean with error bars.",
+    )  # fmt: skip
     sweep_error = st.empty()
 
 with right:
     st.subheader("Training")
-    epochs = st.slider("Epochs", 1, 200, query_default("epochs", int, DEFAULTS.epochs, (1, 200)))
+    epochs = st.slider(
+        label("epochs"), 1, 200, query_default("epochs", int, DEFAULTS.epochs, (1, 200)),
+        key=key("epochs"),
+    )  # fmt: skip
     errors_at["epochs"] = st.empty()
-    batch_size = st.select_slider("Batch size", BATCH_SIZES, value=DEFAULTS.batch_size)
-    lr = st.select_slider(
-        "Learning rate", LR_STEPS, value=DEFAULTS.lr, format_func=lambda v: f"{v:g}"
+    batch_size = st.select_slider(
+        label("batch_size"), BATCH_SIZES, value=DEFAULTS.batch_size, key=key("batch_size")
     )
-    seed = st.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed)
-    name = st.text_input("Run name (optional)", max_chars=200)
+    lr = st.select_slider(
+        label("lr"), LR_STEPS, value=DEFAULTS.lr, format_func=lambda v: f"{v:g}", key=key("lr"),
+        help=SETTINGS["lr"].help,
+    )  # fmt: skip
+    seed = st.number_input(
+        label("seed"), 0, 2**31 - 1, DEFAULTS.seed, key=key("seed"), help=SETTINGS["seed"].help
+    )
+    name = st.text_input(label("name") + " (optional)", max_chars=200, key=key("name"))
+    with st.expander("How it runs (same numbers, other speed)"):
+        threads = st.number_input(
+            label("threads"), 0, 256, DEFAULTS.threads, key=key("threads"),
+            help=SETTINGS["threads"].help,
+        )  # fmt: skip
+        device = st.selectbox(
+            label("device"), list(DEVICES), key=key("device"), help=SETTINGS["device"].help
+        )
+        precision = st.selectbox(
+            label("precision"), list(PRECISIONS), key=key("precision"),
+            help=SETTINGS["precision"].help,
+        )  # fmt: skip
 
 config = RunConfig(
     dataset=dataset, data_root=data_root, architecture=architecture, hidden_dims=[hidden],
-    latent_dim=latent_dim, likelihood=likelihood, gaussian_std=gaussian_std,
-    learn_variance=learn_variance, objective=objective, beta=beta, epochs=epochs,
-    batch_size=batch_size, lr=lr, seed=int(seed), name=name, **extra,
+    latent_dim=latent_dim, likelihood=likelihood, objective=objective, beta=beta, epochs=epochs,
+    batch_size=batch_size, lr=lr, seed=int(seed), name=name, threads=int(threads),
+    device=device, precision=precision, **likelihood_extra, **extra,
 )  # fmt: skip
 errors = validation_errors(config)
 for field, message in errors.items():
@@ -216,19 +260,41 @@ except ValueError as exc:
     sweep_error.error(f"Sweep: {sweep_problem}")
 
 st.caption(f"Will train: {config.describe()}, {epochs} epochs, batch {batch_size}, lr {lr:g}")
+
+
+def show_findings(found, where) -> None:
+    """Short messages (one line at 800 px), the numbers behind them in an expander."""
+    for finding in found:
+        (where.error if finding.refuse else where.warning)(finding.message)
+    if any(f.detail for f in found):
+        with where.expander("Details"):
+            for finding in found:
+                st.text(finding.detail)
+
+
+run_found = run_findings(config) if not errors else []
+sweep_found = sweep_findings(config) if not errors else []
+show_findings(sweep_found, st.container(key="findings"))
 buttons = st.container(horizontal=True)  # buttons keep their full labels in a narrow window
-if buttons.button("Train", type="primary", key="train_button", disabled=bool(errors)):
+train_disabled = bool(errors) or refusal(run_found) is not None
+if buttons.button("Train", type="primary", key="train_button", disabled=train_disabled):
     try:
+        if refusal(run_findings(config)):  # checked again at the click: files may have moved
+            raise ValueError(refusal(run_findings(config)))
         run_id = manager.submit(config.validated())
         st.success(f"Queued run {run_id}")
     except (ValueError, StoreError) as exc:
         st.error(f"Nothing was started: {exc}")
-sweep_disabled = bool(errors) or bool(sweep_problem) or objective == "capacity"
-if buttons.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=sweep_disabled):
+sweep_disabled = bool(errors) or bool(sweep_problem) or refusal(sweep_found) is not None
+count = len(betas) * int(seeds)
+if buttons.button(f"Sweep β ({count} runs)", key="sweep_button", disabled=sweep_disabled):
     try:
-        run_ids = manager.submit_sweep(config.validated(), betas)
+        if refusal(sweep_findings(config)):
+            raise ValueError(refusal(sweep_findings(config)))
+        run_ids = manager.submit_sweep(config.validated(), betas, seeds=int(seeds))
         grouping = grouping_text(manager.jobs, run_ids, manager.slots())
-        st.success(f"Queued β = {', '.join(f'{b:g}' for b in betas)}: {grouping}")
+        replicas = f" × {int(seeds)} seeds" if seeds > 1 else ""
+        st.success(f"Queued β = {', '.join(f'{b:g}' for b in betas)}{replicas}: {grouping}")
     except (ValueError, StoreError) as exc:
         st.error(f"Nothing was started: {exc}")
 
