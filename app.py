@@ -33,6 +33,7 @@ PAGES = [
     st.Page(
         "pages/kl_term.py", title="The KL term", icon=":material/functions:", url_path="kl_term"
     ),
+    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:", url_path="runs"),
     st.Page(
         "pages/checkpoints.py", title="Checkpoints", icon=":material/save:", url_path="checkpoints"
     ),

@@ -23,6 +23,36 @@ st.caption(
 manager = job_manager()
 store = manager.store
 records = list_runs()
+DELETED = "_checkpoints_deleted"  # session state: what the last Delete said
+
+
+def neighbour(records, run_id: str) -> str | None:
+    """The run listed next to this one (after it, else before): where the page goes after a
+    Delete, instead of jumping to whatever run is newest."""
+    ids = [r.run_id for r in records if not r.broken]
+    if run_id not in ids or len(ids) < 2:
+        return None
+    at = ids.index(run_id)
+    return ids[at + 1] if at + 1 < len(ids) else ids[at - 1]
+
+
+def delete_run(run_id: str, then: str | None) -> None:
+    """The confirm button's callback: it runs before the page redraws, so the picker can be
+    moved to the neighbouring run before it is drawn."""
+    try:
+        manager.delete(run_id)
+    except StoreError as exc:
+        st.session_state[DELETED] = ("error", str(exc))
+        return
+    st.session_state[DELETED] = ("success", f"Deleted {run_id}")
+    if then is not None:
+        st.session_state["pick_run"] = then
+        st.query_params["run"] = then
+
+
+if DELETED in st.session_state:
+    kind, message = st.session_state.pop(DELETED)
+    (st.success if kind == "success" else st.error)(message)
 
 if not records:
     st.info("No runs yet. Start one on the Train page.")
@@ -72,7 +102,8 @@ else:
                 )  # fmt: skip
         if record.metrics:
             downloads.download_button(
-                "Download metrics.csv", lambda: metrics_csv(store.read_metrics(record.run_id)),
+                "Download metrics.csv",
+                lambda: metrics_csv(store.read_metrics(record.run_id), record.run_id, record.config),
                 file_name=f"{record.run_id}-metrics.csv",
                 mime="text/csv", key="download-csv",
             )  # fmt: skip
@@ -85,13 +116,10 @@ else:
         )
         with st.popover("Delete this run…"):
             st.write(f"Delete run {record.run_id} and all its files? This cannot be undone.")
-            if st.button("Yes, delete it", type="primary", key="confirm-delete"):
-                try:
-                    manager.delete(record.run_id)
-                    st.success(f"Deleted {record.run_id}")
-                    st.rerun()
-                except StoreError as exc:
-                    st.error(str(exc))
+            st.button(
+                "Yes, delete it", type="primary", key="confirm-delete",
+                on_click=delete_run, args=(record.run_id, neighbour(records, record.run_id)),
+            )  # fmt: skip
 
 st.divider()
 st.subheader("Inspect a checkpoint file")

@@ -7,7 +7,13 @@ from vae.execution.checkpoint import CheckpointError
 from vae.execution.states import RunState
 from vae.learn.data import DataError
 from vae.present.charts import units_chart
-from vae.present.gallery import Pictures, checkpoint_pictures, gallery_frame, sweeps
+from vae.present.gallery import (
+    Pictures,
+    checkpoint_pictures,
+    gallery_frame,
+    sweeps,
+    unit_ranges,
+)
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER
 
 st.title("β gallery")
@@ -51,11 +57,12 @@ if group is None:
 seed = st.number_input("Sample seed (the same for every row)", 0, 2**31 - 1, 0, key="gallery_seed")
 
 
-def row(index: int, record, numbers) -> None:
+def row(index: int, record, numbers, replicated: bool = False) -> None:
     with st.container(key=f"gallery_row_{index}", border=True):
         text, samples, recon, traversal = st.columns([1.3, 1.2, 1.2, 2.6])
         epoch = f"epoch {numbers.epoch}/{numbers.epochs}" if numbers.epoch else numbers.state
-        text.markdown(f"#### β = {numbers.beta:g}")
+        replicate = f" · seed {numbers.seed}" if replicated else ""
+        text.markdown(f"#### β = {numbers.beta:g}{replicate}")
         if numbers.rate is None:
             text.caption(f"{record.run_id} · {numbers.state}")
             return
@@ -96,8 +103,16 @@ def gallery() -> None:
         st.info(f"{finished} of {len(frame)} runs finished; rows update as the runs train.")
     if frame["informative"].notna().sum() >= 2:
         st.altair_chart(units_chart(frame))
+    replicated = sweep.seeds > 1
+    if replicated:
+        st.caption(
+            f"{sweep.seeds} seeds per β: the chart draws each β's mean count with a bar over its "
+            "range; the rows below show every seed."
+        )
+        ranges = unit_ranges(frame).rename(columns={"beta": "β"})
+        st.dataframe(ranges, hide_index=True, key="unit_ranges")
     for index, (record, numbers) in enumerate(zip(sweep.runs, frame.itertuples(), strict=True)):
-        row(index, record, numbers)
+        row(index, record, numbers, replicated)
 
 
 gallery()

@@ -18,6 +18,7 @@ PAGES = [
     "pages/posterior.py",
     "pages/samples.py",
     "pages/kl_term.py",
+    "pages/runs.py",
     "pages/checkpoints.py",
 ]
 

@@ -173,10 +173,12 @@ def heatmap_chart(frame: pd.DataFrame, field: str, top: float | None = None) -> 
     )
 
 
-def units_chart(frame: pd.DataFrame) -> alt.Chart:
+def units_chart(frame: pd.DataFrame) -> alt.LayerChart:
     """Informative dimensions and Burda's active units against β (log axis), one line each.
 
-    `frame` has columns beta, informative, active, latent_dim (as gallery_frame makes it)."""
+    `frame` has columns beta, informative, active, latent_dim (as gallery_frame makes it). Runs of
+    one β with different seeds (replicates) are drawn as their mean, with a bar over the range
+    of their counts."""
     data = frame[frame["beta"] > 0].dropna(subset=["informative", "active"])
     long = data.melt(
         id_vars=["beta", "latent_dim"],
@@ -187,32 +189,44 @@ def units_chart(frame: pd.DataFrame) -> alt.Chart:
     long["test"] = long["test"].map(
         {"informative": f"informative ({INFORMATIVE_RULE})", "active": f"active ({ACTIVE_RULE})"}
     )
+    long["dims"] = long["dims"].astype(float)
+    long = (
+        long.groupby(["beta", "test"])["dims"]
+        .agg(dims="mean", low="min", high="max", runs="count")
+        .reset_index()
+    )
     top = int(frame["latent_dim"].max()) if len(frame) else 1
     betas = sorted(set(long["beta"]))
     x_scale = alt.Scale(type="log", domain=[betas[0], betas[-1]], nice=False) if betas else None
     names = [f"informative ({INFORMATIVE_RULE})", f"active ({ACTIVE_RULE})"]
-    return (
-        alt.Chart(long)
-        .mark_line(point=alt.OverlayMarkDef(size=60), strokeWidth=2.5)
-        .encode(
-            x=alt.X(
-                "beta:Q", title="β", scale=x_scale or alt.Undefined,
-                axis=alt.Axis(format="~g", values=betas, grid=False),
-            ),
-            y=alt.Y("dims:Q", title="latent dimensions", scale=alt.Scale(domain=[0, top])),
-            color=alt.Color(
-                "test:N", title=None,
-                scale=alt.Scale(domain=names, range=["#1f77b4", "#ff7f0e"]),
-                legend=alt.Legend(orient="top", labelLimit=300),
-            ),
-            tooltip=[
-                alt.Tooltip("beta:Q", title="β", format="~g"),
-                alt.Tooltip("test:N", title="test"),
-                alt.Tooltip("dims:Q", title="dimensions"),
-            ],
-        )
-        .properties(height=300)
+    x = alt.X(
+        "beta:Q", title="β", scale=x_scale or alt.Undefined,
+        axis=alt.Axis(format="~g", values=betas, grid=False),
     )  # fmt: skip
+    color = alt.Color(
+        "test:N", title=None, scale=alt.Scale(domain=names, range=["#1f77b4", "#ff7f0e"]),
+        legend=alt.Legend(orient="top", labelLimit=300),
+    )  # fmt: skip
+    base = alt.Chart(long)
+    lines = base.mark_line(point=alt.OverlayMarkDef(size=60), strokeWidth=2.5).encode(
+        x=x,
+        y=alt.Y("dims:Q", title="latent dimensions", scale=alt.Scale(domain=[0, top])),
+        color=color,
+        tooltip=[
+            alt.Tooltip("beta:Q", title="β", format="~g"),
+            alt.Tooltip("test:N", title="test"),
+            alt.Tooltip("dims:Q", title="dimensions (mean)", format=".3~g"),
+            alt.Tooltip("low:Q", title="fewest"),
+            alt.Tooltip("high:Q", title="most"),
+            alt.Tooltip("runs:Q", title="runs (seeds)"),
+        ],
+    )
+    ranges = (
+        base.transform_filter("datum.runs > 1")
+        .mark_rule(strokeWidth=2)
+        .encode(x=x, y="low:Q", y2="high:Q", color=color)
+    )
+    return alt.layer(ranges, lines).properties(height=300)
 
 
 def latent_map_extent(frames: list[pd.DataFrame]) -> list[float]:

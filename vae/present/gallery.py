@@ -26,6 +26,7 @@ from vae.learn.evaluate import (
     prior_samples,
     reconstructions,
 )
+from vae.learn.fields import set_label
 from vae.learn.objective import kl_per_dim
 from vae.present.units import unit_counts
 
@@ -48,15 +49,21 @@ class Sweep:
     def betas(self) -> list[float]:
         return [r.config.beta for r in self.runs]
 
+    @property
+    def seeds(self) -> int:
+        """Runs per β (replicates that differ only in seed)."""
+        return max(self.betas.count(b) for b in self.betas)
+
     def label(self) -> str:
+        """The sweep's settings in words (every setting that differs from the defaults), its β
+        and seeds: two sweeps at two learning rates read differently."""
         first = self.runs[0].config
         name = f"{first.name} · " if first.name else ""
-        betas = ", ".join(f"{b:g}" for b in self.betas)
+        betas = ", ".join(f"{b:g}" for b in sorted(set(self.betas)))
+        seeds = f" × {self.seeds} seeds" if self.seeds > 1 else ""
         done = sum(r.state == RunState.FINISHED for r in self.runs)
-        return (
-            f"{name}{first.dataset} {first.architecture} z={first.latent_dim}, "
-            f"{first.epochs} epochs · β = {betas} · {done}/{len(self.runs)} finished"
-        )
+        settings = set_label(first.to_dict(), RunConfig().to_dict())
+        return f"{name}{settings} · β = {betas}{seeds} · {done}/{len(self.runs)} finished"
 
 
 def sweeps(records: list[RunRecord]) -> list[Sweep]:
@@ -68,7 +75,7 @@ def sweeps(records: list[RunRecord]) -> list[Sweep]:
             continue
         groups.setdefault(group, []).append(r)
     found = [
-        Sweep(group, sorted(runs, key=lambda r: (r.config.beta, r.run_id)))
+        Sweep(group, sorted(runs, key=lambda r: (r.config.beta, r.config.seed, r.run_id)))
         for group, runs in groups.items()
         if len(runs) >= 2
     ]
@@ -85,6 +92,7 @@ def gallery_frame(sweep: Sweep) -> pd.DataFrame:
             {
                 "run_id": r.run_id,
                 "beta": r.config.beta,
+                "seed": r.config.seed,
                 "epoch": m.get("epoch", 0),
                 "epochs": r.config.epochs,
                 "state": r.state,
@@ -96,6 +104,28 @@ def gallery_frame(sweep: Sweep) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def unit_ranges(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per β: how many runs (seeds), and the fewest and most informative and active units among
+    them (replicates' spread, shown beside the rows)."""
+    done = frame.dropna(subset=["informative", "active"])
+    if done.empty:
+        return pd.DataFrame(columns=["beta", "runs", "informative", "active"])
+    grouped = done.groupby("beta")
+    out = pd.DataFrame(
+        {
+            "runs": grouped.size(),
+            "informative": grouped["informative"].agg(lambda v: _range(v)),
+            "active": grouped["active"].agg(lambda v: _range(v)),
+        }
+    ).reset_index()
+    return out
+
+
+def _range(values) -> str:
+    low, high = int(min(values)), int(max(values))
+    return str(low) if low == high else f"{low}–{high}"
 
 
 @dataclass

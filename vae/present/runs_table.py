@@ -150,3 +150,31 @@ def to_csv(rows: list[Mapping]) -> bytes:
     for row in rows:
         writer.writerow([csv_value(k, row.get(k)) for k in keys])
     return buffer.getvalue().encode()
+
+
+def sort_rows(rows: list[dict], key: str, descending: bool = False) -> list[dict]:
+    """Rows by one column's raw value (numbers as numbers), blanks last either way."""
+
+    def order(row: dict):
+        value = row.get(key)
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        return (isinstance(value, str), value)
+
+    filled = [r for r in rows if r.get(key) not in (None, "", [])]
+    blank = [r for r in rows if r.get(key) in (None, "", [])]
+    try:
+        filled.sort(key=order, reverse=descending)
+    except TypeError:  # mixed kinds in one column: compare as text
+        filled.sort(key=lambda r: text(key, r.get(key)), reverse=descending)
+    return filled + blank
+
+
+def display_rows(rows: list[dict], columns: list[str]) -> list[dict]:
+    """Rows for the screen: the chosen columns under their headers, each cell as text."""
+    names = headers()
+    return [{names[c]: text(c, row.get(c)) for c in columns} for row in rows]
+
+
+def all_tags(rows: list[dict]) -> list[str]:
+    return sorted({t for row in rows for t in row.get("tags", [])})

@@ -19,6 +19,8 @@ import pandas as pd
 from vae.execution.lease import stalled_for
 from vae.execution.states import BROKEN, RunState
 from vae.execution.store import RunRecord
+from vae.learn.config import RunConfig
+from vae.learn.fields import SETTINGS, cell, objective_text
 
 if TYPE_CHECKING:  # only named in a hint: the chart objects come from charts.py
     import altair as alt
@@ -128,48 +130,68 @@ def newest(records: list, limit: int | None = None) -> tuple[list, str]:
     return records[-limit:], note
 
 
+def _number(value, decimals: int) -> str:
+    """A number to its precision; blank for nothing (a report shows no "None")."""
+    return "" if value is None else f"{value:,.{decimals}f}"
+
+
 def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
-    """One row per run: settings, state and the latest test-set numbers."""
+    """One row per run: settings, state and the latest test-set numbers, as a report writes them
+    (every runs-table column, sorting and filtering are on the Runs page)."""
     rows = []
     for r in records:
         if r.broken:
             rows.append({"run": r.run_id, "state": BROKEN, "note": r.broken})
             continue
         c, m = r.config, r.last_metrics
+        values = c.to_dict()
         rows.append(
             {
                 "run": r.run_id,
                 "name": c.name,
                 "state": r.state,
-                "β": c.beta,
-                "objective": c.objective,
+                "β": SETTINGS["beta"].text(cell(values, "beta")),
+                "objective": objective_text(values),
                 "dataset": c.dataset,
                 "arch": c.architecture,
-                "z": c.latent_dim,
+                "z": str(c.latent_dim),
                 "likelihood": c.likelihood,
+                "lr": f"{c.lr:g}",
+                "batch": str(c.batch_size),
+                "seed": str(c.seed),
                 "epoch": f"{m.get('epoch', 0)}/{c.epochs}",
-                "R (nats)": m.get("rate"),
-                "D (nats)": m.get("distortion"),
-                "−ELBO": -m["elbo"] if "elbo" in m else None,
-                "active": m.get("active_units"),
-                "img/s": m.get("images_per_s"),
-                "precision": m.get("precision", ""),
-                "where": r.status.get("where", ""),
-                "note": r.status.get("reason", ""),
+                "R (nats)": _number(m.get("rate"), 2),
+                "D (nats)": _number(m.get("distortion"), 2),
+                "−ELBO": _number(-m["elbo"] if "elbo" in m else None, 2),
+                "active": "" if m.get("active_units") is None else str(m["active_units"]),
+                "img/s": _number(m.get("images_per_s"), 0),
+                "precision": m.get("precision") or "",
+                "where": r.status.get("where") or "",
+                "note": r.status.get("reason") or "",
                 "created": time.strftime(
                     "%Y-%m-%d %H:%M", time.localtime(r.status.get("created", 0))
                 ),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("")
 
 
 # ---- downloads --------------------------------------------------------------------------------
-def metrics_csv(metrics: list[dict]) -> bytes:
-    """Per-epoch metrics as CSV; per-dimension lists become columns kl_0, var_0, cov_0, ..."""
+def metrics_csv(metrics: list[dict], run_id: str = "", config: RunConfig | None = None) -> bytes:
+    """Per-epoch metrics as CSV; per-dimension lists become columns kl_0, var_0, cov_0, ...
+
+    With a run id and config, each row starts with the run id and every setting, so a file read
+    on its own (or several concatenated) still says which run and settings it holds."""
+    first: dict = {}
+    if run_id:
+        first["run"] = run_id
+    if config is not None:
+        values = config.to_dict()
+        first.update({name: s.text(values.get(name)) for name, s in SETTINGS.items()})
     rows = []
     for m in metrics:
-        row = {k: v for k, v in m.items() if not isinstance(v, list)}
+        row = dict(first)
+        row.update({k: v for k, v in m.items() if not isinstance(v, list)})
         for field, prefix in (("kl_per_dim", "kl"), ("posterior_var", "var"), ("mean_cov", "cov")):
             for j, v in enumerate(m.get(field, [])):
                 row[f"{prefix}_{j}"] = v
