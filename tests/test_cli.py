@@ -69,7 +69,7 @@ def test_help_shows_each_default_once_switches_included(capsys):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default None)" not in text and "(default )" not in text
-    for name in cli.CONFIG_HELP:
+    for name in cli.SETTINGS:
         flag = "--" + name.replace("_", "-")
         block = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
         assert block.count("(default:") == 1, (flag, block)
