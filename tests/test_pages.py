@@ -440,13 +440,13 @@ def test_run_pickers_switch_the_run_shown(monkeypatch, sweep_store, page):
     at.selectbox(key="pick_run").select(low.run_id).run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.query_params["run"] == low.run_id
-    assert any(f"β={low.config.beta:g} " in c.value for c in at.caption)
+    assert any(f"β = {low.config.beta:g} " in c.value for c in at.caption)
     at.toggle[0].set_value(True).run()
     at.selectbox(key="pick_compare").select(high.run_id).run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.query_params["compare"] == high.run_id
     shown = " ".join(c.value for c in at.caption)
-    assert f"β={low.config.beta:g} " in shown and f"β={high.config.beta:g} " in shown
+    assert f"β = {low.config.beta:g} " in shown and f"β = {high.config.beta:g} " in shown
 
 
 def test_pages_list_only_the_newest_runs_of_a_large_store(monkeypatch, tmp_path):
