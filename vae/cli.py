@@ -30,7 +30,6 @@ from vae.execution.store import RunStore, StoreError
 from vae.learn.config import ConfigError, RunConfig, sweep_betas
 from vae.learn.fields import SETTINGS
 from vae.present import runs_table
-from vae.present.views import format_seconds, grouping_text
 
 EVAL_REPORT_EVERY_S = 2.0
 
@@ -124,6 +123,8 @@ def cmd_train(args, store: RunStore) -> int:
 
 
 def cmd_sweep(args, store: RunStore) -> int:
+    from vae.present.views import grouping_text  # pandas: only when sweeping
+
     config = config_from_args(args)
     betas = sweep_betas(args.betas)  # the app's check: range, and no β twice
     say_findings(sweep_findings(config))
@@ -193,6 +194,8 @@ class EvalProgress:
         self.last = self.started
 
     def __call__(self, done: int, total: int) -> None:
+        from vae.present.views import format_seconds
+
         now = time.monotonic()
         if now - self.last < self.every_s and done < total:
             return
