@@ -15,7 +15,14 @@ from vae.learn.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 # Imports allowed inside a function: only to defer a heavy third-party import, never for a cycle.
-DEFERRED = {"vae.execution.ray_backend": "imports ray: about a second and 100 MB, only if chosen"}
+DEFERRED = {
+    "vae.execution.ray_backend": "imports ray: about a second and 100 MB, only if chosen",
+    # The CLI's --help and `list` start without torch or pandas (issue #21): only train, eval
+    # and sweep load them.
+    "vae.execution.worker": "imports torch, for `train` only",
+    "vae.execution.evaluation": "imports torch, for `eval` only",
+    "vae.present.views": "imports pandas, for `sweep` and `eval` only",
+}
 LAYERS = {
     "vae.learn": 0,
     "vae.settings": 1,
