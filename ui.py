@@ -21,7 +21,7 @@ from vae.execution.backends import make_backend, make_manager
 from vae.execution.jobs import JobManager
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
-from vae.present.views import newest, vega_lite_spec
+from vae.present.views import difference_text, newest, vega_lite_spec
 
 if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
     import altair as alt
@@ -239,4 +239,6 @@ def pick_runs(records: list[RunRecord], compare: bool) -> list[tuple]:
             record = pick_run(records, key=key, label=label, index_default=default)
             if record is not None:
                 picked.append((column, record))
+    if len(picked) == 2:  # say what the two differ in, and whether that is a fair comparison
+        st.caption(difference_text(picked[0][1].config, picked[1][1].config))
     return picked

@@ -51,6 +51,7 @@ CANCEL_HELP = (
     "Other runs of its sweep, even those trained in the same process, train on."
 )
 
+REASON_CHARS = 90  # of a run's end reason in the job list: one line at 800 px
 CANCEL_WAIT_S = 1.5  # a Cancel waits this long for the worker to stop, so the row shows it
 
 manager = job_manager()
@@ -330,7 +331,11 @@ def _run_row(record, job_size: int = 1) -> None:
         )  # fmt: skip
     else:
         reason = record.status.get("reason", "")
-        bar_col.caption(f"{record.state} · {text}" + (f" · {reason}" if reason else ""))
+        short = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS].rstrip() + "…"
+        bar_col.caption(  # a long reason (a data error) in full behind the (?) only
+            f"{record.state} · {text}" + (f" · {short}" if reason else ""),
+            help=reason if short != reason else None,
+        )
         resumable = record.state in RESUMABLE
         if resumable:
             action_col.button(

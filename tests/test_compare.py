@@ -26,7 +26,7 @@ from vae.present.tradeoff import (
     tradeoff_chart,
     tradeoff_frame,
 )
-from vae.present.views import metrics_csv
+from vae.present.views import difference_text, metrics_csv
 
 
 def tiny(**changes) -> RunConfig:
@@ -113,6 +113,11 @@ def test_the_diff_shows_only_differing_settings(two_sweeps, monkeypatch):
     assert [d["setting"] for d in rt.diff_rows([a, b])] == ["Learning rate"]
     c = rows[ids[(1e-3, 2.0, 1)]]
     assert [d["setting"] for d in rt.diff_rows([a, c])] == ["β", "Seed"]
+    first, second, third = (store.get(r["run"]).config for r in (a, b, c))
+    assert difference_text(first, second) == (
+        "Differ in lr (0.001 → 0.003): not like with like: they differ in more than β and seed."
+    )
+    assert difference_text(first, third) == "Differ in β (0.5 → 2), Seed (0 → 1): like with like."
     at = open_app(monkeypatch, store.root, "pages/runs.py")
     at.multiselect(key="runs_compare").set_value([a["run"], b["run"]]).run()
     diff = at.dataframe[-1].value

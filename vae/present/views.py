@@ -20,7 +20,7 @@ from vae.execution.lease import stalled_for
 from vae.execution.states import BROKEN, RunState
 from vae.execution.store import RunRecord
 from vae.learn.config import RunConfig
-from vae.learn.fields import SETTINGS, cell, objective_text
+from vae.learn.fields import LABEL, SEPARATES, SETTINGS, cell, differing, objective_text
 
 if TYPE_CHECKING:  # only named in a hint: the chart objects come from charts.py
     import altair as alt
@@ -174,6 +174,28 @@ def runs_frame(records: list[RunRecord]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).fillna("")
+
+
+def difference_text(a: RunConfig, b: RunConfig) -> str:
+    """What two compared runs differ in, and whether that is like with like: 'Differ in β
+    (0.5 → 16) only: like with like.' A difference in anything that changes what is computed
+    (but β) is named as such."""
+    first, second = a.to_dict(), b.to_dict()
+    names = [n for n in differing([first, second]) if SETTINGS[n].role != LABEL]
+    if not names:
+        return "Same settings."
+    parts = [
+        f"{SETTINGS[n].short or SETTINGS[n].label} ({SETTINGS[n].text(cell(first, n)) or '–'} → "
+        f"{SETTINGS[n].text(cell(second, n)) or '–'})"
+        for n in names
+    ]
+    unlike = [n for n in names if SETTINGS[n].role == SEPARATES]
+    verdict = (
+        "like with like"
+        if not unlike
+        else "not like with like: they differ in more than β and seed"
+    )
+    return f"Differ in {', '.join(parts)}: {verdict}."
 
 
 # ---- downloads --------------------------------------------------------------------------------
