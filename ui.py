@@ -21,6 +21,7 @@ from vae.execution.backends import make_backend, make_manager
 from vae.execution.jobs import JobManager
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
+from vae.learn.fields import beta_text
 from vae.present.views import difference_text, newest, vega_lite_spec
 
 if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
@@ -181,7 +182,8 @@ def run_label(record: RunRecord, with_state: bool = True) -> str:
         return f"{record.run_id} (broken)"
     name = f" {record.config.name}" if record.config.name else ""
     state = f" · {record.state}" if with_state else ""
-    return f"{record.run_id}{name} · β={record.config.beta:g} · z={record.config.latent_dim}{state}"
+    what = beta_text(record.config.to_dict())  # never "β = 1" for a run whose β does nothing
+    return f"{record.run_id}{name} · {what} · z={record.config.latent_dim}{state}"
 
 
 def pick_run(

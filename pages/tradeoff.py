@@ -6,6 +6,7 @@ import streamlit as st
 
 from ui import list_runs, refresh_on_change
 from vae.execution.states import RunState
+from vae.learn.fields import beta_text
 from vae.present.tradeoff import (
     beta_domain,
     beta_values,
@@ -116,7 +117,7 @@ def live_chart(chosen_set: str) -> None:
     chosen = st.multiselect(
         "Runs to plot per epoch", options, key=curves_key,
         help="Click points in the chart (shift-click for several) or choose here.",
-        format_func=lambda rid: f"{rid} · β={by_id[rid].config.beta:g}",
+        format_func=lambda rid: f"{rid} · {beta_text(by_id[rid].config.to_dict())}",
     )  # fmt: skip
     if chosen:
         splits = ("test", "train") if show_train else ("test",)

@@ -98,7 +98,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     # 4. The jobs panel (a fragment redrawn every second) lists the three runs.
     for beta, run_id in by_beta.items():
         check(
-            page.get_by_text(re.compile(rf"^{run_id} · β={beta:g} · z={LATENT_DIM}"))
+            page.get_by_text(re.compile(rf"^{run_id} · β = {beta:g} · z={LATENT_DIM}"))
         ).to_be_visible()
 
     # 5. Responsive while training: other pages open and the Train page comes back.
@@ -137,7 +137,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     )
     for beta, run_id in by_beta.items():
         check(
-            page.get_by_text(f"{run_id} · β={beta:g} · z={LATENT_DIM}", exact=True)
+            page.get_by_text(f"{run_id} · β = {beta:g} · z={LATENT_DIM}", exact=True)
         ).to_be_visible()
 
     # 7. Tradeoff: the chart has one point per run and the table under it lists the runs.
@@ -164,7 +164,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     wait_idle(page, timeout_ms=30_000)
     check(page.get_by_role("heading", name="Checkpoints")).to_be_visible()
     picker = page.locator(".st-key-pick_run").get_by_role("combobox", name="Run")
-    check(picker).to_have_value(re.compile(rf"^{run_id} · β=4 · "))
+    check(picker).to_have_value(re.compile(rf"^{run_id} · β = 4 · "))
     # Streamlit turns every character outside [A-Za-z0-9_-] of a key into "-" in the class name:
     # the key "download-final.pt" gives "st-key-download-final-pt" (not "...final.pt").
     button = page.locator(".st-key-download-final-pt button")

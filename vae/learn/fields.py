@@ -235,6 +235,13 @@ def objective_text(values: Mapping) -> str:
         return objective.title
 
 
+def beta_text(values: Mapping) -> str:
+    """'β = 4' for a run's short label, or the objective's own words where β does nothing."""
+    if _uses_beta(values):
+        return f"β = {SETTINGS['beta'].text(values.get('beta'))}"
+    return objective_text(values).split(" over ")[0]
+
+
 def set_label(values: Mapping, defaults: Mapping) -> str:
     """A comparison set in words: the headline settings, then every separating setting that
     differs from the defaults ('digits · mlp 400 · J 20 · bernoulli · β-VAE · 10 epochs · lr 0.003')."""

@@ -20,7 +20,7 @@ import pandas as pd
 from vae.execution.states import RunState
 from vae.execution.store import RunRecord
 from vae.learn.config import RunConfig, comparison_key
-from vae.learn.fields import OBJECTIVES, set_label
+from vae.learn.fields import OBJECTIVES, beta_text, set_label
 from vae.present.units import unit_counts
 
 BETA_FLOOR = 1e-3  # β = 0 is drawn at this value on log scales
@@ -407,7 +407,7 @@ def curves_frame(records: list[RunRecord], splits: tuple[str, ...] = ("test",)) 
     for r in records:
         if r.broken:
             continue
-        label = f"{r.run_id[-6:]} β={r.config.beta:g}"
+        label = f"{r.run_id[-6:]} {beta_text(r.config.to_dict())}"
         for m in r.metrics:
             values = {
                 "test": (m.get("rate"), m.get("distortion"), -m["elbo"] if "elbo" in m else None),
