@@ -13,6 +13,7 @@ import pytest
 from helpers import open_app, train_run
 
 from vae import cli
+from vae.execution.states import RunState
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 from vae.present import runs_table as rt
@@ -180,3 +181,19 @@ def test_csvs_carry_every_setting_and_the_run_id(two_sweeps):
     mine = next(r for r in table if r["run"] == run_id)
     assert float(mine["rate"]) == pytest.approx(record.last_metrics["rate"])
     assert mine["gaussian_std"] == ""  # blank where a setting does not apply
+
+
+def test_delete_asks_first_and_stays_on_the_neighbouring_run(tmp_path, monkeypatch):
+    store = RunStore(tmp_path / "runs")
+    run_ids = [store.create_run(tiny(seed=s)) for s in range(3)]
+    for run_id in run_ids:  # stopped runs: the app's scheduler starts none of them
+        store.update_status(run_id, RunState.CANCELLED, "for the test")
+    at = open_app(monkeypatch, store.root, "pages/checkpoints.py", run=run_ids[0])
+    assert at.selectbox(key="pick_run").value == run_ids[0]
+    assert [r.run_id for r in store.list_runs()] == run_ids  # nothing deleted before the click
+    at.button(key="confirm-delete").click().run()
+    assert not at.exception
+    assert [r.run_id for r in store.list_runs()] == run_ids[1:]
+    assert at.selectbox(key="pick_run").value == run_ids[1]  # the next one, not the newest
+    assert at.query_params["run"] == run_ids[1]
+    assert any(f"Deleted {run_ids[0]}" in s.value for s in at.success)
