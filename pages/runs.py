@@ -46,8 +46,9 @@ shown = [
 
 left, middle, right = st.columns([4, 2, 1], vertical_alignment="bottom")
 columns = left.multiselect(
-    "Columns", list(names), default=list(rt.DEFAULT_COLUMNS), key="runs_columns",
-    format_func=names.get, help="Every setting and final metric can be a column.",
+    "Columns", list(names), default=rt.default_columns(rows), key="runs_columns",
+    format_func=names.get, help="Every setting and final metric can be a column; the settings "
+    "that differ among the runs are shown at first.",
 )  # fmt: skip
 sort_by = middle.selectbox("Sort by", list(names), key="runs_sort", format_func=names.get)
 descending = right.toggle("Descending", key="runs_descending")

@@ -36,6 +36,15 @@ DEFAULT_COLUMNS = (
 )  # fmt: skip
 
 
+def default_columns(rows: list[Mapping]) -> list[str]:
+    """DEFAULT_COLUMNS, with the settings that differ among these runs after β (a store of two
+    learning rates shows the learning rate without asking)."""
+    varying = [n for n in differing([r for r in rows if r.get("state") != "broken"])]
+    varying = [n for n in varying if n not in DEFAULT_COLUMNS and n != "created"]
+    at = DEFAULT_COLUMNS.index("beta") + 1
+    return [*DEFAULT_COLUMNS[:at], *varying, *DEFAULT_COLUMNS[at:]]
+
+
 def headers() -> dict[str, str]:
     """Every column key -> its header, in table order: who, settings, metrics, labels."""
     out = {"run": "run", "state": "state"}
