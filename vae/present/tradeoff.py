@@ -114,13 +114,15 @@ def tradeoff_frame(records: list[RunRecord]) -> pd.DataFrame:
                 "sweep": r.status.get("group") or r.run_id,
                 "settings": settings_label(r),
                 "seed": c.seed,
+                # Replicates share this: β, or nothing where the objective ignores β (capacity).
+                "beta_group": c.beta if OBJECTIVES[c.objective].uses_beta else 0.0,
                 "linear": OBJECTIVES[c.objective].linear_in_beta,
                 "group_key": comparable_key(r),
             }
         )
     columns = ["run_id", "run", "beta", "beta_plot", "rate", "distortion", "neg_elbo"]
     columns += ["active_units", "informative", "epoch", "epochs", "state", "sweep", "settings"]
-    return pd.DataFrame(rows, columns=[*columns, "seed", "linear", "group_key"])
+    return pd.DataFrame(rows, columns=[*columns, "seed", "beta_group", "linear", "group_key"])
 
 
 REPLICATE_COLUMNS = [
@@ -132,10 +134,10 @@ REPLICATE_COLUMNS = [
 
 def replicate_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (set, β): the mean R, D and −ELBO of its replicates (runs that differ only in
-    seed), their sample standard deviations (0 for one run), mean ± sd as error-bar ends, and the
-    range of the unit counts."""
+    seed, or for an objective that ignores β, in β), their sample standard deviations (0 for one
+    run), mean ± sd as error-bar ends, and the range of the unit counts."""
     rows = []
-    for (key, beta), runs in frame.groupby(["group_key", "beta"], sort=True):
+    for (key, beta), runs in frame.groupby(["group_key", "beta_group"], sort=True):
         n = len(runs)
         row = {"group_key": key, "beta": float(beta), "beta_plot": beta_plot(beta), "n": n}
         for name in ("rate", "distortion", "neg_elbo"):
