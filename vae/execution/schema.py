@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from vae.execution.states import RunState
+from vae.learn.fields import SETTINGS
 
 STATES = tuple(RunState)  # defined in vae.execution.states
 MAX_TIME = 1e11  # seconds since 1970: year 5138; later values overflow time.localtime
@@ -156,7 +157,7 @@ def check_config_types(data) -> None:
     root = data.get("data_root")
     _check(root is None or (isinstance(root, str) and len(root) <= 4096), where, "data_root",
            "text or null", root)  # fmt: skip
-    for name in ("dynamic_binarization", "learn_variance"):
+    for name in (s.name for s in SETTINGS.values() if s.kind is bool):
         if name in data:
             _check(isinstance(data[name], bool), where, name, "true or false", data[name])
     hidden = data.get("hidden_dims", [])

@@ -136,8 +136,8 @@ def validation_errors(config: RunConfig) -> dict[str, str]:
         elif s.choices is not None:
             if value not in s.choices:
                 problem = f"unknown value {value!r}; choose one of {', '.join(s.choices)}"
-        elif value is not None and (not isinstance(value, str) or len(value) > 200):
-            problem = "must be text of at most 200 characters"
+        elif value is not None and (not isinstance(value, str) or len(value) > s.max_chars):
+            problem = f"must be text of at most {s.max_chars:,} characters"
         if problem:
             errors[s.name] = problem
     return errors

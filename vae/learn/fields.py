@@ -94,6 +94,7 @@ class Setting:
     headline: bool = False  # always named in a comparison set's label
     stack_free: bool = False  # may differ between the runs trained as one stack
     shown_default: str | None = None  # how --help writes a default whose value says nothing
+    max_chars: int = 200  # text settings: the longest value accepted
     applies: Callable[[Mapping], bool] | None = None  # None: always
 
     def applies_to(self, values: Mapping) -> bool:
@@ -150,7 +151,7 @@ SETTINGS: dict[str, Setting] = _declare(
     Setting("dataset", "Data set", "data set (digits is built in and works offline)", str,
             choices=tuple(DATASETS), headline=True),
     Setting("data_root", "Data root", "folder holding MNIST/Fashion-MNIST files", str,
-            role=EXECUTION, shown_default="./data", applies=_needs_root),
+            role=EXECUTION, shown_default="./data", max_chars=4096, applies=_needs_root),
     Setting("architecture", "Architecture", "mlp or conv", str, choices=ARCHITECTURES,
             short="arch", headline=True),
     Setting("hidden_dims", "Hidden units", "hidden layer sizes (mlp: the encoder's, mirrored in "
