@@ -4,7 +4,7 @@ import streamlit as st
 
 from ui import job_manager, list_runs, refresh_on_change, run_label
 from vae.execution.jobs import MAX_SEEDS
-from vae.execution.preflight import refusal, run_findings, sweep_findings
+from vae.execution.preflight import fetch_data, refusal, run_findings, sweep_findings
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import StoreError
 from vae.learn.config import (
@@ -276,6 +276,15 @@ def show_findings(found, where) -> None:
 run_found = run_findings(config) if not errors else []
 sweep_found = sweep_findings(config) if not errors else []
 show_findings(sweep_found, st.container(key="findings"))
+missing_data = any(f.setting == "data_root" for f in sweep_found)
+# The label is fixed text: the data root is the user's, shown by the message above as text.
+if missing_data and st.button("Download the files into the data root", key="download_data"):
+    try:
+        with st.spinner("Downloading (torchvision)…"):
+            fetch_data(config)
+        st.rerun()  # the files are there: the refusal goes
+    except ValueError as exc:  # DataError: no connection, or a damaged download
+        st.error(f"Download failed: {str(exc)[:200]}")
 buttons = st.container(horizontal=True)  # buttons keep their full labels in a narrow window
 train_disabled = bool(errors) or refusal(run_found) is not None
 if buttons.button("Train", type="primary", key="train_button", disabled=train_disabled):

@@ -160,7 +160,11 @@ def test_a_data_root_without_files_is_refused_and_creates_nothing(
     args = ["train", "--dataset", "mnist", "--data-root", str(empty), "--epochs", "1"]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
-    assert "No MNIST files under the data root" in err and "train-images-idx3-ubyte" in err
+    assert (
+        "No MNIST files under this data root" in err
+        and str(empty) in err
+        and "train-images-idx3-ubyte" in err
+    )
     assert run_folders(store.root) == []
     at = open_app(monkeypatch, tmp_path / "app-runs")
     at.selectbox(key="setting_dataset").select("mnist").run()

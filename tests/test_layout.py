@@ -22,6 +22,7 @@ DEFERRED = {
     "vae.execution.worker": "imports torch, for `train` only",
     "vae.execution.evaluation": "imports torch, for `eval` only",
     "vae.present.views": "imports pandas, for `sweep` and `eval` only",
+    "vae.learn.data": "imports torch and torchvision, only when a download is asked for",
 }
 LAYERS = {
     "vae.learn": 0,

@@ -24,7 +24,14 @@ from vae.execution.backends import BACKENDS, make_backend, make_manager
 from vae.execution.jobs import MAX_SEEDS, JobManager
 from vae.execution.labels import clean_tags
 from vae.execution.layout import cached_layout
-from vae.execution.preflight import Finding, refusal, run_findings, sweep_findings
+from vae.execution.preflight import (
+    Finding,
+    data_root_finding,
+    fetch_data,
+    refusal,
+    run_findings,
+    sweep_findings,
+)
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import ConfigError, RunConfig, sweep_betas
@@ -32,6 +39,10 @@ from vae.learn.fields import SETTINGS
 from vae.present import runs_table
 
 EVAL_REPORT_EVERY_S = 2.0
+DOWNLOAD_FLAG = "--download"
+DOWNLOAD_HELP = (
+    "fetch MNIST/Fashion-MNIST files missing under the data root first (needs a connection)"
+)
 
 
 def shown_default(name: str, value) -> str:
@@ -82,6 +93,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig.from_dict(values).validated()
 
 
+def download_first(args, config: RunConfig) -> None:
+    """--download: fetch a data set's missing files before anything is created."""
+    if getattr(args, "download", False) and data_root_finding(config) is not None:
+        print(f"downloading {config.dataset} into {config.data_root or 'data'}...", flush=True)
+        fetch_data(config)
+
+
 def say_findings(found: list[Finding]) -> None:
     """Warnings on stderr before anything is created; a refusal raises (nothing is written)."""
     refused = refusal(found)
@@ -103,6 +121,7 @@ def cmd_train(args, store: RunStore) -> int:
     from vae.execution.worker import JobControl, run_job  # torch: only when training here
 
     config = config_from_args(args)
+    download_first(args, config)
     say_findings(run_findings(config))
     backend = make_backend(args.backend)
     if backend.name != "local":  # train on the cluster, followed from here like a sweep
@@ -127,6 +146,7 @@ def cmd_sweep(args, store: RunStore) -> int:
 
     config = config_from_args(args)
     betas = sweep_betas(args.betas)  # the app's check: range, and no β twice
+    download_first(args, config)
     say_findings(sweep_findings(config))
     manager = make_manager(store, make_backend(args.backend), max_concurrent=args.jobs)
     if manager.backend.name == "local" and args.jobs is None and cached_layout(store.root) is None:
@@ -337,8 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one run in this process")
     add_config_arguments(train)
+    train.add_argument(DOWNLOAD_FLAG, action="store_true", help=DOWNLOAD_HELP)
     sweep = sub.add_parser("sweep", help="train one run per β, in parallel worker processes")
     add_config_arguments(sweep, skip=("beta",))
+    sweep.add_argument(DOWNLOAD_FLAG, action="store_true", help=DOWNLOAD_HELP)
     sweep.add_argument(
         "--betas", type=float, nargs="+", required=True, help="the β values, each at most once"
     )
@@ -393,6 +415,6 @@ def main(argv: list[str] | None = None) -> int:
             args.jobs = settings.read(settings.MAX_JOBS)  # None: the layout measured here
         store = RunStore(args.store or settings.read(settings.STORE))
         return commands[args.command](args, store)
-    except (ConfigError, StoreError, ValueError, ConnectionError) as exc:
+    except (ConfigError, StoreError, ValueError, ConnectionError) as exc:  # DataError: a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -88,9 +88,10 @@ def data_root_finding(config: RunConfig) -> Finding | None:
     zipped = any((raw / f"{f}.gz").is_file() for f in missing)
     return Finding(
         "data_root",
-        f"No {info.title} files under the data root {str(root)[:60]}.",
-        f"Expected {', '.join(RAW_FILES)} in {raw} (missing: {', '.join(missing)})."
-        + (" Found .gz archives there: unpack them (gunzip)." if zipped else ""),
+        f"No {info.title} files under this data root.",  # no user text: the page draws markdown
+        f"Data root {root}. Expected {', '.join(RAW_FILES)} in {raw} (missing: {', '.join(missing)})."
+        + (" Found .gz archives there: unpack them (gunzip)." if zipped else "")
+        + " With a connection, download them first (the Train page's button, or --download).",
         refuse=True,
     )
 
@@ -129,3 +130,11 @@ def refusal(found: list[Finding]) -> str | None:
     """The refusing findings as one message (None: nothing refuses)."""
     refused = [f for f in found if f.refuse]
     return " ".join(f"{f.message} {f.detail}" for f in refused) or None
+
+
+def fetch_data(config: RunConfig) -> None:
+    """Download a data set's missing files into its data root (torchvision, needs a
+    connection); DataError says what failed. Called on request, before the run is created."""
+    from vae.learn.data import load_dataset  # torch and torchvision: only when asked
+
+    load_dataset(config.dataset, config.data_root, download=True)
