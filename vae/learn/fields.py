@@ -30,14 +30,14 @@ class Objective:
 
     title: str  # "β-VAE"
     formula: str  # "D + β·R"
-    phrase: str  # its settings in words, formatted with the config's values
+    own: str  # its own settings in words, formatted with the config's values (β is added)
     settings: tuple[str, ...] = ()  # the settings only this objective reads
     uses_beta: bool = True  # False: β changes nothing, so a β sweep is refused
     linear_in_beta: bool = True  # D + β·R at its optimum: the slope −β overlay applies
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "beta": Objective("β-VAE", "D + β·R", "β-VAE, β = {beta:g}"),
+    "beta": Objective("β-VAE", "D + β·R", "β-VAE"),
     "capacity": Objective(
         "capacity",
         "D + γ·|R − C(t)|",
@@ -50,13 +50,13 @@ OBJECTIVES: dict[str, Objective] = {
     "warmup": Objective(
         "KL warm-up",
         "D + min(1, t/T)·β·R",
-        "KL warm-up to β = {beta:g} over {warmup_steps:,} steps",
+        "KL warm-up over {warmup_steps:,} steps",
         settings=("warmup_steps",),
     ),
     "free_bits": Objective(
         "free bits",
         "D + β·Σⱼ max(λ, KLⱼ)",
-        "free bits λ = {free_bits:g} nats, β = {beta:g}",
+        "free bits λ = {free_bits:g} nats",
         settings=("free_bits",),
         linear_in_beta=False,
     ),
@@ -224,16 +224,19 @@ def comparison_key(values: Mapping) -> tuple:
     )
 
 
-def objective_text(values: Mapping) -> str:
-    """What the objective is, with its numbers: 'capacity C → 25 nats over 10,000 steps, γ = 100'
-    (never 'β = 1' for an objective that ignores β)."""
+def objective_text(values: Mapping, with_beta: bool = True) -> str:
+    """What the objective is, with its numbers: 'capacity C → 25 nats over 10,000 steps, γ = 100',
+    'KL warm-up over 1,000 steps, β = 4' (never 'β = 1' for an objective that ignores β)."""
     objective = OBJECTIVES.get(values.get("objective"))
     if objective is None:
         return str(values.get("objective"))
     try:
-        return objective.phrase.format(**values)
+        text = objective.own.format(**values)
     except (KeyError, ValueError, TypeError):
-        return objective.title
+        text = objective.title
+    if with_beta and objective.uses_beta:
+        text += f", β = {SETTINGS['beta'].text(values.get('beta'))}"
+    return text
 
 
 def beta_text(values: Mapping) -> str:
@@ -253,10 +256,7 @@ def set_label(values: Mapping, defaults: Mapping) -> str:
         str(values.get("likelihood")),
     ]
     objective = OBJECTIVES.get(values.get("objective"))
-    if objective is None or not objective.settings:
-        parts.append(objective.title if objective else str(values.get("objective")))
-    else:  # its own settings in its own words, without β (which the set varies)
-        parts.append(objective_text({**values, "beta": 0.0}).split(", β =")[0])
+    parts.append(objective_text(values, with_beta=False))  # without β, which the set varies
     parts.append(f"{values.get('epochs')} epochs")
     own = set(objective.settings) if objective else set()
     for s in SETTINGS.values():
