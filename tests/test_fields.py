@@ -78,6 +78,10 @@ def test_every_field_has_a_train_page_control_where_it_applies(monkeypatch, tmp_
     # A setting that does not apply is not shown: σ only for the gaussian likelihood.
     at.radio(key="setting_likelihood").set_value("bernoulli").run()
     assert "setting_gaussian_std" not in [w.key for w in at.number_input]
+    # Seeds per β: six β of the default list, two seeds each.
+    at.selectbox(key="setting_objective").select("beta").run()
+    at.number_input(key="sweep_seeds").set_value(2).run()
+    assert at.button(key="sweep_button").label == "Sweep β (12 runs)"
 
 
 def test_keys_follow_the_roles(tiny_config):
