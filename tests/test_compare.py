@@ -197,3 +197,16 @@ def test_delete_asks_first_and_stays_on_the_neighbouring_run(tmp_path, monkeypat
     assert at.selectbox(key="pick_run").value == run_ids[1]  # the next one, not the newest
     assert at.query_params["run"] == run_ids[1]
     assert any(f"Deleted {run_ids[0]}" in s.value for s in at.success)
+
+
+def test_the_gallery_shows_each_seed_and_the_ranges(two_sweeps, monkeypatch):
+    store, ids = two_sweeps
+    at = open_app(monkeypatch, store.root, "pages/gallery.py")
+    picker = at.selectbox(key="gallery_sweep")
+    assert sum("× 2 seeds" in o for o in picker.options) == 1  # sweep A's label, not B's
+    picker.select("sweep-a").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("2 seeds per β" in c.value for c in at.caption)
+    headings = [m.value for m in at.markdown if m.value.startswith("#### β")]
+    assert headings == ["#### β = 0.5 · seed 0", "#### β = 0.5 · seed 1",
+                        "#### β = 2 · seed 0", "#### β = 2 · seed 1"]  # fmt: skip
