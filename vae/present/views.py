@@ -209,7 +209,9 @@ def metrics_csv(metrics: list[dict], run_id: str = "", config: RunConfig | None 
         first["run"] = run_id
     if config is not None:
         values = config.to_dict()
-        first.update({name: s.text(values.get(name)) for name, s in SETTINGS.items()})
+        for name, setting in SETTINGS.items():  # numbers as numbers; lists and switches as text
+            value = values.get(name)
+            first[name] = setting.text(value) if isinstance(value, list | bool) else value
     rows = []
     for m in metrics:
         row = dict(first)
