@@ -289,8 +289,8 @@ buttons = st.container(horizontal=True)  # buttons keep their full labels in a n
 train_disabled = bool(errors) or refusal(run_found) is not None
 if buttons.button("Train", type="primary", key="train_button", disabled=train_disabled):
     try:
-        if refusal(run_findings(config)):  # checked again at the click: files may have moved
-            raise ValueError(refusal(run_findings(config)))
+        if refused := [f.message for f in run_findings(config) if f.refuse]:  # again at the click
+            raise ValueError(" ".join(refused))  # messages only: details name the user's paths
         run_id = manager.submit(config.validated())
         st.success(f"Queued run {run_id}")
     except (ValueError, StoreError) as exc:
@@ -299,8 +299,8 @@ sweep_disabled = bool(errors) or bool(sweep_problem) or refusal(sweep_found) is 
 count = len(betas) * int(seeds)
 if buttons.button(f"Sweep β ({count} runs)", key="sweep_button", disabled=sweep_disabled):
     try:
-        if refusal(sweep_findings(config)):
-            raise ValueError(refusal(sweep_findings(config)))
+        if refused := [f.message for f in sweep_findings(config) if f.refuse]:
+            raise ValueError(" ".join(refused))
         run_ids = manager.submit_sweep(config.validated(), betas, seeds=int(seeds))
         grouping = grouping_text(manager.jobs, run_ids, manager.slots())
         replicas = f" × {int(seeds)} seeds" if seeds > 1 else ""
