@@ -131,11 +131,44 @@ def _cached_spec(name: str, _build: Callable[..., alt.TopLevelMixin], args: tupl
     return vega_lite_spec(_build(*args))  # `name` keys the cache: a function cannot be hashed
 
 
-def chart(build: Callable[..., alt.TopLevelMixin], *args, **options):
+def chart(build: Callable[..., alt.TopLevelMixin], *args, figure: str = "", **options):
     """`st.altair_chart(build(*args), **options)`, built once per distinct args: a rerun with the
-    same data (a click elsewhere, a refresh) skips Altair's building and validation."""
+    same data (a click elsewhere, a refresh) skips Altair's building and validation. With
+    `figure` (a file name), SVG, PNG and PDF downloads of it follow the chart."""
     name = f"{build.__module__}.{build.__qualname__}"
-    return st.vega_lite_chart(spec=_cached_spec(name, build, args), **options)
+    spec = _cached_spec(name, build, args)
+    shown = st.vega_lite_chart(spec=spec, **options)
+    if figure:
+        figure_downloads(spec, figure)
+    return shown
+
+
+def figure_downloads(
+    chart: alt.TopLevelMixin | dict | Callable[[], str], name: str, label: str = "Download figure"
+) -> None:
+    """SVG, PNG and PDF downloads of a figure, for slides: a chart (Altair or its Vega-Lite dict)
+    or a function that returns an SVG document (the β gallery). Each file is made only when its
+    button is pressed (vl-convert, no browser)."""
+    from vae.present import figures
+
+    def make(fmt: str) -> Callable[[], bytes]:
+        if callable(chart) and not hasattr(chart, "to_dict"):
+            return lambda: figures.svg_figure(chart(), fmt)
+        return lambda: figures.chart_figure(chart, fmt)
+
+    with st.popover(label, icon=":material/download:", key=f"figures-{name}"):
+        for fmt, mime in figures.FORMATS.items():
+            st.download_button(
+                fmt.upper(), make(fmt), file_name=figures.file_name(name, fmt), mime=mime,
+                key=f"figure-{name}-{fmt}", on_click="ignore",
+            )  # fmt: skip
+
+
+def altair_chart(chart: alt.TopLevelMixin, name: str, **options):
+    """`st.altair_chart(chart, **options)` with its SVG, PNG and PDF downloads below it."""
+    event = st.altair_chart(chart, **options)
+    figure_downloads(chart, name)
+    return event
 
 
 def refresh_on_change(run_ids: list[str] | None = None) -> None:

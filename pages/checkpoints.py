@@ -7,9 +7,11 @@ from vae.execution.checkpoint import (
     MAX_UPLOAD_BYTES,
     CheckpointError,
     checkpoint_problem,
+    load_run_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
 )
+from vae.execution.export import export_zip
 from vae.execution.store import StoreError
 from vae.learn.evaluate import grid, prior_samples
 from vae.present.views import metrics_csv, newest, runs_frame
@@ -75,6 +77,15 @@ else:
                 "Download metrics.csv", lambda: metrics_csv(store.read_metrics(record.run_id)),
                 file_name=f"{record.run_id}-metrics.csv",
                 mime="text/csv", key="download-csv",
+            )  # fmt: skip
+        if not problem and store.checkpoint_path(record.run_id) is not None:
+            downloads.download_button(
+                "Download for torch alone (.pt2)",
+                lambda: export_zip(load_run_checkpoint(store, record.run_id), record.run_id),
+                file_name=f"{record.run_id}-torch-export.zip", mime="application/zip",
+                key="download-export", on_click="ignore",
+                help="Encoder and decoder as torch.export files: `torch.export.load(path)"
+                ".module()` runs them with nothing but torch installed (see the README).",
             )  # fmt: skip
         st.code(
             "import torch\n"

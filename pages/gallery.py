@@ -2,12 +2,19 @@
 
 import streamlit as st
 
-from ui import run_store
+from ui import altair_chart as ui_altair_chart
+from ui import figure_downloads, run_store
 from vae.execution.checkpoint import CheckpointError
 from vae.execution.states import RunState
 from vae.learn.data import DataError
 from vae.present.charts import units_chart
-from vae.present.gallery import Pictures, checkpoint_pictures, gallery_frame, sweeps
+from vae.present.gallery import (
+    Pictures,
+    checkpoint_pictures,
+    gallery_frame,
+    sweep_figure_svg,
+    sweeps,
+)
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER
 
 st.title("β gallery")
@@ -49,6 +56,15 @@ if group is None:
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 seed = st.number_input("Sample seed (the same for every row)", 0, 2**31 - 1, 0, key="gallery_seed")
+
+
+def gallery_svg() -> str:
+    """The sweep as it is when the button is pressed, as one labelled figure."""
+    sweep = next(s for s in sweeps(store.list_runs()) if s.group == group)
+    return sweep_figure_svg(sweep, store, int(seed))
+
+
+figure_downloads(gallery_svg, f"beta-gallery-{group}", label="Download the gallery as one figure")
 
 
 def row(index: int, record, numbers) -> None:
@@ -95,7 +111,7 @@ def gallery() -> None:
     if finished < len(frame):
         st.info(f"{finished} of {len(frame)} runs finished; rows update as the runs train.")
     if frame["informative"].notna().sum() >= 2:
-        st.altair_chart(units_chart(frame))
+        ui_altair_chart(units_chart(frame), f"units-{group}")
     for index, (record, numbers) in enumerate(zip(sweep.runs, frame.itertuples(), strict=True)):
         row(index, record, numbers)
 

@@ -4,7 +4,7 @@ import hashlib
 
 import streamlit as st
 
-from ui import list_runs, refresh_on_change
+from ui import altair_chart, list_runs, refresh_on_change
 from vae.execution.states import RunState
 from vae.present.tradeoff import (
     beta_domain,
@@ -75,9 +75,10 @@ def live_chart(chosen_set: str) -> None:
     running = int((frame["state"] == RunState.RUNNING).sum())
     training = f" · {running} still training (drawn faded)" if running else ""
     st.caption(f"{len(frame)} runs{training} · updates every 2 s")
-    event = st.altair_chart(
-        tradeoff_chart(frame, show_slopes), on_select="rerun", key="tradeoff_chart"
-    )
+    event = altair_chart(
+        tradeoff_chart(frame, show_slopes), "rate-distortion", on_select="rerun",
+        key="tradeoff_chart",
+    )  # fmt: skip
     if show_slopes:
         slopes = frontier_slopes(frame)
         st.caption(
@@ -111,7 +112,7 @@ def live_chart(chosen_set: str) -> None:
     if chosen:
         splits = ("test", "train") if show_train else ("test",)
         curves = curves_frame([by_id[r] for r in chosen if r in by_id], splits)
-        st.altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)))
+        altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)), "curves")
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
                "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip

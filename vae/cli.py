@@ -18,6 +18,7 @@ import time
 from vae import settings
 from vae.execution.backends import BACKENDS, make_backend, make_manager
 from vae.execution.evaluation import evaluate_run
+from vae.execution.export import export_run
 from vae.execution.jobs import JobManager
 from vae.execution.layout import cached_layout
 from vae.execution.states import ACTIVE, RunState
@@ -33,6 +34,7 @@ from vae.learn.config import (
     sweep_betas,
 )
 from vae.learn.datasets import DATASETS
+from vae.present.figure_files import write_figures
 from vae.present.views import format_seconds, grouping_text
 
 EVAL_REPORT_EVERY_S = 2.0
@@ -249,6 +251,20 @@ def print_runs(store: RunStore, run_ids: list[str] | None = None) -> None:
         )
 
 
+def cmd_figures(args, store: RunStore) -> int:
+    written = write_figures(store, args.target, args.out, seed=args.seed)
+    for path in written:
+        print(path)
+    print(f"{len(written)} files in {args.out}")
+    return 0
+
+
+def cmd_export(args, store: RunStore) -> int:
+    for path in export_run(store, args.run_id, args.out):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vae", description="Train and inspect β-VAEs.")
     parser.add_argument(
@@ -280,6 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="importance samples k per test image, 1 to 10,000; time grows with k (default: 100)",
     )  # fmt: skip
     sub.add_parser("list", help="list every run in the store")
+    figures = sub.add_parser(
+        "figures", help="write a run's or a sweep's figures as SVG, PNG and PDF (for slides)"
+    )
+    figures.add_argument("target", metavar="RUN_OR_SWEEP", help="a run id or a sweep's group id")
+    figures.add_argument("--out", required=True, help="folder to write the files into")
+    figures.add_argument("--seed", type=int, default=0, help="prior-sample seed (default: 0)")
+    export = sub.add_parser(
+        "export", help="write a run's encoder and decoder as torch.export .pt2 files (torch only)"
+    )
+    export.add_argument("run_id")
+    export.add_argument("--out", required=True, help="folder to write the files into")
     return parser
 
 
@@ -290,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": cmd_sweep,
         "eval": cmd_eval,
         "list": lambda a, s: print_runs(s) or 0,
+        "figures": cmd_figures,
+        "export": cmd_export,
     }
     try:
         if args.command == "sweep" and args.jobs is None:
