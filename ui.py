@@ -247,6 +247,31 @@ def pick_run(
     return usable[ids.index(chosen)]
 
 
+def pick_sweep(options: list[tuple[str, str]], key: str = "sweep") -> str | None:
+    """A select box of sweeps, (group id, label) newest first, whose choice lives in the URL
+    (?sweep=GROUP), so a view of a sweep can be shared. An unknown value is reported."""
+    if not options:
+        return None
+    groups = [g for g, _ in options]
+    labels = dict(options)
+    wanted = st.query_params.get(key)
+    state_key, written_key = f"pick_{key}", f"_url_{key}"
+    if wanted is not None and wanted not in groups:
+        st.warning(
+            f"The sweep in the address (`{key}`) was not found in the store; showing another."
+        )
+    elif wanted is not None and wanted != st.session_state.get(written_key):
+        st.session_state[state_key] = wanted  # an address from outside (a link) wins
+    if st.session_state.get(state_key) not in groups:
+        st.session_state.pop(state_key, None)  # a deleted sweep: back to the newest
+    chosen = st.selectbox(
+        "Sweep", groups, key=state_key, format_func=lambda g: labels.get(g, g),
+        help="Runs started together by Sweep β (or the demo); the newest first.",
+    )  # fmt: skip
+    st.query_params[key] = st.session_state[written_key] = chosen
+    return chosen
+
+
 def compare_toggle() -> bool:
     """'Compare two runs side by side'; the second run's id lives in the URL as ?compare=ID."""
     # Seeded from the address once; a `value=` that follows the address would make a new widget
