@@ -281,6 +281,15 @@ def pick_run(
     return usable[ids.index(chosen)]
 
 
+def sweep_of_address_run(members: dict[str, list[str]]) -> None:
+    """A page of sweeps opened with ?run=ID (and no ?sweep=) opens the sweep holding that run."""
+    run_id = st.query_params.get("run")
+    if run_id and "sweep" not in st.query_params:
+        group = next((g for g, ids in members.items() if run_id in ids), None)
+        if group is not None:
+            st.query_params["sweep"] = group
+
+
 def pick_sweep(
     options: list[tuple[str, str]], key: str = "sweep", widget_key: str = ""
 ) -> str | None:

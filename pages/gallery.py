@@ -3,7 +3,14 @@
 import streamlit as st
 
 from ui import altair_chart as ui_altair_chart
-from ui import figure_downloads, list_runs, pick_sweep, refresh_on_change, run_store
+from ui import (
+    figure_downloads,
+    list_runs,
+    pick_sweep,
+    refresh_on_change,
+    run_store,
+    sweep_of_address_run,
+)
 from vae.execution.checkpoint import CheckpointError
 from vae.execution.states import RunState
 from vae.learn.data import DataError
@@ -48,11 +55,7 @@ def film_mtime(record) -> float:
 
 records = list_runs()
 found = sweeps(records)
-wanted_run = st.query_params.get("run")
-if wanted_run and "sweep" not in st.query_params:  # ?run= opens the sweep that holds the run
-    holder = next((s for s in found if any(r.run_id == wanted_run for r in s.runs)), None)
-    if holder is not None:
-        st.query_params["sweep"] = holder.group
+sweep_of_address_run({s.group: [r.run_id for r in s.runs] for s in found})
 group = pick_sweep([(s.group, s.label()) for s in found], widget_key="gallery_sweep")
 if group is None:
     st.info(

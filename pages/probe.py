@@ -4,7 +4,14 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from ui import altair_chart, list_runs, pick_sweep, refresh_on_change, run_store
+from ui import (
+    altair_chart,
+    list_runs,
+    pick_sweep,
+    refresh_on_change,
+    run_store,
+    sweep_of_address_run,
+)
 from vae.execution.checkpoint import CheckpointError, load_run_checkpoint, model_from_checkpoint
 from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import grid, posterior_means
@@ -47,6 +54,7 @@ if not found:
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     refresh_on_change()
     st.stop()
+sweep_of_address_run({s.group: [r.run_id for r in s.runs] for s in found})
 group = pick_sweep([(s.group, s.label()) for s in found])
 sweep = next(s for s in found if s.group == group)
 first = sweep.runs[0].config

@@ -9,6 +9,7 @@ from vae.execution.states import RunState
 from vae.present.tradeoff import (
     beta_domain,
     beta_values,
+    comparable_key,
     comparable_sets,
     curves_chart,
     curves_frame,
@@ -40,6 +41,10 @@ def choose_set(records) -> str | None:
     if not sets:
         return None
     by_key = {s.key: s for s in sets}
+    named = address_set(records)
+    if named in by_key and st.session_state.get("_tradeoff_named") != named:
+        st.session_state["tradeoff_set"] = named  # ?run= or ?sweep= from a link: its settings
+        st.session_state["_tradeoff_named"] = named
     return st.selectbox(
         "Runs with the same settings (data set, architecture, latent size, likelihood, "
         "objective, epochs)",
@@ -50,6 +55,16 @@ def choose_set(records) -> str | None:
         help="Runs are comparable when they differ only in β. The first entry holds the latest "
         "sweep.",
     )  # fmt: skip
+
+
+def address_set(records) -> str | None:
+    """The settings of the run (?run=) or sweep (?sweep=) the address names, if any."""
+    run_id, group = st.query_params.get("run"), st.query_params.get("sweep")
+    named = [
+        r for r in records
+        if not r.broken and r.config and (r.run_id == run_id or (group and r.status.get("group") == group))
+    ]  # fmt: skip
+    return comparable_key(named[0]) if named else None
 
 
 @st.fragment  # a click or a choice here reruns this part only
