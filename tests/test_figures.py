@@ -98,12 +98,15 @@ def test_cli_figures_of_a_sweep_and_a_run(sweep_store, tmp_path, capsys):
     for fmt in ("svg", "png", "pdf"):
         assert f"sweep-test-beta-gallery.{fmt}" in names
         assert f"sweep-test-rate-distortion.{fmt}" in names
+    assert "sweep-test-film.gif" in names
+    assert Image.open(out / "sweep-test-film.gif").format == "GIF"
     for path in out.iterdir():
-        check(path.suffix[1:], path.read_bytes())
+        if path.suffix != ".gif":
+            check(path.suffix[1:], path.read_bytes())
     run_id = sweep_store.list_runs()[0].run_id
     one = tmp_path / "one"
     assert main(["--store", str(sweep_store.root), "figures", run_id, "--out", str(one)]) == 0
-    assert {p.suffix for p in one.iterdir()} == {".svg", ".png", ".pdf"}
+    assert {p.suffix for p in one.iterdir()} == {".svg", ".png", ".pdf", ".gif"}
     assert f"{run_id}-latent-map.png" in {p.name for p in one.iterdir()}
 
 

@@ -3,7 +3,8 @@
 For a run: its per-dimension KL and posterior variance bars, both heatmaps over epochs and its
 latent map (the Posterior and Samples pages). For a sweep (a group id, or any run id of it): the
 β gallery as one figure, informative/active dimensions against β, the rate–distortion plane of
-its runs and their curves, then every run's figures. Each as SVG, PNG and PDF.
+its runs and their curves, then every run's figures. Each as SVG, PNG and PDF; and the training
+film (one frame per kept epoch) as a GIF.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vae.present.charts import (
     units_chart,
 )
 from vae.present.figures import FORMATS, chart_figure, file_name, svg_figure
+from vae.present.film_view import film_gif, read_films
 from vae.present.gallery import Sweep, gallery_frame, sweep_figure_svg
 from vae.present.tradeoff import (
     beta_domain,
@@ -107,6 +109,12 @@ def write_figures(store: RunStore, name: str, out: str | os.PathLike, seed: int 
             }
             for stem, chart in charts.items():
                 written += _write(out, stem, lambda fmt, c=chart: chart_figure(c, fmt))
+    films = read_films({r.run_id: str(r.path) for r in records})
+    if films:  # training as a film: one row per β (a sweep) or the run alone
+        rows = [(f"β = {r.config.beta:g}", films[r.run_id]) for r in records if r.run_id in films]
+        path = out / file_name(f"{name}-film", "gif")
+        atomic_write_bytes(path, film_gif(rows, name))
+        written.append(path)
     for record in records:
         for stem, chart in run_charts(store, record).items():
             written += _write(out, stem, lambda fmt, c=chart: chart_figure(c, fmt))
