@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -49,3 +50,14 @@ def test_a_drawn_digit_goes_through_every_beta(app_server, page):
     expect(page.locator("[data-testid='stException']")).to_have_count(0)
     images = page.locator(".st-key-probe_reconstructions [data-testid='stImage']")
     expect(images).to_have_count(len(BETAS))
+
+    # The chart beside them downloads as SVG for slides (the popover's button, by its key).
+    page.locator(".st-key-figures-probe-kl-sweep-e2e button").first.click()
+    button = page.locator(".st-key-figure-probe-kl-sweep-e2e-svg button")
+    with page.expect_download(timeout=60_000) as download_info:
+        button.click()
+    download = download_info.value
+    assert download.suggested_filename == "probe-kl-sweep-e2e.svg"
+    saved = app_server.store_root.parent / download.suggested_filename
+    download.save_as(saved)
+    assert ET.fromstring(saved.read_bytes()).tag.endswith("svg")
