@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import train_run
+from tests.helpers import open_app, train_run
 from vae.execution.film import (
     FILM_FILE,
     INPUTS,
@@ -104,3 +104,19 @@ def test_a_sweep_gif(store, tiny_config):
     data = sweep_gif(sweep)
     image = Image.open(io.BytesIO(data))
     assert image.format == "GIF" and image.n_frames == 2
+
+
+def test_the_gallery_epoch_slider_moves_every_row(store, tiny_config, monkeypatch):
+    ids = [
+        store.create_run(replace(tiny_config, beta=b, epochs=2), group="sweep-slider")
+        for b in (1.0, 4.0)
+    ]
+    assert set(run_job(store, ids, JobControl(store)).values()) == {"finished"}
+    at = open_app(monkeypatch, store.root, "pages/gallery.py")
+    assert not at.exception, at.exception
+    assert at.slider(key="gallery_epoch").value == 2
+    at.slider(key="gallery_epoch").set_value(1).run()
+    assert not at.exception, at.exception
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert captions.count("prior samples · epoch 1") == 2
+    assert captions.count("inputs | reconstructions · epoch 1") == 2
