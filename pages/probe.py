@@ -117,24 +117,27 @@ def read_input() -> torch.Tensor:
         return prepare(grey_from_upload(upload.getvalue()), shape, first.dataset)
     from streamlit_drawable_canvas import st_canvas  # a component: imports under a Streamlit run
 
-    st.caption("Draw with the mouse (or a finger); the bin icon below the canvas clears it.")
     drawn = st_canvas(
         stroke_width=16, stroke_color="#FFFFFF", background_color="#000000",
         height=CANVAS_SIDE, width=CANVAS_SIDE, drawing_mode="freedraw",
         return_image_data=True, key="probe_canvas",
     )  # fmt: skip
+    st.caption("Draw with the mouse (or a finger); the canvas's bin icon clears it.")
     return prepare(grey_from_canvas(drawn.image_data), shape, first.dataset)
 
 
+left, right = st.columns([1, 2])
 try:
-    x = read_input()
+    with left:
+        x = read_input()
 except ProbeInputError as exc:
-    st.info(str(exc).capitalize())
+    right.info(str(exc).capitalize())
     refresh_on_change([r.run_id for r in sweep.runs])
     st.stop()
 x_in = model_input(x, first.likelihood)
-left, right = st.columns([1, 3])
-left.image(to_picture(torch.cat([x, x_in]), zoom=ZOOM), caption="prepared | as the encoder sees it")
+right.image(
+    to_picture(torch.cat([x, x_in]), zoom=ZOOM), caption="prepared | as the encoder sees it"
+)
 right.caption("How the input is prepared: " + preparation_text(first.dataset, first.likelihood))
 
 probes = [probe(m, x_in, r.run_id, r.config.beta) for r, m in models]
@@ -142,9 +145,9 @@ st.subheader("One reconstruction per β")
 with st.container(horizontal=True, key="probe_reconstructions"):
     for p in probes:
         st.image(
-            to_picture(p.reconstruction, zoom=3),
+            to_picture(p.reconstruction, zoom=4),
             caption=f"β = {p.beta:g} · R = {p.rate:.1f} nats",
-            width=28 * 3 + 8,
+            width=128,
         )
 altair_chart(probe_kl_chart(probes_frame(probes)), f"probe-kl-{group}")
 with st.expander("μⱼ, σⱼ² and KLⱼ of every dimension at every β"):
