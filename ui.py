@@ -145,11 +145,15 @@ def chart(build: Callable[..., alt.TopLevelMixin], *args, figure: str = "", **op
 
 
 def figure_downloads(
-    chart: alt.TopLevelMixin | dict | Callable[[], str], name: str, label: str = "Download figure"
+    chart: alt.TopLevelMixin | dict | Callable[[], str],
+    name: str,
+    label: str = "Download figure",
+    key: str = "",
 ) -> None:
     """SVG, PNG and PDF downloads of a figure, for slides: a chart (Altair or its Vega-Lite dict)
     or a function that returns an SVG document (the β gallery). Each file is made only when its
-    button is pressed (vl-convert, no browser)."""
+    button is pressed (vl-convert, no browser). `key` (default: `name`) tells apart two figures
+    of one name on a page (the same run on both sides of a comparison)."""
     from vae.present import figures
 
     def make(fmt: str) -> Callable[[], bytes]:
@@ -157,18 +161,19 @@ def figure_downloads(
             return lambda: figures.svg_figure(chart(), fmt)
         return lambda: figures.chart_figure(chart, fmt)
 
-    with st.popover(label, icon=":material/download:", key=f"figures-{name}"):
+    key = key or name
+    with st.popover(label, icon=":material/download:", key=f"figures-{key}"):
         for fmt, mime in figures.FORMATS.items():
             st.download_button(
                 fmt.upper(), make(fmt), file_name=figures.file_name(name, fmt), mime=mime,
-                key=f"figure-{name}-{fmt}", on_click="ignore",
+                key=f"figure-{key}-{fmt}", on_click="ignore",
             )  # fmt: skip
 
 
-def altair_chart(chart: alt.TopLevelMixin, name: str, **options):
+def altair_chart(chart: alt.TopLevelMixin, name: str, figure_key: str = "", **options):
     """`st.altair_chart(chart, **options)` with its SVG, PNG and PDF downloads below it."""
     event = st.altair_chart(chart, **options)
-    figure_downloads(chart, name)
+    figure_downloads(chart, name, key=figure_key)
     return event
 
 

@@ -37,7 +37,7 @@ picked = pick_runs(records, compare)
 scales = dims_scales([record.metrics for _, record in picked])
 
 
-def show(record) -> None:
+def show(record, side: int) -> None:
     last = record.last_metrics
     counts = unit_counts(last)
     row = st.container(horizontal=True)  # wraps instead of truncating in a narrow window
@@ -57,16 +57,16 @@ def show(record) -> None:
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
     kl_chart, var_chart = dims_charts(dims_frame(last), scales if compare else None)
-    altair_chart(kl_chart, f"kl-per-dim-{record.run_id}")
-    altair_chart(var_chart, f"posterior-variance-{record.run_id}")
+    altair_chart(kl_chart, f"kl-per-dim-{record.run_id}", f"kl-{side}")
+    altair_chart(var_chart, f"posterior-variance-{record.run_id}", f"variance-{side}")
     st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
     top = scales.heat_max[field] if compare else None
     heatmap = heatmap_chart(dims_over_epochs(record.metrics, field), field, top)
-    altair_chart(heatmap, f"{field}-over-epochs-{record.run_id}")
+    altair_chart(heatmap, f"{field}-over-epochs-{record.run_id}", f"heatmap-{side}")
 
 
-for column, record in picked:
+for side, (column, record) in enumerate(picked):
     with column:
-        show(record)
+        show(record, side)
 
 refresh_on_change([record.run_id for _, record in picked])  # follows them while they train

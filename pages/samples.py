@@ -68,7 +68,7 @@ for column, record in pick_runs(records, compare):
     shown.append((column, record, model, dataset, latent_map(model, x, y)))
 extent = latent_map_extent([frame for *_, frame in shown]) if compare else None
 
-for column, record, model, dataset, frame in shown:
+for side, (column, record, model, dataset, frame) in enumerate(shown):
     with column:
         st.caption(f"{record.config.describe()} · epoch {record.last_metrics['epoch']}")
         st.markdown("**From the prior**")
@@ -81,4 +81,4 @@ for column, record, model, dataset, frame in shown:
         traversal = latent_traversal(model, dataset.test.x[:1], dims)
         st.image(grid(traversal, nrow=9), width=IMAGE_WIDTH)
         st.markdown("**Latent means of the test split**")
-        altair_chart(latent_map_chart(frame, extent), f"latent-map-{record.run_id}")
+        altair_chart(latent_map_chart(frame, extent), f"latent-map-{record.run_id}", f"map-{side}")

@@ -115,3 +115,14 @@ def test_run_in_the_address_picks_its_settings_on_tradeoff(monkeypatch, tmp_path
     assert "|2|" in at.selectbox(key="tradeoff_set").value
     at = open_app(monkeypatch, store.root, "pages/tradeoff.py", sweep="sweep-z2")
     assert "|2|" in at.selectbox(key="tradeoff_set").value
+
+
+@pytest.mark.parametrize("page", ["pages/posterior.py", "pages/samples.py"])
+def test_the_same_run_on_both_sides_keeps_its_figure_downloads_apart(
+    monkeypatch, linked_store, page
+):
+    run_id = _sweep_ids(linked_store)[4.0]
+    at = open_app(monkeypatch, linked_store.root, page, run=run_id, compare=run_id)
+    assert not at.exception, at.exception
+    keys = [b.key for b in at.get("download_button")]
+    assert len(keys) == len(set(keys)) and any(k.endswith("-svg") for k in keys)
