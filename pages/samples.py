@@ -81,4 +81,5 @@ for side, (column, record, model, dataset, frame) in enumerate(shown):
         traversal = latent_traversal(model, dataset.test.x[:1], dims)
         st.image(grid(traversal, nrow=9), width=IMAGE_WIDTH)
         st.markdown("**Latent means of the test split**")
+        st.caption("To decode a point you pick, or your own digit, open Probe.")
         altair_chart(latent_map_chart(frame, extent), f"latent-map-{record.run_id}", f"map-{side}")
