@@ -44,7 +44,7 @@ def clickable_map_chart(points: pd.DataFrame, grid: pd.DataFrame, titles, extent
     y = alt.Y("z2:Q", title=titles[1], scale=scale)
     dots = (
         alt.Chart(points)
-        .mark_circle(size=14, opacity=0.6)
+        .mark_circle(size=14, opacity=0.6, clip=True)
         .encode(x=x, y=y, color=alt.Color("label:N", title="label"))
     )
     pick = alt.selection_point(name=PICK, on="click", nearest=True, fields=["z1", "z2"])
