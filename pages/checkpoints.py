@@ -12,8 +12,10 @@ from vae.execution.checkpoint import (
     read_checkpoint,
 )
 from vae.execution.export import export_zip
+from vae.execution.film import FILM_FILE
 from vae.execution.store import StoreError
 from vae.learn.evaluate import grid, prior_samples
+from vae.present.film_view import run_gif
 from vae.present.views import metrics_csv, newest, runs_frame
 
 st.title("Checkpoints")
@@ -86,6 +88,13 @@ else:
                 key="download-export", on_click="ignore",
                 help="Encoder and decoder as torch.export files: `torch.export.load(path)"
                 ".module()` runs them with nothing but torch installed (see the README).",
+            )  # fmt: skip
+        if (store.run_dir(record.run_id) / FILM_FILE).exists():
+            downloads.download_button(
+                "Training film (GIF)", lambda: run_gif(record), file_name=f"{record.run_id}-film.gif",
+                mime="image/gif", key="download-film", on_click="ignore",
+                help="One frame per kept epoch: prior samples (the same z every epoch) and the "
+                "same test digits beside their reconstructions.",
             )  # fmt: skip
         st.code(
             "import torch\n"

@@ -25,7 +25,7 @@ from vae.execution.worker import JobControl, run_job
 from vae.learn.config import RunConfig
 from vae.learn.data import load_dataset
 from vae.learn.model import build_model
-from vae.present.film_view import film_epochs, frame_pictures, read_films, sweep_gif
+from vae.present.film_view import film_epochs, frame_pictures, read_films, run_gif, sweep_gif
 from vae.present.gallery import sweeps
 
 
@@ -39,6 +39,8 @@ def test_training_keeps_one_frame_per_epoch(store, tiny_config):
     assert film.inputs.shape == (INPUTS, 1, 28, 28)
     samples, recons, shown = frame_pictures(film, 2)
     assert shown == 2 and samples.ndim == 3 and recons.ndim == 3
+    gif = Image.open(io.BytesIO(run_gif(store.get(run_id))))
+    assert gif.format == "GIF" and gif.n_frames == 3
 
 
 def test_the_film_stays_bounded_on_a_long_run(tmp_path):
@@ -120,3 +122,12 @@ def test_the_gallery_epoch_slider_moves_every_row(store, tiny_config, monkeypatc
     captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
     assert captions.count("prior samples · epoch 1") == 2
     assert captions.count("inputs | reconstructions · epoch 1") == 2
+
+
+def test_checkpoints_offers_the_runs_film(store, tiny_config, monkeypatch):
+    run_id = store.create_run(tiny_config)
+    assert train_run(store, run_id) == "finished"
+    at = open_app(monkeypatch, store.root, "pages/checkpoints.py", run=run_id)
+    assert not at.exception, at.exception
+    keys = [b.key for b in at.get("download_button")]
+    assert "download-film" in keys and "download-export" in keys

@@ -120,3 +120,12 @@ def sweep_gif(sweep) -> bytes:
     rows = [(f"β = {r.config.beta:g}", films[r.run_id]) for r in sweep.runs if r.run_id in films]
     first = sweep.runs[0].config
     return film_gif(rows, f"{first.dataset} {first.architecture} z={first.latent_dim}")
+
+
+def run_gif(record) -> bytes:
+    """The film of one run (a RunRecord) as a GIF."""
+    films = read_films({record.run_id: str(record.path)})
+    if record.run_id not in films:
+        raise ValueError(f"run {record.run_id} has no film yet")
+    label = f"β = {record.config.beta:g}"
+    return film_gif([(label, films[record.run_id])], record.run_id)
