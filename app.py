@@ -29,6 +29,7 @@ PAGES = [
     st.Page(
         "pages/posterior.py", title="Posterior", icon=":material/bar_chart:", url_path="posterior"
     ),
+    st.Page("pages/probe.py", title="Probe", icon=":material/draw:", url_path="probe"),
     st.Page("pages/samples.py", title="Samples", icon=":material/grid_view:", url_path="samples"),
     st.Page(
         "pages/kl_term.py", title="The KL term", icon=":material/functions:", url_path="kl_term"

@@ -33,6 +33,7 @@ POLL_ACTIVE_S = 2.0  # how often an open page looks for changes while a run it s
 POLL_IDLE_S = 20.0  # ... and while nothing does (a run started elsewhere still shows up)
 _SEEN = "_live_seen"  # session state: (store generation, {run id: record}) of the listing drawn
 _ACTIVE = "_live_active"  # session state: ids of the queued or running runs in that listing
+_PENDING = "_live_pending"  # session state: runs the address names that the page cannot draw yet
 
 # What the pages that show models need (torch: seconds to import). The first page a visitor
 # opens (Train, Tradeoff, Posterior, the KL term) needs none of it, so it is loaded afterwards.
@@ -132,11 +133,49 @@ def _cached_spec(name: str, _build: Callable[..., alt.TopLevelMixin], args: tupl
     return vega_lite_spec(_build(*args))  # `name` keys the cache: a function cannot be hashed
 
 
-def chart(build: Callable[..., alt.TopLevelMixin], *args, **options):
+def chart(build: Callable[..., alt.TopLevelMixin], *args, figure: str = "", **options):
     """`st.altair_chart(build(*args), **options)`, built once per distinct args: a rerun with the
-    same data (a click elsewhere, a refresh) skips Altair's building and validation."""
+    same data (a click elsewhere, a refresh) skips Altair's building and validation. With
+    `figure` (a file name), SVG, PNG and PDF downloads of it follow the chart."""
     name = f"{build.__module__}.{build.__qualname__}"
-    return st.vega_lite_chart(spec=_cached_spec(name, build, args), **options)
+    spec = _cached_spec(name, build, args)
+    shown = st.vega_lite_chart(spec=spec, **options)
+    if figure:
+        figure_downloads(spec, figure)
+    return shown
+
+
+def figure_downloads(
+    chart: alt.TopLevelMixin | dict | Callable[[], str],
+    name: str,
+    label: str = "Download figure",
+    key: str = "",
+) -> None:
+    """SVG, PNG and PDF downloads of a figure, for slides: a chart (Altair or its Vega-Lite dict)
+    or a function that returns an SVG document (the β gallery). Each file is made only when its
+    button is pressed (vl-convert, no browser). `key` (default: `name`) tells apart two figures
+    of one name on a page (the same run on both sides of a comparison)."""
+    from vae.present import figures
+
+    def make(fmt: str) -> Callable[[], bytes]:
+        if callable(chart) and not hasattr(chart, "to_dict"):
+            return lambda: figures.svg_figure(chart(), fmt)
+        return lambda: figures.chart_figure(chart, fmt)
+
+    key = key or name
+    with st.popover(label, icon=":material/download:", key=f"figures-{key}"):
+        for fmt, mime in figures.FORMATS.items():
+            st.download_button(
+                fmt.upper(), make(fmt), file_name=figures.file_name(name, fmt), mime=mime,
+                key=f"figure-{key}-{fmt}", on_click="ignore",
+            )  # fmt: skip
+
+
+def altair_chart(chart: alt.TopLevelMixin, name: str, figure_key: str = "", **options):
+    """`st.altair_chart(chart, **options)` with its SVG, PNG and PDF downloads below it."""
+    event = st.altair_chart(chart, **options)
+    figure_downloads(chart, name, key=figure_key)
+    return event
 
 
 def refresh_on_change(run_ids: list[str] | None = None) -> None:
@@ -148,6 +187,9 @@ def refresh_on_change(run_ids: list[str] | None = None) -> None:
     only then whether a watched run's record did; it reruns the page only in that case. The
     timer never changes while the page shows.
     """
+    pending = st.session_state.pop(_PENDING, set())  # runs named in the address, not drawn yet
+    if run_ids is not None and pending:
+        run_ids = [*run_ids, *pending]
     active = st.session_state.get(_ACTIVE, set())
     watched_active = bool(active) if run_ids is None else bool(active.intersection(run_ids))
     every = POLL_ACTIVE_S if watched_active else POLL_IDLE_S
@@ -186,12 +228,31 @@ def run_label(record: RunRecord, with_state: bool = True) -> str:
     return f"{record.run_id}{name} · {what} · z={record.config.latent_dim}{state}"
 
 
+def _sweep_default(usable: list[RunRecord]) -> str | None:
+    """With ?sweep=GROUP (and no run named): that sweep's run with the largest β."""
+    group = st.query_params.get("sweep")
+    members = [r for r in usable if group and r.status.get("group") == group]
+    return max(members, key=lambda r: r.config.beta).run_id if members else None
+
+
+def _not_shown_yet(run_id: str | None) -> RunRecord | None:
+    """The run of that id in the store's listing, when the page left it out (no epoch yet)."""
+    drawn = st.session_state.get(_SEEN)
+    return drawn[1].get(run_id) if drawn and run_id else None
+
+
 def pick_run(
-    records: list[RunRecord], key: str = "run", label: str = "Run", index_default: int = -1
+    records: list[RunRecord],
+    key: str = "run",
+    label: str = "Run",
+    index_default: int = -1,
+    default_id: str | None = None,
 ) -> RunRecord | None:
     """A select box of runs whose choice lives in the URL (?run=ID), so a view can be shared.
 
-    A query value that is not a valid, existing run id is reported and ignored.
+    A query value that is not a valid, existing run id is reported and ignored. A run that exists
+    but that the page cannot show yet (still in its first epoch) keeps its place in the address:
+    the page says so, and redraws when it has an epoch (refresh_on_change watches it).
     """
     wanted = st.query_params.get(key)
     usable = [r for r in records if not r.broken]
@@ -201,9 +262,20 @@ def pick_run(
     usable = listed + [r for r in usable[: len(usable) - len(listed)] if r.run_id == wanted]
     ids = [r.run_id for r in usable]
     index = index_default % len(ids)
+    default_id = default_id if default_id in ids else _sweep_default(usable)
+    if default_id in ids:
+        index = ids.index(default_id)
     if wanted is not None:
+        waiting = _not_shown_yet(wanted) if is_valid_run_id(wanted) else None
         if is_valid_run_id(wanted) and wanted in ids:
             index = ids.index(wanted)
+        elif waiting is not None and not waiting.broken:
+            st.info(
+                f"Run {wanted} ({waiting.state}) has no finished epoch yet; this page shows it "
+                "as soon as it has one."
+            )
+            st.session_state.setdefault(_PENDING, set()).add(wanted)
+            return None
         else:
             st.warning(
                 f"The run in the address (`{key}`) was not found in the store; showing another."
@@ -214,6 +286,56 @@ def pick_run(
     )  # fmt: skip
     st.query_params[key] = chosen
     return usable[ids.index(chosen)]
+
+
+def sweep_of_address_run(members: dict[str, list[str]]) -> None:
+    """A page of sweeps opened with ?run=ID (and no ?sweep=) opens the sweep holding that run."""
+    run_id = st.query_params.get("run")
+    if run_id and "sweep" not in st.query_params:
+        group = next((g for g, ids in members.items() if run_id in ids), None)
+        if group is not None:
+            st.query_params["sweep"] = group
+
+
+def pick_sweep(
+    options: list[tuple[str, str]], key: str = "sweep", widget_key: str = ""
+) -> str | None:
+    """A select box of sweeps, (group id, label) newest first, whose choice lives in the URL
+    (?sweep=GROUP), so a view of a sweep can be shared. An unknown value is reported."""
+    if not options:
+        return None
+    groups = [g for g, _ in options]
+    labels = dict(options)
+    wanted = st.query_params.get(key)
+    state_key, written_key = widget_key or f"pick_{key}", f"_url_{key}"
+    if wanted is not None and wanted not in groups:
+        st.warning(
+            f"The sweep in the address (`{key}`) was not found in the store; showing another."
+        )
+    elif wanted is not None and wanted != st.session_state.get(written_key):
+        st.session_state[state_key] = wanted  # an address from outside (a link) wins
+    if st.session_state.get(state_key) not in groups:
+        st.session_state.pop(state_key, None)  # a deleted sweep: back to the newest
+    chosen = st.selectbox(
+        "Sweep", groups, key=state_key, format_func=lambda g: labels.get(g, g),
+        help="Runs started together by Sweep β (or the demo); the newest first.",
+    )  # fmt: skip
+    st.query_params[key] = st.session_state[written_key] = chosen
+    return chosen
+
+
+def _partner(records: list[RunRecord], record: RunRecord) -> str | None:
+    """The run to compare with by default: in the same sweep, the smallest β (the largest when
+    `record` is the smallest), as the pages' texts name them (largest β beside smallest)."""
+    group = record.status.get("group")
+    members = [r for r in records if group and not r.broken and r.status.get("group") == group]
+    others = [r for r in members if r.run_id != record.run_id]
+    if not others:
+        return None
+    smallest = min(members, key=lambda r: r.config.beta)
+    if smallest.run_id != record.run_id:
+        return smallest.run_id
+    return max(others, key=lambda r: r.config.beta).run_id
 
 
 def compare_toggle() -> bool:
@@ -238,7 +360,10 @@ def pick_runs(records: list[RunRecord], compare: bool) -> list[tuple]:
         with column:
             default = -2 if key == "compare" and len(records) > 1 else -1
             label = "Run" if key == "run" else "Compare with"
-            record = pick_run(records, key=key, label=label, index_default=default)
+            other = _partner(records, picked[0][1]) if key == "compare" and picked else None
+            record = pick_run(
+                records, key=key, label=label, index_default=default, default_id=other
+            )
             if record is not None:
                 picked.append((column, record))
     if len(picked) == 2:  # say what the two differ in, and whether that is a fair comparison

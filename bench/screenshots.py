@@ -32,7 +32,7 @@ from vae.execution.store import RunStore  # noqa: E402
 from vae.present.demo import DEMO_EPOCHS_ENV, DEMO_NAME  # noqa: E402
 from vae.present.units import unit_counts  # noqa: E402
 
-PAGES = ("train", "gallery", "tradeoff", "posterior", "samples", "kl_term", "checkpoints")
+PAGES = ("train", "gallery", "tradeoff", "posterior", "probe", "samples", "kl_term", "checkpoints")
 DEMO_TIMEOUT_S = 900
 VIEWPORT = {"width": 1400, "height": 1000}
 RENDERED_JS = """() => {
@@ -103,6 +103,7 @@ def page_urls(url: str, runs: dict, compare: bool) -> dict[str, str]:
         "gallery": f"{url}/gallery",
         "tradeoff": f"{url}/tradeoff",
         "posterior": posterior,
+        "probe": f"{url}/probe",
         "samples": samples,
         "kl_term": f"{url}/kl_term",
         "checkpoints": f"{url}/checkpoints?run={middle}",
@@ -161,7 +162,23 @@ def show_slopes(page) -> None:
     wait_rendered(page)
 
 
-PREPARE = {"tradeoff": show_slopes}
+def draw_seven(page) -> None:
+    """Probe: draw a 7 on the canvas (two strokes' worth in one) and wait for every β's answer."""
+    canvas = page.locator("canvas").last
+    box = canvas.bounding_box()
+    points = [(0.3, 0.25), (0.7, 0.25), (0.45, 0.8)]
+    at = [(box["x"] + box["width"] * u, box["y"] + box["height"] * v) for u, v in points]
+    page.mouse.move(*at[0])
+    page.mouse.down()
+    for (x0, y0), (x1, y1) in zip(at[:-1], at[1:], strict=True):
+        for step in range(1, 16):
+            page.mouse.move(x0 + (x1 - x0) * step / 15, y0 + (y1 - y0) * step / 15)
+    page.mouse.up()
+    page.get_by_text("One reconstruction per β").wait_for(timeout=60_000)
+    wait_rendered(page)
+
+
+PREPARE = {"tradeoff": show_slopes, "probe": draw_seven}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,11 +7,15 @@ from vae.execution.checkpoint import (
     MAX_UPLOAD_BYTES,
     CheckpointError,
     checkpoint_problem,
+    load_run_checkpoint,
     model_from_checkpoint,
     read_checkpoint,
 )
+from vae.execution.export import export_zip
+from vae.execution.film import FILM_FILE
 from vae.execution.store import StoreError
 from vae.learn.evaluate import grid, prior_samples
+from vae.present.film_view import run_gif
 from vae.present.views import metrics_csv, newest, runs_frame
 
 st.title("Checkpoints")
@@ -106,6 +110,22 @@ else:
                 lambda: metrics_csv(store.read_metrics(record.run_id), record.run_id, record.config),
                 file_name=f"{record.run_id}-metrics.csv",
                 mime="text/csv", key="download-csv",
+            )  # fmt: skip
+        if not problem and store.checkpoint_path(record.run_id) is not None:
+            downloads.download_button(
+                "Download for torch alone (.pt2)",
+                lambda: export_zip(load_run_checkpoint(store, record.run_id), record.run_id),
+                file_name=f"{record.run_id}-torch-export.zip", mime="application/zip",
+                key="download-export", on_click="ignore",
+                help="Encoder and decoder as torch.export files: `torch.export.load(path)"
+                ".module()` runs them with nothing but torch installed (see the README).",
+            )  # fmt: skip
+        if (store.run_dir(record.run_id) / FILM_FILE).exists():
+            downloads.download_button(
+                "Training film (GIF)", lambda: run_gif(record), file_name=f"{record.run_id}-film.gif",
+                mime="image/gif", key="download-film", on_click="ignore",
+                help="One frame per kept epoch: prior samples (the same z every epoch) and the "
+                "same test digits beside their reconstructions.",
             )  # fmt: skip
         st.code(
             "import torch\n"

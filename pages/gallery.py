@@ -2,15 +2,25 @@
 
 import streamlit as st
 
-from ui import run_store
+from ui import altair_chart as ui_altair_chart
+from ui import (
+    figure_downloads,
+    list_runs,
+    pick_sweep,
+    refresh_on_change,
+    run_store,
+    sweep_of_address_run,
+)
 from vae.execution.checkpoint import CheckpointError
 from vae.execution.states import RunState
 from vae.learn.data import DataError
 from vae.present.charts import units_chart
+from vae.present.film_view import frame_pictures, read_films, sweep_gif
 from vae.present.gallery import (
     Pictures,
     checkpoint_pictures,
     gallery_frame,
+    sweep_figure_svg,
     sweeps,
     unit_ranges,
 )
@@ -33,28 +43,66 @@ def pictures(path: str, modified: float, seed: int) -> Pictures:
     return checkpoint_pictures(path, seed=seed)
 
 
-def sweep_picker():
-    found = sweeps(store.list_runs())
-    if not found:
-        return None
-    by_group = {s.group: s for s in found}
-    group = st.selectbox(
-        "Sweep", list(by_group), key="gallery_sweep",
-        format_func=lambda g: by_group[g].label() if g in by_group else g,
-        help="Runs started together by Sweep β (or the demo); the newest first.",
-    )  # fmt: skip
-    return group
+@st.cache_data(max_entries=64, show_spinner=False)
+def films_of(folders: dict[str, str], modified: tuple) -> dict:
+    """The sweep's films, re-read only when a film file changes (mtimes in the key)."""
+    return read_films(folders)
 
 
-group = sweep_picker()
+def film_mtime(record) -> float:
+    path = record.path / "film.npz"
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+records = list_runs()
+found = sweeps(records)
+sweep_of_address_run({s.group: [r.run_id for r in s.runs] for s in found})
+group = pick_sweep([(s.group, s.label()) for s in found], widget_key="gallery_sweep")
 if group is None:
     st.info(
         "No β sweep yet. On the Train page, press **Start the β demo** (on an empty store) or "
         "**Sweep β**; each run of the sweep gets a row here."
     )
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    refresh_on_change()  # a sweep started anywhere (app or CLI) shows up
     st.stop()
+sweep = next(s for s in found if s.group == group)
 seed = st.number_input("Sample seed (the same for every row)", 0, 2**31 - 1, 0, key="gallery_seed")
+
+
+def gallery_svg() -> str:
+    """The sweep as it is when the button is pressed, as one labelled figure."""
+    now = next(s for s in sweeps(store.list_runs()) if s.group == group)
+    return sweep_figure_svg(now, store, int(seed))
+
+
+def gallery_gif() -> bytes:
+    now = next(s for s in sweeps(store.list_runs()) if s.group == group)
+    return sweep_gif(now)
+
+
+films = films_of(
+    {r.run_id: str(r.path) for r in sweep.runs}, tuple(film_mtime(r) for r in sweep.runs)
+)
+last_epoch = max(r.config.epochs for r in sweep.runs)
+tools = st.container(horizontal=True)
+with tools:
+    figure_downloads(gallery_svg, f"beta-gallery-{group}", label="The gallery as one figure")
+    if films:
+        st.download_button(
+            "Training film (GIF)", gallery_gif, file_name=f"{group}-film.gif", mime="image/gif",
+            key="gallery_gif", on_click="ignore", icon=":material/movie:",
+            help="One frame per kept epoch, one row per β: prior samples (the same z every "
+            "epoch) and the same test digits beside their reconstructions.",
+        )  # fmt: skip
+film_epoch = last_epoch
+if films and last_epoch > 1:
+    film_epoch = st.slider(
+        "Epoch (moves every row; the last epoch shows the latest pictures)", 1, last_epoch,
+        last_epoch, key="gallery_epoch",
+        help="Each run keeps a small frame per epoch (about 100 evenly spaced epochs on long "
+        "runs); a row shows its latest frame at or before the chosen epoch.",
+    )  # fmt: skip
 
 
 def row(index: int, record, numbers, replicated: bool = False) -> None:
@@ -72,6 +120,9 @@ def row(index: int, record, numbers, replicated: bool = False) -> None:
             f"active (Burda): **{numbers.active}** / {numbers.latent_dim}"
         )
         text.caption(f"{epoch} · {numbers.state}")
+        if film_epoch < (numbers.epoch or 0) and record.run_id in films:
+            film_row(films[record.run_id], samples, recon, traversal)
+            return
         path = store.checkpoint_path(record.run_id)
         if path is None:
             samples.caption("no checkpoint yet")
@@ -90,19 +141,26 @@ def row(index: int, record, numbers, replicated: bool = False) -> None:
         )
 
 
-@st.fragment(run_every=2.0)
-def gallery() -> None:
-    """Redrawn every 2 s while the sweep trains; pictures come from the cache between epochs."""
-    sweep = next((s for s in sweeps(store.list_runs()) if s.group == group), None)
-    if sweep is None:
-        st.warning("This sweep is no longer in the store.")
+def film_row(film, samples, recon, traversal) -> None:
+    shown = frame_pictures(film, film_epoch)
+    if shown is None:
+        samples.caption(f"no frame at or before epoch {film_epoch}")
         return
+    sample_grid, recon_grid, epoch = shown
+    samples.image(sample_grid, caption=f"prior samples · epoch {epoch}", width="stretch")
+    recon.image(recon_grid, caption=f"inputs | reconstructions · epoch {epoch}", width="stretch")
+    traversal.caption("Traversals are drawn for the latest epoch only.")
+
+
+def gallery() -> None:
+    """The rows; the page reruns when a run of the store changes (refresh_on_change), and
+    pictures come from the cache between epochs, so a row keeps its pictures meanwhile."""
     frame = gallery_frame(sweep)
     finished = int((frame["state"] == RunState.FINISHED).sum())
     if finished < len(frame):
         st.info(f"{finished} of {len(frame)} runs finished; rows update as the runs train.")
     if frame["informative"].notna().sum() >= 2:
-        st.altair_chart(units_chart(frame))
+        ui_altair_chart(units_chart(frame), f"units-{group}")
     replicated = sweep.seeds > 1
     if replicated:
         st.caption(
@@ -116,3 +174,4 @@ def gallery() -> None:
 
 
 gallery()
+refresh_on_change()  # new sweeps anywhere, and every run's progress (the picker's labels)

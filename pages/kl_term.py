@@ -76,7 +76,7 @@ def one_dimension_section() -> tuple[float, float]:
     cols[1].metric("∂KL/∂μ = μ", f"{grads.mu:.4f}")
     cols[2].metric("∂KL/∂σ = σ − 1/σ", f"{grads.sigma:.4f}")
     cols[3].metric("∂KL/∂log σ² = ½(σ² − 1)", f"{grads.logvar:.4f}")
-    ui.chart(curves_legend_below, mu, sigma, width="content")
+    ui.chart(curves_legend_below, mu, sigma, width="content", figure="kl-curves")
     st.caption(
         "Both gradients are zero only at μ = 0, σ = 1: the KL pulls every posterior towards the "
         "prior. Shrinking σ is punished by −log σ² (steeply, as the curve on the right shows); "
@@ -192,7 +192,7 @@ def trained_run_section() -> None:
     cols[0].metric("rate Σⱼ KLⱼ (nats)", f"{frame['KL (nats)'].sum():.3f}")
     cols[1].metric("active units", f"{int(frame['active'].sum())} of {d}")
     cols[2].metric("epoch", str(last.get("epoch", "?")))
-    ui.chart(kt.per_dim_chart, frame, width="content")
+    ui.chart(kt.per_dim_chart, frame, width="content", figure=f"kl-per-dim-{record.run_id}")
     st.caption(
         f"A dimension is active when its posterior mean varies across inputs: Cov_x(μ_j) > "
         f"{ACTIVE_UNIT_THRESHOLD:g}. Inactive ones sit at the prior (σⱼ² ≈ 1, KLⱼ ≈ 0) and carry "

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import compare_toggle, list_runs, pick_runs, refresh_on_change
+from ui import altair_chart, compare_toggle, list_runs, pick_runs, refresh_on_change
 from vae.present.charts import (
     dims_charts,
     dims_frame,
@@ -37,7 +37,7 @@ picked = pick_runs(records, compare)
 scales = dims_scales([record.metrics for _, record in picked])
 
 
-def show(record) -> None:
+def show(record, side: int) -> None:
     last = record.last_metrics
     counts = unit_counts(last)
     row = st.container(horizontal=True)  # wraps instead of truncating in a narrow window
@@ -56,15 +56,17 @@ def show(record) -> None:
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
-    for chart in dims_charts(dims_frame(last), scales if compare else None):
-        st.altair_chart(chart)
+    kl_chart, var_chart = dims_charts(dims_frame(last), scales if compare else None)
+    altair_chart(kl_chart, f"kl-per-dim-{record.run_id}", f"kl-{side}")
+    altair_chart(var_chart, f"posterior-variance-{record.run_id}", f"variance-{side}")
     st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
     top = scales.heat_max[field] if compare else None
-    st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field, top))
+    heatmap = heatmap_chart(dims_over_epochs(record.metrics, field), field, top)
+    altair_chart(heatmap, f"{field}-over-epochs-{record.run_id}", f"heatmap-{side}")
 
 
-for column, record in picked:
+for side, (column, record) in enumerate(picked):
     with column:
-        show(record)
+        show(record, side)
 
 refresh_on_change([record.run_id for _, record in picked])  # follows them while they train

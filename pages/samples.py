@@ -3,7 +3,7 @@
 import streamlit as st
 import torch
 
-from ui import compare_toggle, list_runs, pick_runs, refresh_on_change, run_store
+from ui import altair_chart, compare_toggle, list_runs, pick_runs, refresh_on_change, run_store
 from vae.execution.checkpoint import CheckpointError, load_run_checkpoint, model_from_checkpoint
 from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import (
@@ -68,7 +68,7 @@ for column, record in pick_runs(records, compare):
     shown.append((column, record, model, dataset, latent_map(model, x, y)))
 extent = latent_map_extent([frame for *_, frame in shown]) if compare else None
 
-for column, record, model, dataset, frame in shown:
+for side, (column, record, model, dataset, frame) in enumerate(shown):
     with column:
         st.caption(f"{record.config.describe()} · epoch {record.last_metrics['epoch']}")
         st.markdown("**From the prior**")
@@ -81,4 +81,5 @@ for column, record, model, dataset, frame in shown:
         traversal = latent_traversal(model, dataset.test.x[:1], dims)
         st.image(grid(traversal, nrow=9), width=IMAGE_WIDTH)
         st.markdown("**Latent means of the test split**")
-        st.altair_chart(latent_map_chart(frame, extent))
+        st.caption("To decode a point you pick, or your own digit, open Probe.")
+        altair_chart(latent_map_chart(frame, extent), f"latent-map-{record.run_id}", f"map-{side}")

@@ -4,12 +4,13 @@ import hashlib
 
 import streamlit as st
 
-from ui import list_runs, refresh_on_change
+from ui import altair_chart, list_runs, refresh_on_change
 from vae.execution.states import RunState
 from vae.learn.fields import beta_text
 from vae.present.tradeoff import (
     beta_domain,
     beta_values,
+    comparable_key,
     comparable_sets,
     curves_chart,
     curves_frame,
@@ -43,6 +44,10 @@ def choose_set(records) -> str | None:
     if not sets:
         return None
     by_key = {s.key: s for s in sets}
+    named = address_set(records)
+    if named in by_key and st.session_state.get("_tradeoff_named") != named:
+        st.session_state["tradeoff_set"] = named  # ?run= or ?sweep= from a link: its settings
+        st.session_state["_tradeoff_named"] = named
     return st.selectbox(
         "Runs with the same settings (all but β and seed)",
         [s.key for s in sets] + [EVERY_RUN], key="tradeoff_set",
@@ -53,6 +58,16 @@ def choose_set(records) -> str | None:
         "is computed (learning rate, batch size, λ, σ, ...) separates sets. Runs that differ "
         "only in seed are replicates. The first entry holds the latest sweep.",
     )  # fmt: skip
+
+
+def address_set(records) -> str | None:
+    """The settings of the run (?run=) or sweep (?sweep=) the address names, if any."""
+    run_id, group = st.query_params.get("run"), st.query_params.get("sweep")
+    named = [
+        r for r in records
+        if not r.broken and r.config and (r.run_id == run_id or (group and r.status.get("group") == group))
+    ]  # fmt: skip
+    return comparable_key(named[0]) if named else None
 
 
 @st.fragment  # a click or a choice here reruns this part only
@@ -86,9 +101,10 @@ def live_chart(chosen_set: str) -> None:
         f" · {replicated} β with replicates: diamonds are means, bars ±1 sd" if replicated else ""
     )
     st.caption(f"{len(frame)} runs{training}{replicates} · updates every 2 s")
-    event = st.altair_chart(
-        tradeoff_chart(frame, show_slopes), on_select="rerun", key="tradeoff_chart"
-    )
+    event = altair_chart(
+        tradeoff_chart(frame, show_slopes), "rate-distortion", on_select="rerun",
+        key="tradeoff_chart",
+    )  # fmt: skip
     if show_slopes:
         slopes = frontier_slopes(frame)
         st.caption(
@@ -122,7 +138,7 @@ def live_chart(chosen_set: str) -> None:
     if chosen:
         splits = ("test", "train") if show_train else ("test",)
         curves = curves_frame([by_id[r] for r in chosen if r in by_id], splits)
-        st.altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)))
+        altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)), "curves")
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
                "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip

@@ -343,6 +343,24 @@ def settings_int(low: int, high: int):
     return parse
 
 
+def cmd_figures(args, store: RunStore) -> int:
+    from vae.present.figure_files import write_figures  # torch and vl-convert: only for figures
+
+    written = write_figures(store, args.target, args.out, seed=args.seed)
+    for path in written:
+        print(path)
+    print(f"{len(written)} files in {args.out}")
+    return 0
+
+
+def cmd_export(args, store: RunStore) -> int:
+    from vae.execution.export import export_run  # torch: only when exporting
+
+    for path in export_run(store, args.run_id, args.out):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vae", description="Train and inspect β-VAEs.")
     parser.add_argument(
@@ -397,6 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
     note = sub.add_parser("note", help="set a run's note (an empty text clears it)")
     note.add_argument("run_id")
     note.add_argument("text")
+    figures = sub.add_parser(
+        "figures", help="write a run's or a sweep's figures as SVG, PNG and PDF (for slides)"
+    )
+    figures.add_argument("target", metavar="RUN_OR_SWEEP", help="a run id or a sweep's group id")
+    figures.add_argument("--out", required=True, help="folder to write the files into")
+    figures.add_argument("--seed", type=int, default=0, help="prior-sample seed (default: 0)")
+    export = sub.add_parser(
+        "export", help="write a run's encoder and decoder as torch.export .pt2 files (torch only)"
+    )
+    export.add_argument("run_id")
+    export.add_argument("--out", required=True, help="folder to write the files into")
     return parser
 
 
@@ -409,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         "list": cmd_list,
         "tag": cmd_tag,
         "note": cmd_note,
+        "figures": cmd_figures,
+        "export": cmd_export,
     }
     try:
         if args.command == "sweep" and args.jobs is None:

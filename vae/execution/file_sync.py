@@ -17,8 +17,8 @@ import os
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError, atomic_write_bytes
 
-# The worker writes metrics, then model.pt (final.pt, eval.json at the end), then status.json.
-WRITE_ORDER = ("metrics.jsonl", "model.pt", "final.pt", "eval.json", "status.json")
+# The worker writes metrics, then model.pt and film.npz (final.pt, eval.json at the end), then status.json.
+WRITE_ORDER = ("metrics.jsonl", "model.pt", "film.npz", "final.pt", "eval.json", "status.json")
 READ_ORDER = tuple(reversed(WRITE_ORDER))
 SEED_FILES = ("config.json", "status.json", "metrics.jsonl", "model.pt")  # what a job starts from
 

@@ -29,6 +29,7 @@ from vae.execution.checkpoint import (
     save_run_checkpoint,
 )
 from vae.execution.evaluation import evaluate_run
+from vae.execution.film import FilmRecorder
 from vae.execution.lease import Lease
 from vae.execution.procs import local_ref
 from vae.execution.states import IllegalTransition, RunState
@@ -102,6 +103,7 @@ class RunFiles(TrainCallbacks):
         self.run_ids = [m.run_id for m in members]
         self.write_errors: dict[int, str] = {}
         self.settled: dict[int, RunState] = {}  # runs whose outcome is already written
+        self.films = [FilmRecorder(store.run_dir(m.run_id), dataset.test.x) for m in members]
 
     def on_epoch(self, index: int, metrics: dict, state: TrainState) -> None:
         member = self.members[index]
@@ -109,6 +111,7 @@ class RunFiles(TrainCallbacks):
             self.store.append_metrics(member.run_id, metrics)
             checkpoint = make_checkpoint(member.config, state, self.shape, metrics)
             save_run_checkpoint(self.store, member.run_id, checkpoint)
+            self.films[index].record(state.model, state.epoch)  # never raises
             self.store.update_status(member.run_id, RunState.RUNNING, epoch=state.epoch)
         except StoreError as exc:
             self.write_errors[index] = str(exc)

@@ -28,6 +28,7 @@ from vae.learn.evaluate import (
 )
 from vae.learn.fields import set_label
 from vae.learn.objective import kl_per_dim
+from vae.present.figures import FigureRow, rows_svg
 from vae.present.units import unit_counts
 
 SAMPLES = 16  # prior samples per row (a 4 x 4 grid)
@@ -164,3 +165,38 @@ def checkpoint_pictures(path: str | os.PathLike, seed: int = 0) -> Pictures:
             traversal_dim=top,
             epoch=int(checkpoint["epoch"]),
         )
+
+
+def sweep_figure_svg(sweep: Sweep, store, seed: int = 0) -> str:
+    """The whole gallery of a sweep as one labelled SVG (figures.svg_figure makes PNG or PDF).
+
+    One row per β with its numbers and the same three pictures as the page; a run without a
+    checkpoint yet keeps its row, with its state in place of pictures.
+    """
+    rows = []
+    for record, numbers in zip(sweep.runs, gallery_frame(sweep).itertuples(), strict=True):
+        lines = [f"β = {numbers.beta:g}"]
+        if numbers.rate is not None and not pd.isna(numbers.rate):
+            lines += [
+                f"R = {numbers.rate:.2f} nats",
+                f"D = {numbers.distortion:.1f} nats",
+                f"informative {numbers.informative} / {numbers.latent_dim}",
+                f"active (Burda) {numbers.active} / {numbers.latent_dim}",
+                f"epoch {numbers.epoch}/{numbers.epochs}",
+            ]
+        else:
+            lines.append(str(numbers.state))
+        path = store.checkpoint_path(record.run_id)
+        row = FigureRow(lines)
+        if path is not None:
+            shown = checkpoint_pictures(path, seed=seed)
+            row.pictures = [
+                ("prior samples", shown.samples),
+                ("inputs | reconstructions", shown.reconstructions),
+                (f"z{shown.traversal_dim} (largest KL) from −3 to 3", shown.traversal),
+            ]
+        rows.append(row)
+    first = sweep.runs[0].config
+    title = f"β gallery · {first.dataset} {first.architecture} z={first.latent_dim}"
+    note = f"Rows differ only in β: same data, test digits and prior draws (seed {seed})."
+    return rows_svg(title, rows, note=note)
