@@ -109,12 +109,12 @@ def test_run_in_the_address_picks_its_settings_on_tradeoff(monkeypatch, tmp_path
                             for b in (1.0, 2.0))]:  # fmt: skip
         train_run(store, run_id)
     at = open_app(monkeypatch, store.root, "pages/tradeoff.py")
-    assert "|3|" in at.selectbox(key="tradeoff_set").value  # the latest sweep's settings
+    assert "|latent_dim=3|" in at.selectbox(key="tradeoff_set").value  # the latest sweep's settings
     at = open_app(monkeypatch, store.root, "pages/tradeoff.py", run=older[0])
     assert not at.exception, at.exception
-    assert "|2|" in at.selectbox(key="tradeoff_set").value
+    assert "|latent_dim=2|" in at.selectbox(key="tradeoff_set").value
     at = open_app(monkeypatch, store.root, "pages/tradeoff.py", sweep="sweep-z2")
-    assert "|2|" in at.selectbox(key="tradeoff_set").value
+    assert "|latent_dim=2|" in at.selectbox(key="tradeoff_set").value
 
 
 @pytest.mark.parametrize("page", ["pages/posterior.py", "pages/samples.py"])
