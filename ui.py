@@ -26,8 +26,6 @@ from vae.present.views import newest, vega_lite_spec
 if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
     import altair as alt
 
-STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
-MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)
 POLL_ACTIVE_S = 2.0  # how often an open page looks for changes while a run it shows trains
 POLL_IDLE_S = 20.0  # ... and while nothing does (a run started elsewhere still shows up)
 _SEEN = "_live_seen"  # session state: (store generation, {run id: record}) of the listing drawn
@@ -84,9 +82,7 @@ def cluster_sidebar(manager: JobManager) -> None:
         f"**Ray cluster** · {res['nodes']} node(s) · "
         f"{res['cpu_free']:g} of {res['cpu_total']:g} CPUs free{gpus}"
     )
-    running = [
-        r for r in manager.store.list_runs(with_metrics=False) if r.state == RunState.RUNNING
-    ]
+    running = [r for r in manager.store.list_runs() if r.state == RunState.RUNNING]
     for record in running[:8]:
         st.caption(f"{record.run_id}: {record.status.get('where', 'starting')}")
     if len(running) > 8:
@@ -111,6 +107,11 @@ def warm_up() -> threading.Thread:
 
 def run_store() -> RunStore:
     return job_manager().store
+
+
+def epoch_rows(record: RunRecord) -> list[dict]:
+    """A listed run's thinned per-epoch rows, for a chart (read once per record, then cached)."""
+    return run_store().epoch_rows(record)
 
 
 def list_runs() -> list[RunRecord]:

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import compare_toggle, list_runs, pick_runs, refresh_on_change
+from ui import compare_toggle, epoch_rows, list_runs, pick_runs, refresh_on_change
 from vae.present.charts import (
     dims_charts,
     dims_frame,
@@ -19,7 +19,7 @@ st.caption(
     f"**informative** ({INFORMATIVE_RULE}) and **active units** ({ACTIVE_RULE}, Burda et al. "
     f"2015). {WHY_COUNTS_DIFFER} Values are test-split averages."
 )
-records = [r for r in list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.last_metrics]
 if not records:
     st.info("No run has finished an epoch yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
@@ -34,7 +34,8 @@ field = st.radio(
 if compare:
     st.caption("Both sides share their axes and colour ranges, so equal heights mean equal values.")
 picked = pick_runs(records, compare)
-scales = dims_scales([record.metrics for _, record in picked])
+epochs = {record.run_id: epoch_rows(record) for _, record in picked}
+scales = dims_scales(list(epochs.values()))
 
 
 def show(record) -> None:
@@ -60,7 +61,7 @@ def show(record) -> None:
         st.altair_chart(chart)
     st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
     top = scales.heat_max[field] if compare else None
-    st.altair_chart(heatmap_chart(dims_over_epochs(record.metrics, field), field, top))
+    st.altair_chart(heatmap_chart(dims_over_epochs(epochs[record.run_id], field), field, top))
 
 
 for column, record in picked:

@@ -25,7 +25,7 @@ st.caption(
     "aggregate posterior drifts from the prior and samples look worse; with a large β they blur."
 )
 store = run_store()
-records = [r for r in list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.last_metrics]
 if not records:
     st.info("No run has a checkpoint yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")

@@ -4,7 +4,7 @@ import hashlib
 
 import streamlit as st
 
-from ui import list_runs, refresh_on_change
+from ui import epoch_rows, list_runs, refresh_on_change
 from vae.execution.states import RunState
 from vae.present.tradeoff import (
     beta_domain,
@@ -58,7 +58,7 @@ def live_chart(chosen_set: str) -> None:
     if chosen_set != EVERY_RUN:
         in_set = set(runs_of_set(records, chosen_set))
         records = [r for r in records if r.run_id in in_set]
-    plotted, note = newest([r for r in records if not r.broken and r.metrics])
+    plotted, note = newest([r for r in records if not r.broken and r.last_metrics])
     frame = tradeoff_frame(plotted)
     if note:
         st.caption(note)
@@ -110,7 +110,8 @@ def live_chart(chosen_set: str) -> None:
     )  # fmt: skip
     if chosen:
         splits = ("test", "train") if show_train else ("test",)
-        curves = curves_frame([by_id[r] for r in chosen if r in by_id], splits)
+        runs = [by_id[r] for r in chosen if r in by_id]
+        curves = curves_frame([(r, epoch_rows(r)) for r in runs], splits)
         st.altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)))
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",

@@ -33,7 +33,7 @@ def test_run_in_a_worker_process_finishes(store, tiny_config):
     manager.wait([run_id], timeout_s=180)
     record = store.get(run_id)
     assert record.state == "finished", record.status
-    assert [m["epoch"] for m in record.metrics] == [1]
+    assert [m["epoch"] for m in store.epoch_rows(record)] == [1]
     checkpoint = torch.load(store.path(run_id, "final.pt"), weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["config"]["latent_dim"] == 4
 
@@ -134,7 +134,7 @@ def test_sweep_trains_as_one_stacked_group_per_slot(store, tiny_config):
     records = [store.get(r) for r in run_ids]
     assert [r.state for r in records] == ["finished"] * 4
     assert [r.config.beta for r in records] == [0.5, 1.0, 2.0, 4.0]
-    assert all([m["epoch"] for m in r.metrics] == [1] for r in records)
+    assert all([m["epoch"] for m in store.epoch_rows(r)] == [1] for r in records)
     rates = [r.last_metrics["rate"] for r in records]
     assert rates[0] > rates[-1]  # β = 0.5 keeps more information in z than β = 4
 

@@ -96,7 +96,7 @@ def test_unit_counts_apply_both_thresholds_to_a_metrics_line():
 
 def test_unit_counts_of_a_trained_run_match_its_stored_active_units(lesson_store):
     for record in lesson_store.list_runs():
-        for line in record.metrics:
+        for line in lesson_store.epoch_rows(record):
             assert unit_counts(line).active == line["active_units"]  # same rule as the trainer
             assert unit_counts(line).informative == sum(
                 k > INFORMATIVE_KL_THRESHOLD for k in line["kl_per_dim"]
@@ -263,9 +263,9 @@ def test_frontier_slopes_flag_points_off_the_optimum():
 
 def test_curves_show_train_and_test_in_the_planes_colours(lesson_store):
     records = [r for r in lesson_store.list_runs() if r.status.get("group")]
-    frame = curves_frame(records, ("test", "train"))
+    frame = curves_frame([(r, lesson_store.epoch_rows(r)) for r in records], ("test", "train"))
     assert set(frame["split"]) == {"test", "train"}
-    last = records[0].metrics[-1]
+    last = records[0].last_metrics
     train_elbo = frame[
         (frame["split"] == "train") & (frame["quantity"] == "−ELBO") & (frame["epoch"] == 2)
         & (frame["beta"] == records[0].config.beta)
@@ -284,7 +284,7 @@ def test_curves_show_train_and_test_in_the_planes_colours(lesson_store):
 def test_dims_scales_cover_both_runs_and_fix_both_charts(lesson_store):
     sweep = sweeps(lesson_store.list_runs())[0]
     low, high = sweep.runs[0], sweep.runs[-1]
-    scales = dims_scales([low.metrics, high.metrics])
+    scales = dims_scales([lesson_store.epoch_rows(low), lesson_store.epoch_rows(high)])
     largest_kl = max(max(low.last_metrics["kl_per_dim"]), max(high.last_metrics["kl_per_dim"]))
     assert scales.kl_max >= largest_kl and scales.var_max >= 1.0
     domains = []
@@ -299,7 +299,7 @@ def test_dims_scales_cover_both_runs_and_fix_both_charts(lesson_store):
         )
         heat = _spec(
             heatmap_chart(
-                dims_over_epochs(record.metrics, "kl_per_dim"),
+                dims_over_epochs(lesson_store.epoch_rows(record), "kl_per_dim"),
                 "kl_per_dim",
                 scales.heat_max["kl_per_dim"],
             )

@@ -6,8 +6,9 @@ import time
 
 from helpers import open_app, train_run
 
+from vae.execution.listing import RACY_S
 from vae.execution.local import LocalJob
-from vae.execution.store import RACY_S, RunStore
+from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 from vae.present.tradeoff import comparable_key, runs_of_set
 from vae.present.views import active_jobs, grouping_text, job_members, job_speed, slots_text

@@ -260,7 +260,7 @@ def test_demo_button_on_an_empty_store_queues_the_demo_sweep(monkeypatch, tmp_pa
     assert any("β demo" in h.value for h in at.subheader)
     at.button(key="demo_button").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    runs = store.list_runs(with_metrics=False)
+    runs = store.list_runs()
     assert sorted(r.config.beta for r in runs) == list(DEMO_BETAS)
     assert len({r.status["group"] for r in runs}) == 1
     assert {(r.config.name, r.config.epochs, r.config.latent_dim) for r in runs} == {

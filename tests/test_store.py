@@ -39,7 +39,6 @@ def test_run_ids_are_validated(store, bad):
     assert not is_valid_run_id(bad)
     with pytest.raises(StoreError):
         store.run_dir(bad)
-    assert not store.exists(bad)
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path):
@@ -118,7 +117,7 @@ def test_checkpoint_round_trip_and_truncation(store, tiny_config):
 def test_delete_run(store, tiny_config):
     run_id = store.create_run(tiny_config)
     store.delete_run(run_id)
-    assert store.list_runs() == [] and not store.exists(run_id)
+    assert store.list_runs() == [] and not store.run_dir(run_id).exists()
     with pytest.raises(StoreError):
         store.delete_run(run_id)
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from vae.execution.cancel import ask_local_worker
 from vae.execution.procs import (
     PROJECT_ROOT,
     describe_signal,
@@ -49,8 +50,7 @@ class LocalJob:
         return is_running(self.pid, self.pid_start)
 
     def cancel_run(self, run_id: str) -> None:
-        self.store.request_cancel(run_id)
-        signal_process(self.pid, signal.SIGUSR1)
+        ask_local_worker(self.store.folders, run_id, self.pid)
 
     def stop(self, force: bool = False) -> None:
         signal_process(self.pid, signal.SIGKILL if force else signal.SIGTERM, group=True)

@@ -33,6 +33,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 import vae
+from vae.execution.cancel import JobControl
 from vae.execution.file_sync import (
     SEED_FILES,
     Signature,
@@ -42,7 +43,7 @@ from vae.execution.file_sync import (
     write_files,
 )
 from vae.execution.store import RunStore
-from vae.execution.worker import JobControl, run_job
+from vae.execution.worker import run_job
 
 NAMESPACE = "vae"  # the Ray namespace of every job actor (get_actor finds them by name in it)
 PULL_WAIT_S = 0.2  # a reconcile waits this long for a job's files, then picks them up next time
@@ -54,17 +55,6 @@ WORKER_ENV = {  # as the local backend: keep glibc from returning each step's te
     "MALLOC_TRIM_THRESHOLD_": "268435456",
     "MALLOC_MMAP_THRESHOLD_": "268435456",
 }
-
-
-class ActorControl(JobControl):
-    """The job's stops, set through actor calls instead of signals and cancel notes."""
-
-    def __init__(self, store: RunStore):
-        super().__init__(store)
-        self.cancel_ids: set[str] = set()
-
-    def cancelled(self, run_ids) -> set[str]:
-        return self.cancel_ids & set(run_ids)
 
 
 class JobActor:
@@ -79,9 +69,9 @@ class JobActor:
         self.root = Path(tempfile.mkdtemp(prefix="vae-ray-job-"))
         self.store = RunStore(self.root)
         for run_id, files in seed.items():
-            write_files(self.store, run_id, files)
+            write_files(self.store.folders, run_id, files)
         self.run_ids = list(run_ids)
-        self.control = ActorControl(self.store)
+        self.control = JobControl(self.store.folders)
         self.error = ""
         self.done = threading.Event()
         context = ray.get_runtime_context()
@@ -107,14 +97,14 @@ class JobActor:
     def pull(self, known: dict[str, dict[str, Signature]]) -> dict:
         """Files changed since `known`; `done` is read first, so when it is True the files are final."""
         done = self.done.is_set()
-        files = {r: changed_files(self.store, r, known.get(r, {})) for r in self.run_ids}
+        files = {r: changed_files(self.store.folders, r, known.get(r, {})) for r in self.run_ids}
         return {"done": done, "error": self.error, "files": files, "placement": self.placement}
 
     def cancel(self, run_id: str) -> None:
-        self.control.cancel_ids.add(run_id)
+        self.control.cancel(run_id)
 
     def stop(self) -> None:
-        self.control.stop_requested = True
+        self.control.stop()
 
     def close(self) -> None:
         """The driver has every file: remove the node-local store and end the actor."""
@@ -168,7 +158,7 @@ class RayJob:
         self.placement = reply["placement"]
         where = describe_placement(self.placement)
         for run_id, changes in reply["files"].items():
-            apply_changes(self.store, run_id, changes, where)
+            apply_changes(self.store.folders, run_id, changes, where)
             known = self.known.setdefault(run_id, {})
             known.update({name: signature for name, (signature, _) in changes.items()})
         if reply["done"]:
@@ -244,7 +234,7 @@ class RayBackend:
         configs = [store.read_config(r) for r in run_ids]
         cpus = max([threads, *(c.threads for c in configs)])
         gpus = 1 if any(self._wants_gpu(c.device) for c in configs) else 0
-        seed = {r: read_files(store, r, SEED_FILES) for r in run_ids}
+        seed = {r: read_files(store.folders, r, SEED_FILES) for r in run_ids}
         name = f"vae-job-{run_ids[0]}-{secrets.token_hex(3)}"
         owner = {"backend": self.name, "actor": name, "namespace": NAMESPACE}
         actor_class = ray.remote(JobActor).options(
