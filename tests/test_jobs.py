@@ -243,7 +243,7 @@ def test_a_cli_run_beside_a_job_manager_is_never_interrupted_nor_doubled(store, 
     command += ["--hidden-dims", "64", "--latent-dim", "4", "--batch-size", "64", "--threads", "1"]
     cli = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        run_id = wait_for(lambda: next((r.run_id for r in store.list_runs(False)), None))
+        run_id = wait_for(lambda: next((r.run_id for r in store.list_runs()), None))
         wait_for(lambda: store.read_status(run_id).get("epoch", 0) >= 1)
         manager = JobManager(store, max_concurrent=1)
         for _ in range(3):

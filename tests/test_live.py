@@ -20,11 +20,11 @@ def test_a_run_keeps_its_record_object_until_another_process_changes_its_files(s
     a, b = writer.create_run(tiny_config), writer.create_run(tiny_config)
     time.sleep(RACY_S + 0.05)  # older than the racy window, as files are after a moment
     first = {r.run_id: r for r in store.list_runs()}
-    generation = store.generation()
-    assert store.generation() == generation  # looking changes nothing
+    generation = store.snapshot()[0]
+    assert store.snapshot()[0] == generation  # looking changes nothing
     writer.update_status(b, "running")
     time.sleep(RACY_S + 0.05)
-    assert store.generation() != generation
+    assert store.snapshot()[0] != generation
     second = {r.run_id: r for r in store.list_runs()}
     assert second[a] is first[a]  # unchanged: the same record, not read again
     assert second[b] is not first[b] and second[b].state == "running"
@@ -32,13 +32,13 @@ def test_a_run_keeps_its_record_object_until_another_process_changes_its_files(s
 
 def test_the_generation_moves_when_runs_are_added_or_deleted(store, tiny_config):
     first = store.create_run(tiny_config)
-    generation = store.generation()
+    generation = store.snapshot()[0]
     second = RunStore(store.root).create_run(tiny_config)
-    assert store.generation() != generation
+    assert store.snapshot()[0] != generation
     assert [r.run_id for r in store.list_runs()] == [first, second]
-    generation = store.generation()
+    generation = store.snapshot()[0]
     RunStore(store.root).delete_run(first)
-    assert store.generation() != generation
+    assert store.snapshot()[0] != generation
     assert [r.run_id for r in store.list_runs()] == [second]
 
 
