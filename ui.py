@@ -17,8 +17,8 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from vae import settings
-from vae.execution.backends import make_backend, make_manager
-from vae.execution.jobs import JobManager
+from vae.execution.backends import make_backend
+from vae.execution.jobs import JobManager, make_manager
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 from vae.present.views import newest, vega_lite_spec
@@ -69,8 +69,8 @@ def job_manager() -> JobManager:
 
 @st.fragment(run_every=5.0)
 def cluster_sidebar(manager: JobManager) -> None:
-    """With the Ray backend: the cluster's free CPUs and GPUs, and the node of each running run."""
-    if manager.backend.name != "ray":
+    """With a cluster backend (Ray): the cluster's free CPUs and GPUs, and the node of each running run."""
+    if not manager.backend.cluster:
         return
     try:
         res = manager.backend.resources()

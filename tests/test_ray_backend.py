@@ -17,9 +17,9 @@ from helpers import PAGES, open_app, wait_for
 
 import ui
 from vae import cli
-from vae.execution.backends import make_backend, make_manager
+from vae.execution.backends import make_backend
 from vae.execution.checkpoint import load_run_checkpoint
-from vae.execution.jobs import JobManager
+from vae.execution.jobs import JobManager, make_manager
 from vae.execution.ray_backend import NAMESPACE, RayBackend
 from vae.execution.states import RunState
 from vae.execution.store import RunStore

@@ -16,9 +16,9 @@ import sys
 import time
 
 from vae import settings
-from vae.execution.backends import BACKENDS, make_backend, make_manager
+from vae.execution.backends import BACKENDS, make_backend
 from vae.execution.evaluation import evaluate_run
-from vae.execution.jobs import JobManager
+from vae.execution.jobs import JobManager, make_manager
 from vae.execution.layout import cached_layout
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
@@ -126,14 +126,14 @@ def print_epoch(run_id: str, m: dict) -> None:
 def cmd_train(args, store: RunStore) -> int:
     config = config_from_args(args)
     backend = make_backend(args.backend)
-    if backend.name != "local":  # train on the cluster, followed from here like a sweep
+    if backend.cluster:  # train on the cluster, followed from here like a sweep
         manager = make_manager(store, backend, max_concurrent=1)
         run_id = manager.submit(config)
         print(f"run {run_id}: {config.describe()} on {backend.name}", flush=True)
         return follow(manager, store, [run_id])
     run_id = store.create_run(config)
     print(f"run {run_id}: {config.describe()} -> {store.run_dir(run_id)}", flush=True)
-    control = JobControl(store)
+    control = JobControl(store.folders)
     control.install()
     outcome = run_job(store, [run_id], control, progress=print_epoch)[run_id]
     status = store.read_status(run_id)
@@ -147,7 +147,7 @@ def cmd_sweep(args, store: RunStore) -> int:
     config = config_from_args(args)
     betas = sweep_betas(args.betas)  # the app's check: range, and no β twice
     manager = make_manager(store, make_backend(args.backend), max_concurrent=args.jobs)
-    if manager.backend.name == "local" and args.jobs is None and cached_layout(store.root) is None:
+    if not manager.backend.cluster and args.jobs is None and cached_layout(store.root) is None:
         print("measuring how to lay out jobs on this machine (once; cached in the store)...")
         manager.measure_layout()
     run_ids = manager.submit_sweep(config, betas)

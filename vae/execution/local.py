@@ -71,6 +71,8 @@ class LocalProcessBackend:
     """Jobs as local worker processes, each in its own session (it outlives the server)."""
 
     name = "local"
+    cluster = False
+    threads_per_job = 0
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> LocalJob:
         env = project_env(os.environ)
@@ -100,6 +102,10 @@ class LocalProcessBackend:
 
     def capacity(self, threads: int) -> int | None:
         return None  # this machine's cores: the manager's max_concurrent
+
+    def resources(self) -> dict:
+        cores = float(os.cpu_count() or 1)  # nothing is reserved: every core counts as free
+        return {"nodes": 1, "cpu_total": cores, "cpu_free": cores, "gpu_total": 0, "gpu_free": 0}
 
     def attach(self, store: RunStore, ref: dict, run_ids: list[str]) -> LocalJob | None:
         pid, start = ref.get("pid"), ref.get("pid_start")

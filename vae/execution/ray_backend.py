@@ -191,6 +191,8 @@ class RayBackend:
     """Jobs as detached Ray actors on the cluster at `address` (None: a local Ray instance)."""
 
     name = "ray"
+    cluster = True
+    threads_per_job = 1  # CPUs each job asks for (a run's `threads` setting asks for more)
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         self.address = address
