@@ -227,7 +227,10 @@ def child_canonical(args: dict) -> dict:
 
 
 def child_project(args: dict) -> dict:
+    from vae.execution.procs import keep_freed_memory
     from vae.learn.engine import train
+
+    keep_freed_memory()  # as every process that trains does (the worker, the CLI)
 
     _, dataset = load_data(args["data"])
     config = bench_config(

@@ -20,6 +20,7 @@ from vae.execution.backends import BACKENDS, make_backend
 from vae.execution.evaluation import evaluate_run
 from vae.execution.jobs import JobManager, make_manager
 from vae.execution.layout import cached_layout
+from vae.execution.procs import keep_freed_memory
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.execution.worker import JobControl, run_job
@@ -135,6 +136,7 @@ def cmd_train(args, store: RunStore) -> int:
     print(f"run {run_id}: {config.describe()} -> {store.run_dir(run_id)}", flush=True)
     control = JobControl(store.folders)
     control.install()
+    keep_freed_memory()  # this process trains the run itself
     outcome = run_job(store, [run_id], control, progress=print_epoch)[run_id]
     status = store.read_status(run_id)
     print(f"run {run_id} {outcome}{': ' + status['reason'] if status.get('reason') else ''}")

@@ -76,13 +76,7 @@ class LocalProcessBackend:
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> LocalJob:
         env = project_env(os.environ)
-        env.update(
-            OMP_NUM_THREADS=str(threads),
-            MKL_NUM_THREADS=str(threads),
-            # Keep glibc from returning each step's temporaries to the OS (page faults cost ~25%).
-            MALLOC_TRIM_THRESHOLD_="268435456",
-            MALLOC_MMAP_THRESHOLD_="268435456",
-        )
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         command = [sys.executable, "-m", "vae.execution.worker", "--store", str(store.root)]
         command += ["--threads", str(threads), "--nice", str(WORKER_NICENESS), *run_ids]
         store.root.mkdir(parents=True, exist_ok=True)

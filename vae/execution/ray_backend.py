@@ -42,6 +42,7 @@ from vae.execution.file_sync import (
     read_files,
     write_files,
 )
+from vae.execution.procs import TRAINING_ENV
 from vae.execution.store import RunStore
 from vae.execution.worker import run_job
 
@@ -51,10 +52,7 @@ CAPACITY_CACHE_S = 5.0  # the cluster's size is asked at most this often
 CLOSE_WAIT_S = 5.0  # an actor that does not end this long after `close` is killed
 RETRY_CONNECT_S = 30.0  # a failed connection is reported again, not retried, for this long
 _CONNECT_LOCK = threading.Lock()  # two sessions of the app must not start two instances
-WORKER_ENV = {  # as the local backend: keep glibc from returning each step's temporaries
-    "MALLOC_TRIM_THRESHOLD_": "268435456",
-    "MALLOC_MMAP_THRESHOLD_": "268435456",
-}
+WORKER_ENV = TRAINING_ENV  # as the local backend: keep glibc from returning each step's memory
 
 
 class JobActor:

@@ -29,7 +29,7 @@ from vae.execution.checkpoint import (
 )
 from vae.execution.evaluation import evaluate_run
 from vae.execution.lease import Lease
-from vae.execution.procs import local_ref
+from vae.execution.procs import keep_freed_memory, local_ref
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import RunConfig, stack_key
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nice > 0:
         os.nice(min(args.nice, 19))
+    keep_freed_memory()  # started by hand, without the manager's environment: the same tuning
     store = RunStore(args.store)
     control = JobControl(store.folders)
     control.install()
