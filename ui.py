@@ -134,7 +134,8 @@ def _cached_spec(name: str, _build: Callable[..., alt.TopLevelMixin], args: tupl
 
 def chart(build: Callable[..., alt.TopLevelMixin], *args, **options):
     """`st.altair_chart(build(*args), **options)`, built once per distinct args: a rerun with the
-    same data (a click elsewhere, a refresh) skips Altair's building and validation."""
+    same data (a click elsewhere, a refresh) skips Altair's building and validation. The one way
+    pages draw a chart (only a chart whose clicks select, Tradeoff's plane, is drawn directly)."""
     name = f"{build.__module__}.{build.__qualname__}"
     return st.vega_lite_chart(spec=_cached_spec(name, build, args), **options)
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import run_store
+from ui import chart, list_runs, refresh_on_change, run_store
 from vae.execution.checkpoint import CheckpointError
 from vae.execution.states import RunState
 from vae.learn.data import DataError
@@ -27,8 +27,10 @@ def pictures(path: str, modified: float, seed: int) -> Pictures:
     return checkpoint_pictures(path, seed=seed)
 
 
+found = sweeps(list_runs())
+
+
 def sweep_picker():
-    found = sweeps(store.list_runs())
     if not found:
         return None
     by_group = {s.group: s for s in found}
@@ -47,6 +49,7 @@ if group is None:
         "**Sweep β**; each run of the sweep gets a row here."
     )
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    refresh_on_change()  # the first sweep shows up as soon as it is started
     st.stop()
 seed = st.number_input("Sample seed (the same for every row)", 0, 2**31 - 1, 0, key="gallery_seed")
 
@@ -83,21 +86,18 @@ def row(index: int, record, numbers) -> None:
         )
 
 
-@st.fragment(run_every=2.0)
-def gallery() -> None:
-    """Redrawn every 2 s while the sweep trains; pictures come from the cache between epochs."""
-    sweep = next((s for s in sweeps(store.list_runs()) if s.group == group), None)
-    if sweep is None:
-        st.warning("This sweep is no longer in the store.")
-        return
+def gallery(sweep) -> None:
+    """One row per run; pictures come from the cache until a checkpoint changes."""
     frame = gallery_frame(sweep)
     finished = int((frame["state"] == RunState.FINISHED).sum())
     if finished < len(frame):
         st.info(f"{finished} of {len(frame)} runs finished; rows update as the runs train.")
     if frame["informative"].notna().sum() >= 2:
-        st.altair_chart(units_chart(frame))
+        chart(units_chart, frame)
     for index, (record, numbers) in enumerate(zip(sweep.runs, frame.itertuples(), strict=True)):
         row(index, record, numbers)
 
 
-gallery()
+shown = next(s for s in found if s.group == group)
+gallery(shown)
+refresh_on_change([r.run_id for r in shown.runs])  # redrawn as the sweep's runs change

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from ui import compare_toggle, epoch_rows, list_runs, pick_runs, refresh_on_change
+from ui import chart, compare_toggle, epoch_rows, list_runs, pick_runs, refresh_on_change
 from vae.present.charts import (
-    dims_charts,
+    dims_chart,
     dims_frame,
     dims_over_epochs,
     dims_scales,
@@ -57,11 +57,12 @@ def show(record) -> None:
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
-    for chart in dims_charts(dims_frame(last), scales if compare else None):
-        st.altair_chart(chart)
+    bars = dims_frame(last)
+    for which in (0, 1):
+        chart(dims_chart, bars, scales if compare else None, which)
     st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
     top = scales.heat_max[field] if compare else None
-    st.altair_chart(heatmap_chart(dims_over_epochs(epochs[record.run_id], field), field, top))
+    chart(heatmap_chart, dims_over_epochs(epochs[record.run_id], field), field, top)
 
 
 for column, record in picked:

@@ -4,7 +4,7 @@ import hashlib
 
 import streamlit as st
 
-from ui import epoch_rows, list_runs, refresh_on_change
+from ui import chart, epoch_rows, list_runs, refresh_on_change
 from vae.execution.states import RunState
 from vae.present.tradeoff import (
     beta_domain,
@@ -112,7 +112,7 @@ def live_chart(chosen_set: str) -> None:
         splits = ("test", "train") if show_train else ("test",)
         runs = [by_id[r] for r in chosen if r in by_id]
         curves = curves_frame([(r, epoch_rows(r)) for r in runs], splits)
-        st.altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)))
+        chart(curves_chart, curves, beta_domain(frame), beta_values(frame))
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
                "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip

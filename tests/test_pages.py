@@ -40,7 +40,7 @@ def cleanup_jobs():
     yield stores.append
     for store in stores:
         manager = JobManager(store)
-        active = manager.active_run_ids()
+        active = [r.run_id for r in manager.store.active_runs()]
         deadline = time.time() + 60
         while active and deadline > time.time():
             for run_id in list(active):
@@ -48,7 +48,7 @@ def cleanup_jobs():
                     manager.cancel(run_id)
                     active.remove(run_id)
             time.sleep(0.2)
-        manager.wait(manager.active_run_ids(), timeout_s=60)
+        manager.wait([r.run_id for r in manager.store.active_runs()], timeout_s=60)
     st.cache_resource.clear()
 
 

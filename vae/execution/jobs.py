@@ -136,10 +136,6 @@ class JobManager:
                 raise StoreError(f"run {run_id} is running; cancel it first")
             self.store.delete_run(run_id)
 
-    def job_of(self, run_id: str) -> Job | None:
-        """The job training this run (its `run_ids` are the runs that share it), if any."""
-        return self.jobs.get(run_id)
-
     # ---- the reconcile loop ------------------------------------------------------------
     def layout(self) -> Layout:
         """Jobs at once and threads per job: the settings given, else the measured layout."""
@@ -300,9 +296,6 @@ class JobManager:
 
     def shutdown(self) -> None:
         self._stop.set()
-
-    def active_run_ids(self) -> list[str]:
-        return [r.run_id for r in self.store.active_runs()]
 
     def wait(self, run_ids: Iterable[str], timeout_s: float = 600, poll_s: float = 0.2) -> None:
         """Block until the runs leave queued/running (CLI and tests; never the page thread)."""
