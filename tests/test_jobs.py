@@ -295,7 +295,9 @@ def test_a_stopped_worker_shows_as_stalled_and_can_be_cancelled(store, slow_conf
         time.sleep(3)  # longer than the heartbeat interval
         manager.reconcile()
         assert store.read_status(run_id)["state"] == "running"  # alive: not interrupted
-        assert progress(store.get(run_id))[1].startswith("stalled: no sign of life for")
+        stalled = "stalled: no sign of life for"  # known by the listing, which looks every 5 s
+        wait_for(lambda: progress(next(r for r in store.list_runs() if r.run_id == run_id))[1]
+                 .startswith(stalled))  # fmt: skip
         manager.cancel(run_id)
         wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] != "running")
     finally:
