@@ -7,12 +7,14 @@ which files are read, what the pages get, and that nothing stale is shown.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from helpers import train_run
 
 from vae.execution import listing as listing_module
 from vae.execution import safe_read, series
+from vae.execution.listing import RACY_S
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 
@@ -260,3 +262,31 @@ def test_the_generation_changes_exactly_when_the_listing_does(store):
     assert reader.snapshot()[0] == second
     RunStore(store.root).delete_run(ids[0])
     assert reader.snapshot()[0] != second
+
+
+def test_a_run_keeps_its_record_object_until_another_process_changes_its_files(store, tiny_config):
+    """What the pages' refresh relies on: 'changed' is 'another record object'."""
+    writer = RunStore(store.root)  # another process's store object (a worker, the CLI)
+    a, b = writer.create_run(tiny_config), writer.create_run(tiny_config)
+    time.sleep(RACY_S + 0.05)  # older than the racy window, as files are after a moment
+    first = {r.run_id: r for r in store.list_runs()}
+    generation = store.snapshot()[0]
+    assert store.snapshot()[0] == generation  # looking changes nothing
+    writer.update_status(b, "running")
+    time.sleep(RACY_S + 0.05)
+    assert store.snapshot()[0] != generation
+    second = {r.run_id: r for r in store.list_runs()}
+    assert second[a] is first[a]  # unchanged: the same record, not read again
+    assert second[b] is not first[b] and second[b].state == "running"
+
+
+def test_the_generation_moves_when_runs_are_added_or_deleted(store, tiny_config):
+    first = store.create_run(tiny_config)
+    generation = store.snapshot()[0]
+    second = RunStore(store.root).create_run(tiny_config)
+    assert store.snapshot()[0] != generation
+    assert [r.run_id for r in store.list_runs()] == [first, second]
+    generation = store.snapshot()[0]
+    RunStore(store.root).delete_run(first)
+    assert store.snapshot()[0] != generation
+    assert [r.run_id for r in store.list_runs()] == [second]
