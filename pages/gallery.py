@@ -98,6 +98,10 @@ def gallery(sweep) -> None:
         row(index, record, numbers)
 
 
-shown = next(s for s in found if s.group == group)
+shown = next((s for s in found if s.group == group), None)
+if shown is None:
+    st.warning("This sweep is no longer in the store.")
+    refresh_on_change()
+    st.stop()
 gallery(shown)
 refresh_on_change([r.run_id for r in shown.runs])  # redrawn as the sweep's runs change
