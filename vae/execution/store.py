@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from vae.execution import cancel
-from vae.execution.files import StoreError, atomic_write_bytes
+from vae.execution.files import StoreError, atomic_write_bytes, atomic_write_json
 from vae.execution.listing import Listing, RunRecord
 from vae.execution.run_folder import FILES, RunFolders, is_valid_run_id, new_run_id
 from vae.execution.states import RunState
@@ -26,8 +26,9 @@ from vae.learn.config import RunConfig
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "checkpoints"  # beside app.py
 
 __all__ = [
-    "DEFAULT_ROOT", "FILES", "RunRecord", "RunStore", "StoreError", "atomic_write_bytes",
-    "is_valid_run_id", "new_run_id",
+    "DEFAULT_ROOT", "FILES", "RunRecord", "RunStore", "StoreError", "is_valid_run_id",
+    "new_run_id",
+    "atomic_write_bytes", "atomic_write_json",  # (old imports: new code takes them from files)
 ]  # fmt: skip
 
 
