@@ -229,3 +229,16 @@ def test_every_store_writer_is_still_one():
     sources = app_sources()
     idle = [p for p in STORE_WRITERS if not any(writes_a_file(n) for n in ast.walk(sources[p]))]
     assert idle == []
+
+
+def test_pages_draw_charts_one_way():
+    """Through ui.chart (built once per distinct data); only a chart whose clicks select runs
+    (the Tradeoff plane) is handed to Streamlit directly."""
+    direct = {
+        f"{p.relative_to(ROOT)}"
+        for p in (ROOT / "pages").glob("*.py")
+        for line in p.read_text().splitlines()
+        if "st.altair_chart(" in line or "st.vega_lite_chart(" in line
+    }
+    assert direct <= {"pages/tradeoff.py"}
+    assert "on_select=" in (ROOT / "pages" / "tradeoff.py").read_text()
