@@ -242,3 +242,17 @@ def test_pages_draw_charts_one_way():
     }
     assert direct <= {"pages/tradeoff.py"}
     assert "on_select=" in (ROOT / "pages" / "tradeoff.py").read_text()
+
+
+def test_the_worker_writes_through_the_run_folders_and_never_reads_the_listing():
+    """The listing is the server's read model; a training process only writes runs (and reads
+    single files), so it never builds a cache it does not need."""
+    listing_calls = ("list_runs", "get", "snapshot", "active_runs", "epoch_rows", "listing")
+    for name in ("worker", "evaluation", "checkpoint", "cancel"):
+        tree = ast.parse((ROOT / "vae" / "execution" / f"{name}.py").read_text())
+        used = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "store"
+        }
+        assert not used & set(listing_calls), (name, used & set(listing_calls))
