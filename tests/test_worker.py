@@ -1,9 +1,10 @@
-"""Fault tests with real worker processes and real files: nothing is lost, nothing is left half-done.
+"""vae.execution.worker and what its faults leave, with real worker processes and real files:
+nothing is lost, nothing is left half-done.
 
 SIGKILL mid-epoch, SIGKILL during checkpoint writes, torn files, a full disk (before and during
 training), a read-only store, NaN during training, ten clients at once and a bad data root. The
 disk faults use small tmpfs mounts (root only; skipped where `mount` is not allowed). The server
-restart with a real `streamlit run` is in test_fault_server_restart.py.
+restart with a real `streamlit run` is in test_app.py.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A single run is a stack of one; a β sweep's runs train together, sharing everything a separate run
 with the same seed would draw anyway: the data, the epoch's binarisation, the permutation and each
 step's reparameterisation noise, all from one `torch.Generator` in a fixed order. So model i of a
-stack computes what training it alone computes, up to float rounding (tests/test_engine_stack.py).
+stack computes what training it alone computes, up to float rounding (tests/test_engine.py).
 
 Fast path: the whole training set sits on the device as one tensor; an epoch is a random
 permutation of indices, with no DataLoader. The generator is saved with each checkpoint, so a run
