@@ -44,7 +44,7 @@ PAGES = [
 page = st.navigation(PAGES, position="top")
 st.set_page_config(page_title=f"{page.title} · β-VAE dashboard")  # the browser tab's title
 manager = job_manager()
-if manager.backend.name == "ray":  # the cluster's free CPUs and GPUs; no sidebar otherwise
+if manager.backend.cluster:  # the cluster's free CPUs and GPUs; no sidebar otherwise
     with st.sidebar:
         cluster_sidebar(manager)
 try:

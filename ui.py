@@ -17,8 +17,8 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from vae import settings
-from vae.execution.backends import make_backend, make_manager
-from vae.execution.jobs import JobManager
+from vae.execution.backends import make_backend
+from vae.execution.jobs import JobManager, make_manager
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 from vae.learn.fields import beta_text
@@ -27,8 +27,6 @@ from vae.present.views import difference_text, newest, vega_lite_spec
 if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
     import altair as alt
 
-STORE_ENV = "VAE_STORE"  # run store folder (default: checkpoints/ beside app.py)
-MAX_JOBS_ENV = "VAE_MAX_JOBS"  # runs trained at once (default: one per core)
 POLL_ACTIVE_S = 2.0  # how often an open page looks for changes while a run it shows trains
 POLL_IDLE_S = 20.0  # ... and while nothing does (a run started elsewhere still shows up)
 _SEEN = "_live_seen"  # session state: (store generation, {run id: record}) of the listing drawn
@@ -73,8 +71,8 @@ def job_manager() -> JobManager:
 
 @st.fragment(run_every=5.0)
 def cluster_sidebar(manager: JobManager) -> None:
-    """With the Ray backend: the cluster's free CPUs and GPUs, and the node of each running run."""
-    if manager.backend.name != "ray":
+    """With a cluster backend (Ray): the cluster's free CPUs and GPUs, and the node of each running run."""
+    if not manager.backend.cluster:
         return
     try:
         res = manager.backend.resources()
@@ -86,9 +84,7 @@ def cluster_sidebar(manager: JobManager) -> None:
         f"**Ray cluster** · {res['nodes']} node(s) · "
         f"{res['cpu_free']:g} of {res['cpu_total']:g} CPUs free{gpus}"
     )
-    running = [
-        r for r in manager.store.list_runs(with_metrics=False) if r.state == RunState.RUNNING
-    ]
+    running = [r for r in manager.store.list_runs() if r.state == RunState.RUNNING]
     for record in running[:8]:
         st.caption(f"{record.run_id}: {record.status.get('where', 'starting')}")
     if len(running) > 8:
@@ -115,6 +111,11 @@ def run_store() -> RunStore:
     return job_manager().store
 
 
+def epoch_rows(record: RunRecord) -> list[dict]:
+    """A listed run's thinned per-epoch rows, for a chart (read once per record, then cached)."""
+    return run_store().epoch_rows(record)
+
+
 def list_runs() -> list[RunRecord]:
     """Every run, oldest first (shared records: do not modify them); remembers what was drawn.
 
@@ -133,15 +134,23 @@ def _cached_spec(name: str, _build: Callable[..., alt.TopLevelMixin], args: tupl
     return vega_lite_spec(_build(*args))  # `name` keys the cache: a function cannot be hashed
 
 
-def chart(build: Callable[..., alt.TopLevelMixin], *args, figure: str = "", **options):
+def chart(
+    build: Callable[..., alt.TopLevelMixin],
+    *args,
+    figure: str = "",
+    figure_key: str = "",
+    **options,
+):
     """`st.altair_chart(build(*args), **options)`, built once per distinct args: a rerun with the
-    same data (a click elsewhere, a refresh) skips Altair's building and validation. With
-    `figure` (a file name), SVG, PNG and PDF downloads of it follow the chart."""
+    same data (a click elsewhere, a refresh) skips Altair's building and validation. The one way
+    pages draw a chart (only a chart whose clicks select, Tradeoff's plane, is drawn directly).
+    With `figure` (a file name), SVG, PNG and PDF downloads of it follow the chart (`figure_key`
+    tells apart two of one name on a page)."""
     name = f"{build.__module__}.{build.__qualname__}"
     spec = _cached_spec(name, build, args)
     shown = st.vega_lite_chart(spec=spec, **options)
     if figure:
-        figure_downloads(spec, figure)
+        figure_downloads(spec, figure, key=figure_key)
     return shown
 
 
@@ -172,7 +181,8 @@ def figure_downloads(
 
 
 def altair_chart(chart: alt.TopLevelMixin, name: str, figure_key: str = "", **options):
-    """`st.altair_chart(chart, **options)` with its SVG, PNG and PDF downloads below it."""
+    """`st.altair_chart(chart, **options)` with its SVG, PNG and PDF downloads below it: for a
+    chart whose clicks select (`on_select`), which `chart` cannot cache."""
     event = st.altair_chart(chart, **options)
     figure_downloads(chart, name, key=figure_key)
     return event

@@ -40,8 +40,7 @@ def cpu_line() -> str:
 def test_elbo(config, state) -> float:
     import torch
 
-    from vae.learn.data import load_dataset
-    from vae.learn.engine import TEST_BINARIZATION_SEED, test_inputs
+    from vae.learn.data import TEST_BINARIZATION_SEED, load_dataset, test_inputs
     from vae.learn.metrics import posterior_summary
 
     dataset = load_dataset(config.dataset, seed=config.seed)

@@ -62,7 +62,7 @@ def run_demo(page, url: str, store: RunStore, out: Path) -> dict:
     started = time.monotonic()
     page.locator(".st-key-demo_button button").click()
     page.get_by_text("Queued the demo").wait_for(timeout=30_000)
-    runs = [r for r in store.list_runs(with_metrics=False) if r.config.name == DEMO_NAME]
+    runs = [r for r in store.list_runs() if r.config.name == DEMO_NAME]
     log(f"demo: {len(runs)} runs queued (β = {', '.join(f'{r.config.beta:g}' for r in runs)})")
     while True:
         states = {r.run_id: store.read_status(r.run_id)["state"] for r in runs}

@@ -50,7 +50,7 @@ sys.path[:0] = [
 
 import altair as alt  # noqa: E402
 
-from vae.execution import store as store_module  # noqa: E402
+from vae.execution import listing as listing_module  # noqa: E402
 from vae.execution.series import Series, file_signature  # noqa: E402
 from vae.execution.store import RunStore, new_run_id  # noqa: E402
 from vae.learn.config import RunConfig  # noqa: E402
@@ -167,13 +167,13 @@ def many_runs(base: Path, count: int, pages: bool, table: list) -> None:
         write_run(root, config, 3, beta, f"sweep-{i // 6}")
     print(f"\n{count:,} runs of 3 epochs built in {time.perf_counter() - started:.0f} s")
     print(f"  {'measurement':58} {'wall s':>9} {'CPU s':>9}")
-    time.sleep(store_module.RACY_S + 0.1)  # files older than the racy window, as after a while
+    time.sleep(listing_module.RACY_S + 0.1)  # files older than the racy window, as after a while
     store = RunStore(root)
     wall, cpu, records = timed(store.list_runs)
     row(table, f"cold listing ({count:,} runs, no index: reads every run)", wall, cpu)
     assert len(records) == count and not any(r.broken for r in records)
     wall, cpu, records = timed(lambda: RunStore(root).list_runs())
-    size = (root / store_module.INDEX_FILE).stat().st_size
+    size = (root / listing_module.INDEX_FILE).stat().st_size
     row(table, "cold listing from .index.json (a restarted server)", wall, cpu, f"{size:,} B")
     wall, cpu, _ = timed(store.list_runs, repeats=50)
     row(table, "warm listing, nothing changed", wall, cpu)
@@ -191,11 +191,11 @@ def many_runs(base: Path, count: int, pages: bool, table: list) -> None:
     row(table, "listing after another process appended to one run", wall, cpu, "incl. its write")
 
     def full_recheck():
-        store._last_full = 0.0
+        store.listing._last_full = 0.0
         return store.list_runs()
 
     wall, cpu, _ = timed(full_recheck, repeats=3)
-    row(table, f"periodic full recheck (every {store_module.FULL_RECHECK_S:.0f} s)", wall, cpu)
+    row(table, f"periodic full recheck (every {listing_module.FULL_RECHECK_S:.0f} s)", wall, cpu)
     records = store.list_runs()
     wall, cpu, frame = timed(lambda: tradeoff_frame(records), repeats=3)
     row(table, "Tradeoff: tradeoff_frame(records)", wall, cpu)
@@ -228,7 +228,12 @@ def long_run(base: Path, epochs: int, pages: bool, table: list) -> None:
     wall, cpu, record = timed(lambda: RunStore(root).get(run_id), repeats=3)
     row(table, "get through summary.jsonl (fresh store object)", wall, cpu, f"{len(kept):,} B")
     assert record.broken is None and record.epochs_done == epochs
-    wall, cpu, shown = timed(lambda: list(RunStore(root).get(run_id).metrics), repeats=3)
+
+    def get_with_rows():
+        reader = RunStore(root)
+        return reader.epoch_rows(reader.get(run_id))
+
+    wall, cpu, shown = timed(get_with_rows, repeats=3)
     row(table, "get and its thinned rows (what a chart of this run reads)", wall, cpu)
     store = RunStore(root)
     store.get(run_id)
@@ -251,7 +256,7 @@ def long_run(base: Path, epochs: int, pages: bool, table: list) -> None:
     wall, cpu, rows = timed(lambda: store.read_metrics(run_id))
     row(table, "read_metrics: every line (downloads, CLI)", wall, cpu, f"{len(rows):,} rows")
     del rows
-    series = record.metrics
+    series = store.epoch_rows(record)
     print(f"  thinned series: {len(series)} of {record.epochs_done:,} epochs")
 
     def heatmap():
@@ -263,7 +268,7 @@ def long_run(base: Path, epochs: int, pages: bool, table: list) -> None:
 
     def curves():
         return curves_chart(
-            curves_frame([record]), beta_domain(frame), beta_values(frame)
+            curves_frame([(record, series)]), beta_domain(frame), beta_values(frame)
         ).to_dict()
 
     wall, cpu, _ = timed(curves, repeats=3)

@@ -227,7 +227,10 @@ def child_canonical(args: dict) -> dict:
 
 
 def child_project(args: dict) -> dict:
+    from vae.execution.procs import keep_freed_memory
     from vae.learn.engine import train
+
+    keep_freed_memory()  # as every process that trains does (the worker, the CLI)
 
     _, dataset = load_data(args["data"])
     config = bench_config(
@@ -293,7 +296,8 @@ def child_worker(args: dict) -> dict:
 def child_backend_sweep(args: dict) -> dict:
     """The 6-β sweep through the job manager on a real backend (`local` or `ray`), with the
     worker's final evaluation, on the built-in digits: Ray's overhead over local processes."""
-    from vae.execution.backends import make_backend, make_manager
+    from vae.execution.backends import make_backend
+    from vae.execution.jobs import make_manager
     from vae.execution.store import RunStore
 
     cores = args["cores"]

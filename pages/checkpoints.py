@@ -104,7 +104,7 @@ else:
                     f"Download {name}", path.read_bytes, file_name=f"{record.run_id}-{name}",
                     mime="application/octet-stream", key=f"download-{name}",
                 )  # fmt: skip
-        if record.metrics:
+        if record.last_metrics:
             downloads.download_button(
                 "Download metrics.csv",
                 lambda: metrics_csv(store.read_metrics(record.run_id), record.run_id, record.config),

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from ui import altair_chart as ui_altair_chart
 from ui import (
+    chart,
     figure_downloads,
     list_runs,
     pick_sweep,
@@ -72,12 +72,12 @@ seed = st.number_input("Sample seed (the same for every row)", 0, 2**31 - 1, 0, 
 
 def gallery_svg() -> str:
     """The sweep as it is when the button is pressed, as one labelled figure."""
-    now = next(s for s in sweeps(store.list_runs()) if s.group == group)
+    now = next((s for s in sweeps(store.list_runs()) if s.group == group), sweep)
     return sweep_figure_svg(now, store, int(seed))
 
 
 def gallery_gif() -> bytes:
-    now = next(s for s in sweeps(store.list_runs()) if s.group == group)
+    now = next((s for s in sweeps(store.list_runs()) if s.group == group), sweep)
     return sweep_gif(now)
 
 
@@ -160,7 +160,7 @@ def gallery() -> None:
     if finished < len(frame):
         st.info(f"{finished} of {len(frame)} runs finished; rows update as the runs train.")
     if frame["informative"].notna().sum() >= 2:
-        ui_altair_chart(units_chart(frame), f"units-{group}")
+        chart(units_chart, frame, figure=f"units-{group}")
     replicated = sweep.seeds > 1
     if replicated:
         st.caption(

@@ -167,7 +167,7 @@ def mistakes_section(mu: float, sigma: float) -> None:
 def trained_run_section() -> None:
     st.subheader("In a trained run")
     try:
-        records = [r for r in ui.list_runs() if not r.broken and r.metrics]
+        records = [r for r in ui.list_runs() if not r.broken and r.last_metrics]
     except OSError as exc:
         st.error(f"The run store could not be read: {exc}")
         return

@@ -2,9 +2,9 @@
 
 import streamlit as st
 
-from ui import altair_chart, compare_toggle, list_runs, pick_runs, refresh_on_change
+from ui import chart, compare_toggle, epoch_rows, list_runs, pick_runs, refresh_on_change
 from vae.present.charts import (
-    dims_charts,
+    dims_chart,
     dims_frame,
     dims_over_epochs,
     dims_scales,
@@ -19,7 +19,7 @@ st.caption(
     f"**informative** ({INFORMATIVE_RULE}) and **active units** ({ACTIVE_RULE}, Burda et al. "
     f"2015). {WHY_COUNTS_DIFFER} Values are test-split averages."
 )
-records = [r for r in list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.last_metrics]
 if not records:
     st.info("No run has finished an epoch yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
@@ -34,7 +34,8 @@ field = st.radio(
 if compare:
     st.caption("Both sides share their axes and colour ranges, so equal heights mean equal values.")
 picked = pick_runs(records, compare)
-scales = dims_scales([record.metrics for _, record in picked])
+epochs = {record.run_id: epoch_rows(record) for _, record in picked}
+scales = dims_scales(list(epochs.values()))
 
 
 def show(record, side: int) -> None:
@@ -56,13 +57,18 @@ def show(record, side: int) -> None:
     st.caption(
         f"{record.config.describe()} · epoch {last['epoch']}/{record.config.epochs} · {record.state}"
     )
-    kl_chart, var_chart = dims_charts(dims_frame(last), scales if compare else None)
-    altair_chart(kl_chart, f"kl-per-dim-{record.run_id}", f"kl-{side}")
-    altair_chart(var_chart, f"posterior-variance-{record.run_id}", f"variance-{side}")
+    bars = dims_frame(last)
+    for which, (name, key) in enumerate((("kl-per-dim", "kl"), ("posterior-variance", "variance"))):
+        chart(
+            dims_chart, bars, scales if compare else None, which,
+            figure=f"{name}-{record.run_id}", figure_key=f"{key}-{side}",
+        )  # fmt: skip
     st.markdown(f"**{'σⱼ²' if field == 'posterior_var' else 'KLⱼ'} over epochs**")
     top = scales.heat_max[field] if compare else None
-    heatmap = heatmap_chart(dims_over_epochs(record.metrics, field), field, top)
-    altair_chart(heatmap, f"{field}-over-epochs-{record.run_id}", f"heatmap-{side}")
+    chart(
+        heatmap_chart, dims_over_epochs(epochs[record.run_id], field), field, top,
+        figure=f"{field}-over-epochs-{record.run_id}", figure_key=f"heatmap-{side}",
+    )  # fmt: skip
 
 
 for side, (column, record) in enumerate(picked):

@@ -3,21 +3,13 @@
 import streamlit as st
 import torch
 
-from ui import altair_chart, compare_toggle, list_runs, pick_runs, refresh_on_change, run_store
-from vae.execution.checkpoint import CheckpointError, load_run_checkpoint, model_from_checkpoint
-from vae.learn.data import DataError, load_dataset
-from vae.learn.evaluate import (
-    grid,
-    latent_map,
-    latent_traversal,
-    most_active_dims,
-    prior_samples,
-    reconstructions,
-)
+from ui import chart, compare_toggle, list_runs, pick_runs, refresh_on_change, run_store
+from vae.execution.checkpoint import CheckpointError
+from vae.learn.data import DataError
 from vae.present.charts import latent_map_chart, latent_map_extent
+from vae.present.samples import OpenRun, open_run, pictures
 
 IMAGE_WIDTH = 560
-MAP_POINTS = 2000
 
 st.title("Samples")
 st.caption(
@@ -25,7 +17,7 @@ st.caption(
     "aggregate posterior drifts from the prior and samples look worse; with a large β they blur."
 )
 store = run_store()
-records = [r for r in list_runs() if not r.broken and r.metrics]
+records = [r for r in list_runs() if not r.broken and r.last_metrics]
 if not records:
     st.info("No run has a checkpoint yet. Start one on the Train page.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
@@ -34,14 +26,9 @@ if not records:
 
 
 @st.cache_resource(max_entries=8)
-def load_model(run_id: str, modified: float):
-    """The run's model, reloaded when its checkpoint file changes (modified time in the key)."""
-    return model_from_checkpoint(load_run_checkpoint(store, run_id))
-
-
-def checkpoint_mtime(run_id: str) -> float:
-    path = store.checkpoint_path(run_id)
-    return path.stat().st_mtime if path else 0.0
+def load_run(path: str, modified: float) -> OpenRun:
+    """The run's model, data and latent map, reloaded when its checkpoint file changes."""
+    return open_run(path)
 
 
 def redraw() -> None:
@@ -58,28 +45,29 @@ if compare:
 shown = []
 for column, record in pick_runs(records, compare):
     with column:
+        path = store.checkpoint_path(record.run_id)
         try:
-            model = load_model(record.run_id, checkpoint_mtime(record.run_id))
-            dataset = load_dataset(record.config.dataset, record.config.data_root)
-        except (CheckpointError, DataError) as exc:
+            if path is None:
+                raise CheckpointError(f"run {record.run_id} has no checkpoint yet")
+            shown.append((column, record, load_run(str(path), path.stat().st_mtime)))
+        except (CheckpointError, DataError, OSError) as exc:
             st.error(f"Cannot show this run: {exc}")
-            continue
-    x, y = dataset.test.x[:MAP_POINTS], dataset.test.y[:MAP_POINTS]
-    shown.append((column, record, model, dataset, latent_map(model, x, y)))
-extent = latent_map_extent([frame for *_, frame in shown]) if compare else None
+extent = latent_map_extent([run.latent_map for *_, run in shown]) if compare else None
 
-for side, (column, record, model, dataset, frame) in enumerate(shown):
+for side, (column, record, run) in enumerate(shown):
     with column:
+        drawn = pictures(run, record.last_metrics["kl_per_dim"], int(seed))
         st.caption(f"{record.config.describe()} · epoch {record.last_metrics['epoch']}")
         st.markdown("**From the prior**")
-        st.image(grid(prior_samples(model, 64, seed=int(seed)), nrow=8), width=IMAGE_WIDTH)
+        st.image(drawn.prior, width=IMAGE_WIDTH)
         st.markdown("**Inputs and reconstructions** (pairs: input, then its reconstruction)")
-        st.image(grid(reconstructions(model, dataset.test.x[:16], 16), nrow=8), width=IMAGE_WIDTH)
-        dims = most_active_dims(record.last_metrics["kl_per_dim"], 5)
+        st.image(drawn.reconstructions, width=IMAGE_WIDTH)
         st.markdown("**Traversals** of the most active dimensions, one row each, from −3 to 3")
-        st.caption("rows, top to bottom: " + ", ".join(f"z{d}" for d in dims))
-        traversal = latent_traversal(model, dataset.test.x[:1], dims)
-        st.image(grid(traversal, nrow=9), width=IMAGE_WIDTH)
+        st.caption("rows, top to bottom: " + ", ".join(f"z{d}" for d in drawn.traversal_dims))
+        st.image(drawn.traversal, width=IMAGE_WIDTH)
         st.markdown("**Latent means of the test split**")
         st.caption("To decode a point you pick, or your own digit, open Probe.")
-        altair_chart(latent_map_chart(frame, extent), f"latent-map-{record.run_id}", f"map-{side}")
+        chart(
+            latent_map_chart, run.latent_map, extent,
+            figure=f"latent-map-{record.run_id}", figure_key=f"map-{side}",
+        )  # fmt: skip

@@ -4,7 +4,7 @@ import hashlib
 
 import streamlit as st
 
-from ui import altair_chart, list_runs, refresh_on_change
+from ui import altair_chart, chart, epoch_rows, list_runs, refresh_on_change
 from vae.execution.states import RunState
 from vae.learn.fields import beta_text
 from vae.present.tradeoff import (
@@ -76,7 +76,7 @@ def live_chart(chosen_set: str) -> None:
     if chosen_set != EVERY_RUN:
         in_set = set(runs_of_set(records, chosen_set))
         records = [r for r in records if r.run_id in in_set]
-    plotted, note = newest([r for r in records if not r.broken and r.metrics])
+    plotted, note = newest([r for r in records if not r.broken and r.last_metrics])
     frame = tradeoff_frame(plotted)
     if note:
         st.caption(note)
@@ -137,8 +137,9 @@ def live_chart(chosen_set: str) -> None:
     )  # fmt: skip
     if chosen:
         splits = ("test", "train") if show_train else ("test",)
-        curves = curves_frame([by_id[r] for r in chosen if r in by_id], splits)
-        altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)), "curves")
+        runs = [by_id[r] for r in chosen if r in by_id]
+        curves = curves_frame([(r, epoch_rows(r)) for r in runs], splits)
+        chart(curves_chart, curves, beta_domain(frame), beta_values(frame), figure="curves")
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
                "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip

@@ -62,7 +62,7 @@ st.caption(
 )
 
 # ---- first visit: an empty store offers the demonstration sweep ------------------------------
-if not manager.store.list_runs(with_metrics=False):
+if not manager.store.list_runs():
     with st.container(border=True, key="welcome"):
         st.subheader("New here? Start with the β demo")
         st.markdown(DEMO_GUIDE)

@@ -32,3 +32,16 @@ def tiny_config():
         threads=1,
         precision="fp32",
     )
+
+
+@pytest.fixture(scope="session")
+def lesson_store(tmp_path_factory):
+    """A sweep of three β (group 'sweep-a'), then a single run with other epochs, trained for real
+    (shared by the tests of the present/ modules that draw trained runs)."""
+    from helpers import train_small
+
+    store = RunStore(tmp_path_factory.mktemp("lesson") / "runs")
+    for beta in (0.5, 4.0, 64.0):
+        train_small(store, group="sweep-a", beta=beta)
+    train_small(store, beta=1.0, epochs=1)
+    return store

@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from vae.execution.worker import JobControl, run_job
+from vae.learn.config import RunConfig
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")  # AppTest needs an absolute path
 PAGES = [
@@ -60,3 +61,21 @@ def worker_pid(status: dict) -> int | None:
     """The pid of the local worker process a running run's status names."""
     job = status.get("job")
     return job.get("pid") if isinstance(job, dict) else None
+
+
+SMALL = dict(hidden_dims=[32], latent_dim=4, epochs=2, batch_size=256, threads=1)
+
+
+def train_small(store, group: str | None = None, **settings) -> str:
+    """Create and train (in this process) a small run of SMALL's settings; returns its id."""
+    run_id = store.create_run(RunConfig(**{**SMALL, **settings}), group=group)
+    assert train_run(store, run_id) == "finished"
+    return run_id
+
+
+def chart_spec(chart) -> dict:
+    return chart.to_dict()
+
+
+def chart_layers(spec: dict) -> list[dict]:
+    return spec.get("layer", [spec])

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import open_app, train_run
+from vae.execution.files import atomic_write_bytes
 from vae.execution.film import (
     FILM_FILE,
     INPUTS,
@@ -27,6 +28,11 @@ from vae.learn.data import load_dataset
 from vae.learn.model import build_model
 from vae.present.film_view import film_epochs, frame_pictures, read_films, run_gif, sweep_gif
 from vae.present.gallery import sweeps
+
+
+def save_to(folder):
+    """What the worker's store does with a film, for a recorder outside a run store."""
+    return lambda data: atomic_write_bytes(folder / FILM_FILE, data)
 
 
 def test_training_keeps_one_frame_per_epoch(store, tiny_config):
@@ -48,7 +54,7 @@ def test_the_film_stays_bounded_on_a_long_run(tmp_path):
     config = RunConfig(hidden_dims=[8], latent_dim=2)
     model = build_model(config, (1, 28, 28))
     x = load_dataset("digits").test.x
-    recorder = FilmRecorder(tmp_path, x)
+    recorder = FilmRecorder(tmp_path, x, save_to(tmp_path))
     for epoch in range(1, 301):  # real frames through the recorder
         recorder.record(model, epoch)
     film = read_film(tmp_path)
@@ -75,10 +81,10 @@ def test_a_resumed_run_redoes_later_frames(tmp_path):
     config = RunConfig(hidden_dims=[8], latent_dim=2)
     model = build_model(config, (1, 28, 28))
     x = load_dataset("digits").test.x
-    recorder = FilmRecorder(tmp_path, x)
+    recorder = FilmRecorder(tmp_path, x, save_to(tmp_path))
     for epoch in (1, 2, 3):
         recorder.record(model, epoch)
-    FilmRecorder(tmp_path, x).record(model, 2)  # resumed from epoch 1
+    FilmRecorder(tmp_path, x, save_to(tmp_path)).record(model, 2)  # resumed from epoch 1
     assert read_film(tmp_path).epochs.tolist() == [1, 2]
 
 

@@ -149,3 +149,118 @@ def test_pages_that_show_no_model_open_without_loading_torch(one_run, page):
     assert "torch" not in loaded
     if page == "pages/train.py":  # it draws no chart either
         assert "altair" not in loaded
+
+
+def app_sources() -> dict[str, ast.AST]:
+    """Every module of the library, the pages and the Streamlit glue, by a readable name."""
+    paths = [*(ROOT / "vae").rglob("*.py"), *(ROOT / "pages").glob("*.py")]
+    paths += [ROOT / "ui.py", ROOT / "app.py"]
+    return {str(p.relative_to(ROOT)): ast.parse(p.read_text()) for p in paths}
+
+
+def test_no_backend_is_named_outside_the_module_that_chooses_one():
+    """Pages, the CLI and the manager ask the Backend protocol (cluster, threads_per_job,
+    capacity, resources); only vae/execution/backends.py turns a name into a backend."""
+    names = {"ray", "local"}
+
+    def named(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            return any(named(e) for e in node.elts)
+        return False
+
+    offenders = [
+        f"{path}:{node.lineno}"
+        for path, tree in app_sources().items()
+        if path != "vae/execution/backends.py"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare) and any(named(n) for n in [node.left, *node.comparators])
+    ]
+    assert offenders == []
+
+
+# Writers of files in the store that are not a run's data, each with its reason.
+STORE_WRITERS = {
+    "vae/execution/files.py": "the primitives every write goes through",
+    "vae/execution/run_folder.py": "the run folders: every run file is written here",
+    "vae/execution/listing.py": "the listing's own .index.json (a cache, through files.py)",
+    "vae/execution/layout.py": "the store root's .layout.json (through files.py)",
+    "vae/execution/lease.py": "a run's lease: an OS lock and a heartbeat, no data",
+    "vae/execution/jobs.py": "the store root's .scheduler.lock: an OS lock, no data",
+    "vae/execution/local.py": "the store root's .worker.log: the workers' output",
+    "vae/execution/ray_backend.py": "removes its node-local temporary store when a job ends",
+}
+WRITE_CALLS = {  # by any name: the store's primitives and pathlib's writers
+    "atomic_write_bytes", "atomic_write_json", "overwrite_in_place", "append_bytes", "touch",
+    "write_bytes", "write_text", "unlink",
+}  # fmt: skip
+OS_WRITE_CALLS = {"replace", "rename", "remove", "unlink", "utime", "rmtree", "move", "copy"}
+
+
+def writes_a_file(node: ast.AST) -> bool:
+    """Whether a call writes, moves or removes a file (os.open for writing, open(..., "w")...)."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    owner = getattr(func.value, "id", "") if isinstance(func, ast.Attribute) else ""
+    if name in WRITE_CALLS or (owner in ("os", "shutil") and name in OS_WRITE_CALLS):
+        return True
+    if name == "save" and owner == "torch":  # a path target writes a file, a buffer does not
+        return len(node.args) > 1 and isinstance(node.args[1], ast.Constant | ast.BinOp)
+    if name == "open" and owner == "os":
+        flags = ast.unparse(node.args[1]) if len(node.args) > 1 else ""
+        return any(f in flags for f in ("O_WRONLY", "O_RDWR", "O_CREAT", "O_APPEND"))
+    if name == "open":
+        modes = [*node.args[1:2], *(k.value for k in node.keywords if k.arg == "mode")]
+        mode = modes[0].value if modes and isinstance(modes[0], ast.Constant) else "r"
+        return any(c in str(mode) for c in "wax+")
+    return False
+
+
+def test_no_module_writes_a_runs_files_except_through_the_store():
+    """A run's files are written by vae/execution/run_folder.py (through files.py) alone, so its
+    summary, change signal and atomic writes stay right; everything else asks the RunStore."""
+    offenders = [
+        f"{path}:{node.lineno}: {ast.unparse(node)[:80]}"
+        for path, tree in app_sources().items()
+        if path not in STORE_WRITERS
+        for node in ast.walk(tree)
+        if writes_a_file(node)
+    ]
+    assert offenders == []
+
+
+def test_every_store_writer_is_still_one():
+    """The exceptions above are real (a stale one would hide a new writer of the same module)."""
+    sources = app_sources()
+    idle = [p for p in STORE_WRITERS if not any(writes_a_file(n) for n in ast.walk(sources[p]))]
+    assert idle == []
+
+
+def test_pages_draw_charts_one_way():
+    """Through ui.chart (built once per distinct data); only a chart whose clicks select runs
+    (the Tradeoff plane) is handed to Streamlit directly."""
+    direct = {
+        f"{p.relative_to(ROOT)}"
+        for p in (ROOT / "pages").glob("*.py")
+        for line in p.read_text().splitlines()
+        if "st.altair_chart(" in line or "st.vega_lite_chart(" in line
+    }
+    assert direct <= {"pages/tradeoff.py"}
+    assert "on_select=" in (ROOT / "pages" / "tradeoff.py").read_text()
+
+
+def test_the_worker_writes_through_the_run_folders_and_never_reads_the_listing():
+    """The listing is the server's read model; a training process only writes runs (and reads
+    single files), so it never builds a cache it does not need."""
+    listing_calls = ("list_runs", "get", "snapshot", "active_runs", "epoch_rows", "listing")
+    for name in ("worker", "evaluation", "checkpoint", "cancel"):
+        tree = ast.parse((ROOT / "vae" / "execution" / f"{name}.py").read_text())
+        used = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "store"
+        }
+        assert not used & set(listing_calls), (name, used & set(listing_calls))

@@ -14,7 +14,6 @@ from vae.learn.objective import (
     KLWarmup,
     kl_per_dim,
     make_objective,
-    rate,
 )
 
 
@@ -51,11 +50,12 @@ def test_kl_matches_monte_carlo_within_standard_error():
     assert analytic[2] == 0  # the prior itself: no divergence
 
 
-def test_rate_sums_over_dimensions_not_averages():
+def test_the_rate_sums_over_dimensions_not_averages():
     mu, logvar = random_posterior(dims=10)
-    r = rate(mu, logvar)
-    torch.testing.assert_close(r, kl_per_dim(mu, logvar).sum(-1))
-    assert not torch.allclose(r, kl_per_dim(mu, logvar).mean(-1))
+    kl = kl_per_dim(mu, logvar)
+    rate = BetaVAE(beta=1.0)(torch.zeros(kl.shape[0], dtype=kl.dtype), kl, 0)  # D = 0: β·R
+    torch.testing.assert_close(rate, kl.sum(-1).mean())
+    assert not torch.allclose(rate, kl.mean(-1).mean())
 
 
 def test_kl_gradient_pulls_towards_the_prior():

@@ -40,7 +40,7 @@ def cleanup_jobs():
     yield stores.append
     for store in stores:
         manager = JobManager(store)
-        active = manager.active_run_ids()
+        active = [r.run_id for r in manager.store.active_runs()]
         deadline = time.time() + 60
         while active and deadline > time.time():
             for run_id in list(active):
@@ -48,7 +48,7 @@ def cleanup_jobs():
                     manager.cancel(run_id)
                     active.remove(run_id)
             time.sleep(0.2)
-        manager.wait(manager.active_run_ids(), timeout_s=60)
+        manager.wait([r.run_id for r in manager.store.active_runs()], timeout_s=60)
     st.cache_resource.clear()
 
 
@@ -260,7 +260,7 @@ def test_demo_button_on_an_empty_store_queues_the_demo_sweep(monkeypatch, tmp_pa
     assert any("β demo" in h.value for h in at.subheader)
     at.button(key="demo_button").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    runs = store.list_runs(with_metrics=False)
+    runs = store.list_runs()
     assert sorted(r.config.beta for r in runs) == list(DEMO_BETAS)
     assert len({r.status["group"] for r in runs}) == 1
     assert {(r.config.name, r.config.epochs, r.config.latent_dim) for r in runs} == {

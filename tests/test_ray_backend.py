@@ -17,9 +17,9 @@ from helpers import PAGES, open_app, wait_for
 
 import ui
 from vae import cli
-from vae.execution.backends import make_backend, make_manager
+from vae.execution.backends import make_backend
 from vae.execution.checkpoint import load_run_checkpoint
-from vae.execution.jobs import JobManager
+from vae.execution.jobs import JobManager, make_manager
 from vae.execution.ray_backend import NAMESPACE, RayBackend
 from vae.execution.states import RunState
 from vae.execution.store import RunStore
@@ -93,7 +93,7 @@ def test_sweep_on_ray_matches_local_processes(ray_sweep, tmp_path):
 def test_cancel_one_run_of_a_stack_on_ray(ray_backend, store):
     manager = make_manager(store, ray_backend, max_concurrent=2)
     run_ids = manager.submit_sweep(_config(epochs=6, batch_size=64), BETAS)
-    job = manager.job_of(run_ids[0])
+    job = manager.jobs.get(run_ids[0])
     assert job is not None and job.run_ids == run_ids[:2]  # 3 runs, 2 CPUs: stacks of 2 and 1
     wait_for(lambda: manager.reconcile() or store.read_metrics(run_ids[0]), 120, what="epoch 1")
     manager.cancel(run_ids[0])
@@ -107,7 +107,7 @@ def test_cancel_one_run_of_a_stack_on_ray(ray_backend, store):
 def test_killed_ray_worker_interrupts_and_the_run_resumes(ray_backend, store):
     manager = make_manager(store, ray_backend, max_concurrent=2)
     run_id = manager.submit(_config(epochs=5, batch_size=64))
-    job = manager.job_of(run_id)
+    job = manager.jobs.get(run_id)
     wait_for(lambda: manager.reconcile() or store.read_status(run_id).get("epoch"), 120)
     os.kill(job.placement["pid"], signal.SIGKILL)  # the actor's worker process, mid-epoch
     wait_for(lambda: manager.reconcile() or store.read_status(run_id)["state"] != "running", 60)
@@ -132,7 +132,7 @@ def test_restarted_app_attaches_to_its_ray_jobs(ray_backend, store):
 
     second = make_manager(store, make_backend("ray"), max_concurrent=2)  # "the restarted app"
     second.reconcile()
-    assert second.job_of(run_id) is not None
+    assert second.jobs.get(run_id) is not None
     assert store.read_status(gone)["state"] == RunState.INTERRUPTED
     second.wait([run_id], timeout_s=300)
     assert store.read_status(run_id)["state"] == RunState.FINISHED

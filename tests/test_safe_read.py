@@ -22,8 +22,9 @@ from helpers import PAGES, open_app, train_run, wait_for
 from vae.cli import main
 from vae.execution import safe_read
 from vae.execution.checkpoint import checkpoint_problem
+from vae.execution.files import HOST_TAG
 from vae.execution.jobs import JobManager
-from vae.execution.store import HOST_TAG, RunStore, StoreError, new_run_id
+from vae.execution.store import RunStore, StoreError, new_run_id
 from vae.learn.config import RunConfig
 
 
@@ -160,9 +161,10 @@ def test_a_torn_last_metrics_line_is_not_damage(trained):
     run_id = copy_run(store, good)
     with open(store.path(run_id, "metrics.jsonl"), "ab") as handle:
         handle.write(b'{"epoch": 3, "ra')  # a crash mid-append
-    record = RunStore(store.root).get(run_id)
+    reader = RunStore(store.root)
+    record = reader.get(run_id)
     assert record.broken is None
-    assert [m["epoch"] for m in record.metrics] == [1, 2]
+    assert [m["epoch"] for m in reader.epoch_rows(record)] == [1, 2]
 
 
 def test_the_scheduler_and_the_cli_cope_with_every_damaged_run(damaged, capsys):

@@ -20,8 +20,8 @@ import sys
 import time
 
 from vae import settings
-from vae.execution.backends import BACKENDS, make_backend, make_manager
-from vae.execution.jobs import MAX_SEEDS, JobManager
+from vae.execution.backends import BACKENDS, make_backend
+from vae.execution.jobs import MAX_SEEDS, JobManager, make_manager
 from vae.execution.labels import clean_tags
 from vae.execution.layout import cached_layout
 from vae.execution.preflight import (
@@ -32,6 +32,7 @@ from vae.execution.preflight import (
     run_findings,
     sweep_findings,
 )
+from vae.execution.procs import keep_freed_memory
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import ConfigError, RunConfig, sweep_betas
@@ -124,15 +125,16 @@ def cmd_train(args, store: RunStore) -> int:
     download_first(args, config)
     say_findings(run_findings(config))
     backend = make_backend(args.backend)
-    if backend.name != "local":  # train on the cluster, followed from here like a sweep
+    if backend.cluster:  # train on the cluster, followed from here like a sweep
         manager = make_manager(store, backend, max_concurrent=1)
         run_id = manager.submit(config)
         print(f"run {run_id}: {config.describe()} on {backend.name}", flush=True)
         return follow(manager, store, [run_id])
     run_id = store.create_run(config)
     print(f"run {run_id}: {config.describe()} -> {store.run_dir(run_id)}", flush=True)
-    control = JobControl(store)
+    control = JobControl(store.folders)
     control.install()
+    keep_freed_memory()  # this process trains the run itself
     outcome = run_job(store, [run_id], control, progress=print_epoch)[run_id]
     status = store.read_status(run_id)
     print(f"run {run_id} {outcome}{': ' + status['reason'] if status.get('reason') else ''}")
@@ -149,7 +151,7 @@ def cmd_sweep(args, store: RunStore) -> int:
     download_first(args, config)
     say_findings(sweep_findings(config))
     manager = make_manager(store, make_backend(args.backend), max_concurrent=args.jobs)
-    if manager.backend.name == "local" and args.jobs is None and cached_layout(store.root) is None:
+    if not manager.backend.cluster and args.jobs is None and cached_layout(store.root) is None:
         print("measuring how to lay out jobs on this machine (once; cached in the store)...")
         manager.measure_layout()
     run_ids = manager.submit_sweep(config, betas, seeds=args.seeds)

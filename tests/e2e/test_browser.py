@@ -84,7 +84,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     sweep_button.click()
     check(page.get_by_text("Queued β = 0.5, 1, 4: 3 runs")).to_be_visible()
 
-    records = store.list_runs(with_metrics=False)
+    records = store.list_runs()
     assert len(records) == 3, [r.run_id for r in records]
     assert sorted(r.config.beta for r in records) == BETAS
     for r in records:

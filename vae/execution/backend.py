@@ -51,6 +51,11 @@ class Backend(Protocol):
     """Where jobs run."""
 
     name: str  # matches ref()["backend"] of the jobs it starts
+    # True: a cluster places the jobs (its capacity decides how many run; pages show its
+    # resources() in a sidebar). False: jobs share this machine's cores, laid out as measured
+    # (vae.execution.layout), and the CLI trains a single run in its own process.
+    cluster: bool
+    threads_per_job: int  # threads (CPUs) each job asks for; 0: from the measured layout
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> Job: ...
 
@@ -64,4 +69,9 @@ class Backend(Protocol):
 
     def capacity(self, threads: int) -> int | None:
         """How many jobs of `threads` threads may run at once (None: the manager's own limit)."""
+        ...
+
+    def resources(self) -> dict:
+        """nodes, cpu_total, cpu_free, gpu_total, gpu_free: where jobs can train, for the pages
+        (ConnectionError when the backend cannot be reached)."""
         ...

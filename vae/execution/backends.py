@@ -1,5 +1,8 @@
 """Choose the execution backend by name: `local` (default) or `ray`, for the app and the CLI.
 
+The only module that names a backend: everything else asks the `Backend` protocol
+(vae.execution.backend) what it needs to know (`cluster`, `threads_per_job`, `resources`...).
+
 VAE_BACKEND names the backend, VAE_RAY_ADDRESS the Ray cluster (`auto`, `ray://host:10001`, or a
 head node's `host:6379`; unset: a local Ray instance started by this process).
 """
@@ -10,14 +13,11 @@ import os
 import re
 
 from vae.execution.backend import Backend
-from vae.execution.jobs import JobManager
 from vae.execution.local import LocalProcessBackend
-from vae.execution.store import RunStore
 
 BACKEND_ENV = "VAE_BACKEND"
 RAY_ADDRESS_ENV = "VAE_RAY_ADDRESS"
 BACKENDS = ("local", "ray")
-RAY_THREADS_PER_JOB = 1  # CPUs each Ray job asks for (a run's `threads` setting asks for more)
 _ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5})$")
 
 
@@ -37,10 +37,3 @@ def make_backend(name: str | None = None, address: str | None = None) -> Backend
     from vae.execution.ray_backend import RayBackend  # deferred: ray costs ~1 s and 100 MB
 
     return RayBackend(address)
-
-
-def make_manager(store: RunStore, backend: Backend, max_concurrent: int | None) -> JobManager:
-    """A job manager on `backend`: local jobs share this machine's cores, Ray jobs the cluster's."""
-    if backend.name == "ray":
-        return JobManager(store, backend=backend, threads_per_job=RAY_THREADS_PER_JOB)
-    return JobManager(store, max_concurrent=max_concurrent, backend=backend)

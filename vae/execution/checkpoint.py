@@ -262,37 +262,19 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _linear(inputs: int, outputs: int) -> int:
-    return inputs * outputs + outputs
-
-
 def parameter_count(config: RunConfig, image_shape: tuple[int, int, int]) -> int:
-    """How many numbers build_model(config, image_shape) would allocate, by arithmetic alone.
+    """How many numbers build_model(config, image_shape) would allocate, counted on a model built
+    on the meta device (shapes only, no memory), so the architecture is written once.
 
     Lets a hostile config (forty 4,096-unit layers, 512x512x4 images) be refused before a single
-    tensor exists. tests/test_uploads.py checks it against real models.
+    real tensor exists.
     """
-    channels, height, width = image_shape
-    latent, hidden = config.latent_dim, list(config.hidden_dims)
-    likelihood = 1 if config.likelihood == "gaussian" else 0  # the log-variance (or its buffer)
-    if config.architecture == "conv":
-        if height != width or height not in (28, 32, 64):
-            raise CheckpointError(
-                f"conv models need 28, 32 or 64 pixel square images, got {image_shape}"
-            )
-        k, side = 32, height + (4 if height == 28 else 0)
-        n_convs = int(math.log2(side // 4))
-        convs = (channels * k * 16 + k) + (n_convs - 1) * (k * k * 16 + k)
-        deconvs = (n_convs - 1) * (k * k * 16 + k) + (k * channels * 16 + channels)
-        fc = _linear(k * 16, hidden[0]) + _linear(hidden[0], 2 * latent)
-        fc += _linear(latent, hidden[0]) + _linear(hidden[0], k * 16)
-        return convs + deconvs + fc + likelihood
-    pixels = channels * height * width
-    encoder = [pixels, *hidden, 2 * latent]
-    decoder = [latent, *reversed(hidden), pixels]
-    total = sum(_linear(a, b) for a, b in zip(encoder[:-1], encoder[1:], strict=True))
-    total += sum(_linear(a, b) for a, b in zip(decoder[:-1], decoder[1:], strict=True))
-    return total + likelihood
+    try:
+        with torch.device("meta"):
+            model = build_model(config, image_shape)
+    except (ConfigError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"config is not valid: {exc}") from None
+    return sum(t.numel() for t in model.state_dict().values())
 
 
 def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu") -> VAE:

@@ -14,8 +14,8 @@ import contextlib
 import json
 import os
 
+from vae.execution.run_folder import RunFolders
 from vae.execution.states import IllegalTransition, RunState
-from vae.execution.store import RunStore, StoreError, atomic_write_bytes
 
 # The worker writes metrics, then model.pt and film.npz (final.pt, eval.json at the end), then status.json.
 WRITE_ORDER = ("metrics.jsonl", "model.pt", "film.npz", "final.pt", "eval.json", "status.json")
@@ -25,30 +25,28 @@ SEED_FILES = ("config.json", "status.json", "metrics.jsonl", "model.pt")  # what
 Signature = list[int]  # [size, mtime_ns]: changes whenever the worker rewrites or appends
 
 
-def read_files(store: RunStore, run_id: str, names=SEED_FILES) -> dict[str, bytes]:
+def read_files(folders: RunFolders, run_id: str, names=SEED_FILES) -> dict[str, bytes]:
     """The named files of a run that exist, as bytes (to seed a job's store elsewhere)."""
     files = {}
     for name in names:
         with contextlib.suppress(FileNotFoundError):
-            files[name] = store.path(run_id, name).read_bytes()
+            files[name] = folders.path(run_id, name).read_bytes()
     return files
 
 
-def write_files(store: RunStore, run_id: str, files: dict[str, bytes]) -> None:
+def write_files(folders: RunFolders, run_id: str, files: dict[str, bytes]) -> None:
     """Create a run folder holding `files` (the seed of a job's node-local store)."""
-    store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        atomic_write_bytes(store.path(run_id, name), data)
+    folders.seed_run(run_id, files)
 
 
 def changed_files(
-    store: RunStore, run_id: str, known: dict[str, Signature]
+    folders: RunFolders, run_id: str, known: dict[str, Signature]
 ) -> dict[str, tuple[Signature, bytes]]:
     """Each file of the run whose signature differs from `known`, with its new signature."""
     changes = {}
     for name in READ_ORDER:
         try:
-            with open(store.path(run_id, name), "rb") as handle:
+            with open(folders.path(run_id, name), "rb") as handle:
                 stat = os.fstat(handle.fileno())
                 signature = [stat.st_size, stat.st_mtime_ns]
                 if known.get(name) == signature:
@@ -60,27 +58,29 @@ def changed_files(
 
 
 def apply_changes(
-    store: RunStore, run_id: str, changes: dict[str, tuple[Signature, bytes]], where: str
+    folders: RunFolders, run_id: str, changes: dict[str, tuple[Signature, bytes]], where: str
 ) -> None:
-    """Write a job's changed files into the app's store; the status goes through its transitions.
+    """Write a job's changed files into the app's store, through its run folders' API.
 
-    `where` (the node) is saved in the status, so every page and process can say where a run
-    trains. A status move that the app's copy does not allow (the app already ended the run) is
-    left out rather than written over it.
+    New metrics lines are appended (the summary and the change signal follow, and readers read
+    only those lines); the status goes through its transitions. `where` (the node) is saved in
+    the status, so every page and process can say where a run trains. A status move that the
+    app's copy does not allow (the app already ended the run) is left out rather than written
+    over it.
     """
     for name in WRITE_ORDER:
         if name not in changes:
             continue
         data = changes[name][1]
+        if name == "metrics.jsonl":
+            folders.replace_metrics(run_id, data)
+            continue
         if name != "status.json":
-            try:
-                atomic_write_bytes(store.path(run_id, name), data)
-            except OSError as exc:
-                raise StoreError(f"could not save {name} of {run_id}: {exc}") from None
+            folders.write_file(run_id, name, data)
             continue
         status = json.loads(data)
         extra = {k: status[k] for k in ("epoch",) if k in status}
         with contextlib.suppress(IllegalTransition):
-            store.update_status(
+            folders.update_status(
                 run_id, RunState(status["state"]), status.get("reason", ""), where=where, **extra
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,6 @@ import torch
 
 from vae.execution import safe_read
 from vae.execution.series import DISPLAY_POINTS
-from vae.execution.store import atomic_write_bytes
 from vae.learn.evaluate import prior_samples, reconstructions
 
 FILM_FILE = "film.npz"
@@ -109,8 +109,8 @@ def read_film(run_dir: str | Path) -> Film | None:
 class FilmRecorder:
     """Adds one frame per epoch to a run's film; never stops training (errors are printed)."""
 
-    def __init__(self, run_dir: str | Path, test_x: torch.Tensor):
-        self.path = Path(run_dir) / FILM_FILE
+    def __init__(self, run_dir: str | Path, test_x: torch.Tensor, save: Callable[[bytes], None]):
+        self.save = save  # writes film.npz through the run store (RunFolders.write_file)
         self.test_x = test_x[:INPUTS]
         self.film: Film | None = None
         try:
@@ -143,4 +143,4 @@ class FilmRecorder:
                 film.stride,
             )
         )
-        atomic_write_bytes(self.path, self.film.to_bytes())
+        self.save(self.film.to_bytes())

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution.backend import Backend, Job
+from vae.execution.backends import make_backend
 from vae.execution.layout import Layout, cached_layout, choose_layout
 from vae.execution.lease import is_held, stalled_for
-from vae.execution.local import LocalProcessBackend
 from vae.execution.preflight import sweep_finding
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import RunRecord, RunStore, StoreError
@@ -46,11 +46,12 @@ class JobManager:
 
     store: RunStore
     max_concurrent: int | None = None
-    backend: Backend = field(default_factory=LocalProcessBackend)
-    threads_per_job: int = 0  # 0: from the layout, or cores / max_concurrent
+    backend: Backend = field(default_factory=make_backend)  # VAE_BACKEND's (local by default)
+    threads_per_job: int = 0  # 0: the backend's, else from the layout, or cores / max_concurrent
     batch_sweeps: bool = True  # a sweep's runs that differ only in β train as stacks
 
     def __post_init__(self):
+        self.threads_per_job = self.threads_per_job or self.backend.threads_per_job
         self.jobs: dict[str, Job] = {}  # run id -> the job training it (one job, several runs)
         self._cancel_asked: dict[str, float] = {}  # run id -> when its cancel was asked
         self._foreign_jobs: set[str] = set()  # live jobs on the store that this one cannot watch
@@ -145,10 +146,6 @@ class JobManager:
             if run_id in self.jobs:
                 raise StoreError(f"run {run_id} is running; cancel it first")
             self.store.delete_run(run_id)
-
-    def job_of(self, run_id: str) -> Job | None:
-        """The job training this run (its `run_ids` are the runs that share it), if any."""
-        return self.jobs.get(run_id)
 
     # ---- the reconcile loop ------------------------------------------------------------
     def layout(self) -> Layout:
@@ -314,9 +311,6 @@ class JobManager:
     def shutdown(self) -> None:
         self._stop.set()
 
-    def active_run_ids(self) -> list[str]:
-        return [r.run_id for r in self.store.active_runs()]
-
     def wait(self, run_ids: Iterable[str], timeout_s: float = 600, poll_s: float = 0.2) -> None:
         """Block until the runs leave queued/running (CLI and tests; never the page thread)."""
         run_ids = list(run_ids)
@@ -327,6 +321,12 @@ class JobManager:
                 return
             time.sleep(poll_s)
         raise TimeoutError(f"runs still active after {timeout_s:.0f} s")
+
+
+def make_manager(store: RunStore, backend: Backend, max_concurrent: int | None) -> JobManager:
+    """A job manager on `backend`: local jobs share this machine's cores (`max_concurrent` at
+    once, None: as measured), a cluster's jobs as many as it holds."""
+    return JobManager(store, None if backend.cluster else max_concurrent, backend)
 
 
 class _StoreLock:

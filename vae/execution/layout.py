@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+from vae.execution.files import atomic_write_json
 from vae.execution.procs import PROJECT_ROOT, project_env
-from vae.execution.store import atomic_write_json
 
 CACHE_NAME = ".layout.json"
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from vae.execution.cancel import ask_local_worker
 from vae.execution.procs import (
     PROJECT_ROOT,
     describe_signal,
@@ -49,8 +50,7 @@ class LocalJob:
         return is_running(self.pid, self.pid_start)
 
     def cancel_run(self, run_id: str) -> None:
-        self.store.request_cancel(run_id)
-        signal_process(self.pid, signal.SIGUSR1)
+        ask_local_worker(self.store.folders, run_id, self.pid)
 
     def stop(self, force: bool = False) -> None:
         signal_process(self.pid, signal.SIGKILL if force else signal.SIGTERM, group=True)
@@ -71,16 +71,12 @@ class LocalProcessBackend:
     """Jobs as local worker processes, each in its own session (it outlives the server)."""
 
     name = "local"
+    cluster = False
+    threads_per_job = 0
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> LocalJob:
         env = project_env(os.environ)
-        env.update(
-            OMP_NUM_THREADS=str(threads),
-            MKL_NUM_THREADS=str(threads),
-            # Keep glibc from returning each step's temporaries to the OS (page faults cost ~25%).
-            MALLOC_TRIM_THRESHOLD_="268435456",
-            MALLOC_MMAP_THRESHOLD_="268435456",
-        )
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         command = [sys.executable, "-m", "vae.execution.worker", "--store", str(store.root)]
         command += ["--threads", str(threads), "--nice", str(WORKER_NICENESS), *run_ids]
         store.root.mkdir(parents=True, exist_ok=True)
@@ -100,6 +96,10 @@ class LocalProcessBackend:
 
     def capacity(self, threads: int) -> int | None:
         return None  # this machine's cores: the manager's max_concurrent
+
+    def resources(self) -> dict:
+        cores = float(os.cpu_count() or 1)  # nothing is reserved: every core counts as free
+        return {"nodes": 1, "cpu_total": cores, "cpu_free": cores, "gpu_total": 0, "gpu_free": 0}
 
     def attach(self, store: RunStore, ref: dict, run_ids: list[str]) -> LocalJob | None:
         pid, start = ref.get("pid"), ref.get("pid_start")

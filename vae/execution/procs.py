@@ -8,19 +8,47 @@ from /proc/<pid>/stat in one place.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+# Keep glibc from returning each step's temporaries to the OS (page faults cost ~25%).
+TRAINING_ENV = {"MALLOC_TRIM_THRESHOLD_": "268435456", "MALLOC_MMAP_THRESHOLD_": "268435456"}
+
+
 def project_env(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of `env` in which `python -m vae...` imports this project from any folder."""
+    """A copy of `env` in which `python -m vae...` imports this project from any folder, tuned
+    for training (TRAINING_ENV)."""
     paths = [str(PROJECT_ROOT), env.get("PYTHONPATH")]
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    return {**TRAINING_ENV, **env, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing each step's freed temporaries back to the OS (once per process).
+
+    With glibc's default thresholds the large per-step buffers are unmapped or trimmed when freed
+    and page-faulted back in on the next step, which costs up to a quarter of a CPU step. Raising
+    the trim and mmap thresholds to 256 MB, as TRAINING_ENV does for the processes this project
+    starts, keeps them; this does the same for a process that trains in itself (the worker, the
+    CLI's `train`). Skipped when the environment already sets them, and off glibc.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_trim_threshold, 256 << 20)) & bool(mallopt(m_mmap_threshold, 256 << 20))
 
 
 def _stat_fields(pid: int) -> list[str] | None:

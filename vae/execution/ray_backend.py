@@ -33,6 +33,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 import vae
+from vae.execution.cancel import JobControl
 from vae.execution.file_sync import (
     SEED_FILES,
     Signature,
@@ -41,8 +42,9 @@ from vae.execution.file_sync import (
     read_files,
     write_files,
 )
+from vae.execution.procs import TRAINING_ENV
 from vae.execution.store import RunStore
-from vae.execution.worker import JobControl, run_job
+from vae.execution.worker import run_job
 
 NAMESPACE = "vae"  # the Ray namespace of every job actor (get_actor finds them by name in it)
 PULL_WAIT_S = 0.2  # a reconcile waits this long for a job's files, then picks them up next time
@@ -50,21 +52,7 @@ CAPACITY_CACHE_S = 5.0  # the cluster's size is asked at most this often
 CLOSE_WAIT_S = 5.0  # an actor that does not end this long after `close` is killed
 RETRY_CONNECT_S = 30.0  # a failed connection is reported again, not retried, for this long
 _CONNECT_LOCK = threading.Lock()  # two sessions of the app must not start two instances
-WORKER_ENV = {  # as the local backend: keep glibc from returning each step's temporaries
-    "MALLOC_TRIM_THRESHOLD_": "268435456",
-    "MALLOC_MMAP_THRESHOLD_": "268435456",
-}
-
-
-class ActorControl(JobControl):
-    """The job's stops, set through actor calls instead of signals and cancel notes."""
-
-    def __init__(self, store: RunStore):
-        super().__init__(store)
-        self.cancel_ids: set[str] = set()
-
-    def cancelled(self, run_ids) -> set[str]:
-        return self.cancel_ids & set(run_ids)
+WORKER_ENV = TRAINING_ENV  # as the local backend: keep glibc from returning each step's memory
 
 
 class JobActor:
@@ -79,9 +67,9 @@ class JobActor:
         self.root = Path(tempfile.mkdtemp(prefix="vae-ray-job-"))
         self.store = RunStore(self.root)
         for run_id, files in seed.items():
-            write_files(self.store, run_id, files)
+            write_files(self.store.folders, run_id, files)
         self.run_ids = list(run_ids)
-        self.control = ActorControl(self.store)
+        self.control = JobControl(self.store.folders)
         self.error = ""
         self.done = threading.Event()
         context = ray.get_runtime_context()
@@ -107,14 +95,14 @@ class JobActor:
     def pull(self, known: dict[str, dict[str, Signature]]) -> dict:
         """Files changed since `known`; `done` is read first, so when it is True the files are final."""
         done = self.done.is_set()
-        files = {r: changed_files(self.store, r, known.get(r, {})) for r in self.run_ids}
+        files = {r: changed_files(self.store.folders, r, known.get(r, {})) for r in self.run_ids}
         return {"done": done, "error": self.error, "files": files, "placement": self.placement}
 
     def cancel(self, run_id: str) -> None:
-        self.control.cancel_ids.add(run_id)
+        self.control.cancel(run_id)
 
     def stop(self) -> None:
-        self.control.stop_requested = True
+        self.control.stop()
 
     def close(self) -> None:
         """The driver has every file: remove the node-local store and end the actor."""
@@ -168,7 +156,7 @@ class RayJob:
         self.placement = reply["placement"]
         where = describe_placement(self.placement)
         for run_id, changes in reply["files"].items():
-            apply_changes(self.store, run_id, changes, where)
+            apply_changes(self.store.folders, run_id, changes, where)
             known = self.known.setdefault(run_id, {})
             known.update({name: signature for name, (signature, _) in changes.items()})
         if reply["done"]:
@@ -201,6 +189,8 @@ class RayBackend:
     """Jobs as detached Ray actors on the cluster at `address` (None: a local Ray instance)."""
 
     name = "ray"
+    cluster = True
+    threads_per_job = 1  # CPUs each job asks for (a run's `threads` setting asks for more)
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         self.address = address
@@ -244,7 +234,7 @@ class RayBackend:
         configs = [store.read_config(r) for r in run_ids]
         cpus = max([threads, *(c.threads for c in configs)])
         gpus = 1 if any(self._wants_gpu(c.device) for c in configs) else 0
-        seed = {r: read_files(store, r, SEED_FILES) for r in run_ids}
+        seed = {r: read_files(store.folders, r, SEED_FILES) for r in run_ids}
         name = f"vae-job-{run_ids[0]}-{secrets.token_hex(3)}"
         owner = {"backend": self.name, "actor": name, "namespace": NAMESPACE}
         actor_class = ray.remote(JobActor).options(

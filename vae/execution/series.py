@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ SUMMARY_VERSION = 1
 MAX_METRICS_BYTES = 512 * safe_read.MIB  # a legal 10,000-epoch, 256-dimension run is ~160 MB
 MAX_SUMMARY_BYTES = 16 * safe_read.MIB
 MAX_HEAD_BYTES = 256 * 1024  # the summary's first line: the latest epoch and counts
+RECENT = 3  # epochs whose durations the head keeps, for a running run's ETA
 
 Signature = tuple[int, int, int]  # (inode, size, mtime in ns) of metrics.jsonl
 
@@ -46,10 +46,12 @@ class Series:
     rows: list[dict] | None = field(default_factory=list)  # None: head only (a listing's view)
     last: dict | None = None
     problem: str | None = None  # the first line that failed its schema; the run is then broken
+    recent: list[float] = field(default_factory=list)  # the last RECENT epochs' seconds (ETA)
 
     def add(self, row: dict) -> None:
         self.count += 1
         self.last = row
+        self.recent = [*self.recent, float(row.get("seconds") or 0.0)][-RECENT:]
         if self.rows is None:
             return
         if (row["epoch"] - 1) % self.stride == 0:
@@ -57,6 +59,10 @@ class Series:
         if len(self.rows) > DISPLAY_POINTS:
             self.stride *= 2
             self.rows = [r for r in self.rows if (r["epoch"] - 1) % self.stride == 0]
+
+    def add_line(self, line: bytes) -> None:
+        """Add one epoch line as the worker wrote it (ValueError, SchemaError when it is bad)."""
+        self.add(check_metrics_line(json.loads(line), self.latent_dim))
 
     def display(self) -> list[dict]:
         """The thinned epochs in order, always ending with the latest one."""
@@ -92,7 +98,7 @@ class Series:
         return {
             "version": SUMMARY_VERSION, "latent_dim": self.latent_dim,
             "signature": list(self.signature or ()), "covered": self.covered,
-            "count": self.count, "stride": self.stride, "last": self.last,
+            "count": self.count, "stride": self.stride, "last": self.last, "recent": self.recent,
         }  # fmt: skip
 
     def to_lines(self) -> bytes:
@@ -123,9 +129,12 @@ class Series:
                 return None
             if last is not None:
                 last = check_metrics_line(last, latent_dim)
+            recent = [float(v) for v in data.get("recent", [])][-RECENT:]  # older heads: none
+            if any(v != v or v < 0 for v in recent):
+                return None
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
-        return cls(latent_dim, signature, covered, count, stride, None, last)
+        return cls(latent_dim, signature, covered, count, stride, None, last, recent=recent)
 
     def with_rows(self, data) -> Series | None:
         """This head with the rows line of the same summary, checked; None if they disagree."""
@@ -136,7 +145,7 @@ class Series:
         if len(rows) > DISPLAY_POINTS + 1 or any((r["epoch"] - 1) % self.stride for r in rows):
             return None
         series = Series(self.latent_dim, self.signature, self.covered, self.count, self.stride,
-                        rows, self.last)  # fmt: skip
+                        rows, self.last, recent=list(self.recent))  # fmt: skip
         if rows and self.last is not None and rows[-1]["epoch"] == self.last["epoch"]:
             series.rows[-1] = series.last  # display() relies on identity for the shared row
         return series
@@ -193,50 +202,3 @@ def _read_summary(path: Path, latent_dim: int | None, rows: bool) -> Series | No
         return head.with_rows(safe_read.parse_json(rows_line, path.name)) if complete else None
     except (OSError, ValueError, StopIteration):
         return None
-
-
-class EpochSeries(Sequence):
-    """A run's thinned epochs as the pages see them (`record.metrics`), read only when used.
-
-    Truth and the latest epoch (`series[-1]`, `last_metrics`) come from the listing's head at no
-    cost; anything else (iterating, slicing) reads the thinned rows once, cut to the head's
-    latest epoch so the record stays one snapshot.
-    """
-
-    def __init__(self, last: dict | None, count: int, loader: Callable[[], list[dict]]):
-        self.last, self.count = last, count
-        self._loader, self._rows = loader, None
-
-    def rows(self) -> list[dict]:
-        if self._rows is None:
-            if self.last is None:
-                self._rows = []
-            else:
-                latest = self.last["epoch"]
-                loaded = [r for r in self._loader() if r["epoch"] < latest]
-                self._rows = [*loaded, self.last]
-        return self._rows
-
-    def __bool__(self) -> bool:
-        return self.last is not None
-
-    def __len__(self) -> int:
-        return len(self.rows())
-
-    def __getitem__(self, index):
-        if index == -1 and self.last is not None:
-            return self.last
-        return self.rows()[index]
-
-    def __iter__(self):
-        return iter(self.rows())
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        return f"EpochSeries({self.count} epochs, latest {self.last and self.last['epoch']})"

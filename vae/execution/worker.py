@@ -3,24 +3,23 @@
 One worker per job, in its own OS process, so a crash or a kill touches only its own runs. It
 reads each run's config from the store, resumes from model.pt where there is one, trains runs that
 can share a stack together (vae.learn.engine), and writes each run's metrics, checkpoints and
-status. It obeys two kinds of stop (`JobControl`): SIGTERM/SIGINT stop the whole job; a
-`cancel.request` note in one run's folder (followed by SIGUSR1 to wake it up) stops that run alone,
-at its last completed epoch, while the others train on.
+status through the store's run folders (it never asks the listing). It obeys two kinds of stop
+(vae.execution.cancel.JobControl): the whole job, or one run alone, at its last completed epoch,
+while the others train on.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from vae.execution.cancel import JobControl, take_note
 from vae.execution.checkpoint import (
     CheckpointError,
     load_run_checkpoint,
@@ -29,9 +28,9 @@ from vae.execution.checkpoint import (
     save_run_checkpoint,
 )
 from vae.execution.evaluation import evaluate_run
-from vae.execution.film import FilmRecorder
+from vae.execution.film import FILM_FILE, FilmRecorder
 from vae.execution.lease import Lease
-from vae.execution.procs import local_ref
+from vae.execution.procs import keep_freed_memory, local_ref
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import RunConfig, stack_key
@@ -46,38 +45,7 @@ from vae.learn.engine import (
     train_models,
 )
 
-CANCEL_POLL_S = 2.0  # cancel notes are looked for this often even without SIGUSR1
 Evaluate = Callable[[RunStore, str], object]
-
-
-class JobControl:
-    """What stops a worker: the whole job (SIGTERM/SIGINT), or single runs (cancel notes)."""
-
-    def __init__(self, store: RunStore):
-        self.store = store
-        self.stop_requested = False
-        self._look_now = True
-        self._looked_at = 0.0
-        self._cancelled: set[str] = set()
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._stop)
-        signal.signal(signal.SIGUSR1, self._wake)
-
-    def _stop(self, signum, frame) -> None:
-        self.stop_requested = True
-
-    def _wake(self, signum, frame) -> None:
-        self._look_now = True
-
-    def cancelled(self, run_ids: Sequence[str]) -> set[str]:
-        """The runs among `run_ids` with a cancel note; cheap enough to ask before every step."""
-        now = time.monotonic()
-        if self._look_now or now - self._looked_at > CANCEL_POLL_S:
-            self._look_now, self._looked_at = False, now
-            self._cancelled = {r for r in run_ids if self.store.cancel_requested(r)}
-        return self._cancelled & set(run_ids)
 
 
 @dataclass
@@ -103,7 +71,13 @@ class RunFiles(TrainCallbacks):
         self.run_ids = [m.run_id for m in members]
         self.write_errors: dict[int, str] = {}
         self.settled: dict[int, RunState] = {}  # runs whose outcome is already written
-        self.films = [FilmRecorder(store.run_dir(m.run_id), dataset.test.x) for m in members]
+        self.films = [
+            FilmRecorder(store.run_dir(m.run_id), dataset.test.x, self._film_writer(m.run_id))
+            for m in members
+        ]
+
+    def _film_writer(self, run_id: str):
+        return lambda data: self.store.write_file(run_id, FILM_FILE, data, "save the film")
 
     def on_epoch(self, index: int, metrics: dict, state: TrainState) -> None:
         member = self.members[index]
@@ -135,7 +109,7 @@ class RunFiles(TrainCallbacks):
             self.settled[index] = fail(self.store, run_id, str(error))
         else:
             epoch = self.members[index].state.epoch
-            self.store.clear_cancel_request(run_id)
+            take_note(self.store.folders, run_id)
             reason = f"cancelled after epoch {epoch}"
             self.settled[index] = _set(self.store, run_id, RunState.CANCELLED, reason)
         self.leases[run_id].release()
@@ -262,7 +236,7 @@ def _train_stack(store, members: list[Member], control, leases, evaluate, progre
         elif index in files.write_errors:
             outcomes[run_id] = fail(store, run_id, files.write_errors[index])
         elif result.stopped:
-            store.clear_cancel_request(run_id)
+            take_note(store.folders, run_id)
             reason = f"cancelled after epoch {state.epoch}"
             outcomes[run_id] = _set(store, run_id, RunState.CANCELLED, reason)
         else:
@@ -279,7 +253,7 @@ def finish_run(store: RunStore, member: Member, dataset: Dataset, evaluate: Eval
     """
     run_id, state = member.run_id, member.state
     try:
-        last = store.get(run_id).last_metrics  # the latest epoch, without reading every line
+        last = store.folders.latest_metrics(run_id)  # without reading every line
         checkpoint = make_checkpoint(member.config, state, dataset.info.image_shape, last)
         save_run_checkpoint(store, run_id, checkpoint, final=True)
     except (CheckpointError, StoreError) as exc:
@@ -300,7 +274,7 @@ def _current_state(store: RunStore, run_id: str) -> RunState:
 
 
 def _stop_before_start(store: RunStore, run_id: str) -> RunState:
-    store.clear_cancel_request(run_id)
+    take_note(store.folders, run_id)
     return _set(store, run_id, RunState.CANCELLED, "cancelled before it started")
 
 
@@ -337,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nice > 0:
         os.nice(min(args.nice, 19))
+    keep_freed_memory()  # started by hand, without the manager's environment: the same tuning
     store = RunStore(args.store)
-    control = JobControl(store)
+    control = JobControl(store.folders)
     control.install()
     outcomes = run_job(store, args.run_ids, control, threads=args.threads)
     return 0 if all(o is not RunState.FAILED for o in outcomes.values()) else 1

@@ -19,6 +19,7 @@ from urllib.error import URLError
 import numpy as np
 import torch
 
+from vae.learn.config import RunConfig
 from vae.learn.datasets import (
     DATASETS,
     DIGITS_N_TEST,
@@ -61,6 +62,44 @@ class Dataset:
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli draw with probabilities x: dynamic binarization, a fresh draw every epoch."""
     return torch.bernoulli(x, generator=generator)
+
+
+TEST_BINARIZATION_SEED = 12345  # one fixed binarised test set, so runs compare on equal terms
+
+
+def bernoulli_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`binarize(x, generator)`, bit for bit, at about a third of the cost on the CPU.
+
+    On the CPU torch.bernoulli(p) draws one float32 uniform u per element from the generator, in
+    order, and returns u < p; torch.rand draws exactly the same uniforms. So `rand < x` gives the
+    same pixels and leaves the generator in the same state, but compares them in one vectorised
+    pass instead of a serial loop. Other devices and dtypes use torch.bernoulli itself.
+    """
+    cpu = x.device.type == generator.device.type == "cpu"
+    if not (cpu and x.dtype == torch.float32 and x.is_contiguous() and x.numel()):
+        return binarize(x, generator)
+    low, high = torch.aminmax(x)
+    if not (low >= 0 and high <= 1):  # NaN or out of [0, 1]: let torch.bernoulli raise its error
+        return binarize(x, generator)
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+    return torch.lt(u, x, out=u)  # 1.0 where u < p, else 0.0, written over u
+
+
+def test_inputs(config: RunConfig, dataset: Dataset, device: torch.device) -> torch.Tensor:
+    """The held-out images as the likelihood sees them (binarised once, with a fixed seed)."""
+    x = dataset.test.x
+    if config.likelihood == "bernoulli":  # drawn on the CPU: the same pixels on every device
+        x = bernoulli_draw(x.contiguous(), torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
+    return x.to(device)
+
+
+def epoch_inputs(config: RunConfig, train_x: torch.Tensor, generator, fixed):
+    """Training images for one epoch: a fresh Bernoulli draw under dynamic binarisation."""
+    if config.likelihood != "bernoulli":
+        return train_x
+    if config.dynamic_binarization:
+        return bernoulli_draw(train_x, generator)
+    return fixed
 
 
 def load_dataset(

@@ -20,7 +20,6 @@ class DatasetInfo:
     n_train: int = 0  # training images: how many steps an epoch takes (0: unknown)
 
 
-SHAPE_NAMES = ("square", "ellipse", "heart")
 SHAPES_FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
 SHAPES_FACTOR_SIZES = (3, 6, 40, 32, 32)  # values per factor, in SHAPES_FACTOR_NAMES order
 SHAPES_N_TRAIN = 20_000

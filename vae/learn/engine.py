@@ -18,30 +18,23 @@ alone with a `NonFiniteLossError`; the others carry on. Nothing here knows about
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
-import os
-import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from vae.learn.config import RunConfig, can_train_together
-from vae.learn.data import Dataset, binarize, load_dataset
+from vae.learn.data import Dataset, bernoulli_draw, epoch_inputs, load_dataset, test_inputs
 from vae.learn.likelihood import pixel_nll
 from vae.learn.metrics import posterior_summary
 from vae.learn.model import VAE, build_model
 from vae.learn.objective import kl_per_dim, make_objective
 from vae.learn.precision import autocast, resolve_precision
-from vae.learn.stack import stack_models
+from vae.learn.stack import ParameterStack, stack_models
 
 NAN_CHECK_EVERY = 200  # steps between host syncs that look for a non-finite loss
-TEST_BINARIZATION_SEED = 12345  # one fixed binarised test set, so runs compare on equal terms
 EVAL_NOISE_SEED = 0  # the posterior sample of the test summary; vae.learn.evaluate's default too
-# Fields that may differ between models trained as one stack: `beta` is what a sweep varies;
-# `name` and `threads` do not change what is computed.
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,31 +89,10 @@ class TrainResult:
 
     states: list[TrainState]
     errors: list[Exception | None] = field(default_factory=list)  # NonFiniteLossError
-    dropped: set[int] = field(default_factory=set)  # dropped through TrainCallbacks.to_drop
     stopped: bool = False  # TrainCallbacks.stop_all ended training
 
 
 # ---- set-up --------------------------------------------------------------------------------------
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Stop glibc from handing each step's freed temporaries back to the OS (once per process).
-
-    With glibc's default thresholds the large per-step buffers are unmapped or trimmed when freed
-    and page-faulted back in on the next step, which costs up to a quarter of a CPU step. Raising
-    the trim and mmap thresholds to 256 MB, as the job runner's MALLOC_*_ environment does for its
-    worker processes, keeps them; this does the same for training started any other way (CLI,
-    notebooks). Skipped when the environment already sets them, and off glibc.
-    """
-    if not sys.platform.startswith("linux") or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_trim_threshold, 256 << 20)) & bool(mallopt(m_mmap_threshold, 256 << 20))
-
-
 def resolve_device(config: RunConfig) -> torch.device:
     if config.device == "auto" or (config.device == "cuda" and not torch.cuda.is_available()):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,39 +125,64 @@ def fresh_states(configs: Sequence[RunConfig], image_shape, device) -> list[Trai
     return states
 
 
-def bernoulli_draw(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """`vae.learn.data.binarize(x, generator)`, bit for bit, at about a third of the cost on the CPU.
+# ---- the stack's changing state -----------------------------------------------------------------
+@dataclass
+class LiveStack:
+    """The models still training, as one stack: what changes when a model leaves it.
 
-    On the CPU torch.bernoulli(p) draws one float32 uniform u per element from the generator, in
-    order, and returns u < p; torch.rand draws exactly the same uniforms. So `rand < x` gives the
-    same pixels and leaves the generator in the same state, but compares them in one vectorised
-    pass instead of a serial loop. Other devices and dtypes use torch.bernoulli itself.
+    `rows[r]` is the index (into the configs) of the model in row r of `models`; `losses` holds
+    this epoch's per-step (loss, D, R) of each row.
     """
-    cpu = x.device.type == generator.device.type == "cpu"
-    if not (cpu and x.dtype == torch.float32 and x.is_contiguous() and x.numel()):
-        return binarize(x, generator)
-    low, high = torch.aminmax(x)
-    if not (low >= 0 and high <= 1):  # NaN or out of [0, 1]: let torch.bernoulli raise its error
-        return binarize(x, generator)
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype)
-    return torch.lt(u, x, out=u)  # 1.0 where u < p, else 0.0, written over u
 
+    models: ParameterStack
+    optimizer: torch.optim.Optimizer
+    objective: Callable[..., torch.Tensor]  # (distortion, kl, step) -> loss per row
+    rows: list[int]
+    config: RunConfig
+    betas: torch.Tensor  # every model's β, by config index
+    losses: torch.Tensor | None = None
 
-def test_inputs(config: RunConfig, dataset: Dataset, device: torch.device) -> torch.Tensor:
-    """The held-out images as the likelihood sees them (binarised once, with a fixed seed)."""
-    x = dataset.test.x
-    if config.likelihood == "bernoulli":  # drawn on the CPU: the same pixels on every device
-        x = bernoulli_draw(x.contiguous(), torch.Generator().manual_seed(TEST_BINARIZATION_SEED))
-    return x.to(device)
+    @classmethod
+    def of(cls, configs: Sequence[RunConfig], states: Sequence[TrainState], device) -> LiveStack:
+        config = configs[0]
+        models = stack_models([s.model for s in states])
+        optimizer = make_optimizer(models.parameters(), config)
+        models.load_optimizer(optimizer, [(s.model, s.optimizer) for s in states])
+        betas = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)
+        objective = make_objective(config, beta=betas)  # β broadcasts over the stack's models
+        return cls(models, optimizer, objective, list(range(len(configs))), config, betas)
 
+    def drop(self, gone: Collection[int]) -> None:
+        """Take models out of the stack (they keep their last completed epoch's state)."""
+        keep = [r for r, i in enumerate(self.rows) if i not in gone]
+        if keep:
+            self.models, self.optimizer = self.models.select(
+                keep, self.optimizer, lambda p: make_optimizer(p, self.config)
+            )
+            self.losses = self.losses[:, keep].clone()
+        self.rows = [self.rows[r] for r in keep]
+        self.objective = make_objective(self.config, beta=self.betas[self.rows])
 
-def _epoch_inputs(config: RunConfig, train_x: torch.Tensor, generator, fixed):
-    """Training images for one epoch: a fresh Bernoulli draw under dynamic binarisation."""
-    if config.likelihood != "bernoulli":
-        return train_x
-    if config.dynamic_binarization:
-        return bernoulli_draw(train_x, generator)
-    return fixed
+    def check_finite(self, upto: int, step: int, epoch: int, configs) -> dict[int, Exception]:
+        """The models whose loss turned NaN/inf in this epoch's first `upto` steps, each with the
+        step it happened at; they are dropped."""
+        finite = torch.isfinite(self.losses[:upto]).all(dim=-1)  # [steps, rows]
+        bad = {}
+        for r, i in enumerate(self.rows):
+            if not bool(finite[:, r].all()):
+                first_bad = int((~finite[:, r]).nonzero()[0])
+                bad[i] = NonFiniteLossError(step - (upto - 1 - first_bad), epoch + 1, configs[i])
+        if bad:
+            self.drop(set(bad))
+        return bad
+
+    def export(self, states: Sequence[TrainState], epoch: int, step: int) -> None:
+        """Make each model's state what a lone run of it would hold now: weights, Adam, counters."""
+        for r, index in enumerate(self.rows):
+            state = states[index]
+            self.models.export(r, state.model)
+            self.models.export_optimizer(self.optimizer, r, state.model, state.optimizer)
+            state.epoch, state.step = epoch, step
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -205,7 +202,6 @@ def train_models(
     if len(configs) > 1 and not can_train_together(configs):
         raise ValueError("these runs differ in more than β; train them one by one")
     config, callbacks = configs[0], callbacks or TrainCallbacks()
-    keep_freed_memory()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     device = resolve_device(config)
@@ -218,13 +214,8 @@ def train_models(
     for state in states:
         state.generator = generator  # one stream of data order and noise for the whole stack
 
-    stack = stack_models([s.model for s in states])
-    optimizer = make_optimizer(stack.parameters(), config)
-    stack.load_optimizer(optimizer, [(s.model, s.optimizer) for s in states])
-    betas = torch.tensor([c.beta for c in configs], dtype=torch.float32, device=device)
-    objective = make_objective(config, beta=betas)  # β broadcasts over the stack's models
+    live = LiveStack.of(configs, states, device)
     objectives = [make_objective(c) for c in configs]  # each model's own, for its metrics
-
     train_x = dataset.train.x.to(device)
     fixed = None
     if config.likelihood == "bernoulli" and not config.dynamic_binarization:
@@ -233,89 +224,61 @@ def train_models(
     n, bs = len(train_x), config.batch_size
     steps_per_epoch = -(-n // bs)
     result = TrainResult(states, errors=[None] * len(configs))
-    rows = list(range(len(configs)))  # rows[r]: the model trained in row r of the stack
     epoch, step = states[0].epoch, states[0].step
 
-    def drop(gone: set[int]) -> None:
-        """Take models out of the stack (they keep their last completed epoch's state)."""
-        nonlocal stack, optimizer, objective, losses, rows
-        keep = [r for r, i in enumerate(rows) if i not in gone]
-        if keep:
-            stack, optimizer = stack.select(keep, optimizer, lambda p: make_optimizer(p, config))
-            losses = losses[:, keep].clone()
-        rows = [rows[r] for r in keep]
-        objective = make_objective(config, beta=betas[rows])
+    def leave(errors: dict[int, Exception]) -> None:
+        for index, error in errors.items():
+            result.errors[index] = error
+            callbacks.on_dropped(index, error)
 
-    def check_finite(upto: int) -> None:
-        finite = torch.isfinite(losses[:upto]).all(dim=-1)  # [steps, rows]
-        bad = {}
-        for r, i in enumerate(rows):
-            if not bool(finite[:, r].all()):
-                first_bad = int((~finite[:, r]).nonzero()[0])
-                bad[i] = NonFiniteLossError(step - (upto - 1 - first_bad), epoch + 1, configs[i])
-        for i, error in bad.items():
-            result.errors[i] = error
-        if bad:
-            drop(set(bad))
-        for i, error in bad.items():
-            callbacks.on_dropped(i, error)
-
-    while epoch < config.epochs and rows:
+    while epoch < config.epochs and live.rows:
         started = time.perf_counter()
-        data = _epoch_inputs(config, train_x, generator, fixed)
+        data = epoch_inputs(config, train_x, generator, fixed)
         perm = torch.randperm(n, generator=generator, device=device)
-        losses = torch.zeros(steps_per_epoch, len(rows), 3, device=device)  # loss, D, R
+        live.losses = torch.zeros(steps_per_epoch, len(live.rows), 3, device=device)  # loss, D, R
         for i in range(steps_per_epoch):
             xb = data[perm[i * bs : (i + 1) * bs]]
             eps = torch.randn((len(xb), config.latent_dim), generator=generator, device=device)
             with autocast(precision, device):
-                logits, mu, logvar = stack.forward(xb, eps)
+                logits, mu, logvar = live.models.forward(xb, eps)
             logits, mu, logvar = logits.float(), mu.float(), logvar.float()  # loss terms in fp32
-            nll = pixel_nll(config.likelihood, xb.flatten(1), logits, stack.decoder_log_var())
+            nll = pixel_nll(config.likelihood, xb.flatten(1), logits, live.models.decoder_log_var())
             distortion, kl = nll.sum(-1), kl_per_dim(mu, logvar)  # [K, B], [K, B, J]
-            loss = objective(distortion, kl, step)  # [K]
-            optimizer.zero_grad(set_to_none=True)
+            loss = live.objective(distortion, kl, step)  # [K]
+            live.optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()
-            optimizer.step()
+            live.optimizer.step()
             with torch.no_grad():  # bookkeeping: no autograd graph for it
-                torch.stack([loss, distortion.mean(-1), kl.sum(-1).mean(-1)], -1, out=losses[i])
+                out = live.losses[i]
+                torch.stack([loss, distortion.mean(-1), kl.sum(-1).mean(-1)], -1, out=out)
             step += 1
             if (i + 1) % NAN_CHECK_EVERY == 0:
-                check_finite(i + 1)
+                leave(live.check_finite(i + 1, step, epoch, configs))
             if callbacks.stop_all():
-                for r, index in enumerate(rows):  # each model's weights at this very step
-                    _export(stack, optimizer, r, states[index], epoch, step)
+                live.export(states, epoch, step)  # each model's weights at this very step
+                for index in live.rows:
                     states[index].stopped = True
                 result.stopped = True
                 return result
-            gone = set(callbacks.to_drop()) & set(rows)
+            gone = set(callbacks.to_drop()) & set(live.rows)
             if gone:
-                result.dropped |= gone
-                drop(gone)
-                for index in gone:
-                    callbacks.on_dropped(index, None)
-            if not rows:
+                live.drop(gone)
+                leave(dict.fromkeys(gone))
+            if not live.rows:
                 return result
         data = perm = None  # let go of this epoch's draw before the next one is made
-        check_finite(steps_per_epoch)
+        leave(live.check_finite(steps_per_epoch, step, epoch, configs))
         seconds = time.perf_counter() - started
         epoch += 1
-        for r, index in enumerate(rows):
+        live.export(states, epoch, step)
+        for r, index in enumerate(live.rows):
             state = states[index]
-            _export(stack, optimizer, r, state, epoch, step)
             metrics = epoch_metrics(
-                configs[index], state, losses[:, r], seconds, n, objectives[index], test_x
+                configs[index], state, live.losses[:, r], seconds, n, objectives[index], test_x
             )
             metrics["precision"] = precision
             callbacks.on_epoch(index, metrics, state)
     return result
-
-
-def _export(stack, optimizer, row: int, state: TrainState, epoch: int, step: int) -> None:
-    """Make `state` what a lone run of that model would hold now: weights, Adam, counters."""
-    stack.export(row, state.model)
-    stack.export_optimizer(optimizer, row, state.model, state.optimizer)
-    state.epoch, state.step = epoch, step
 
 
 def train(config: RunConfig, *, dataset=None, state=None, on_epoch=None, should_stop=None):

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vae.learn.data import test_inputs
 from vae.learn.datasets import SHAPES_FACTOR_SIZES
-from vae.learn.engine import test_inputs
 from vae.learn.metrics import eval_mode, posterior_summary
 from vae.learn.objective import kl_per_dim
 

@@ -19,11 +19,6 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
 
 
-def rate(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """R per data point: the per-dimension KL summed over latent dimensions (never averaged)."""
-    return kl_per_dim(mu, logvar).sum(-1)
-
-
 @dataclass(frozen=True)
 class BetaVAE:
     """Higgins et al. 2017: D + beta * R."""

@@ -129,6 +129,11 @@ def dims_charts(
     return kl_chart, variance
 
 
+def dims_chart(frame: pd.DataFrame, scales: DimsScales | None, which: int) -> alt.TopLevelMixin:
+    """One of `dims_charts` (0: KL bars, 1: σ² bars), so a page can build each once per data."""
+    return dims_charts(frame, scales)[which]
+
+
 def dims_over_epochs(metrics: list[dict], field: str) -> pd.DataFrame:
     """Long form (epoch, dim, value) of a per-dimension field, for the collapse heatmap."""
     rows = [

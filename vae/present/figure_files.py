@@ -70,14 +70,15 @@ def _write(out: Path, stem: str, make) -> list[Path]:
 def run_charts(store: RunStore, record: RunRecord) -> dict[str, object]:
     """The charts of one run, by file stem: what Posterior and Samples draw for it."""
     charts: dict[str, object] = {}
-    if not record.metrics:
+    if not record.last_metrics:
         return charts
+    rows = store.epoch_rows(record)
     kl, variance = dims_charts(dims_frame(record.last_metrics))
     rid = record.run_id
     charts[f"{rid}-kl-per-dim"] = kl
     charts[f"{rid}-posterior-variance"] = variance
     for field in ("posterior_var", "kl_per_dim"):
-        frame = dims_over_epochs(record.metrics, field)
+        frame = dims_over_epochs(rows, field)
         charts[f"{rid}-{field}-over-epochs"] = heatmap_chart(frame, field)
     if store.checkpoint_path(rid) is not None:
         model = model_from_checkpoint(load_run_checkpoint(store, rid))
@@ -97,14 +98,16 @@ def write_figures(store: RunStore, name: str, out: str | os.PathLike, seed: int 
         sweep = Sweep(name, records)
         svg = sweep_figure_svg(sweep, store, seed)
         written += _write(out, f"{name}-beta-gallery", lambda fmt: svg_figure(svg, fmt))
-        with_metrics = [r for r in records if r.metrics]
+        with_metrics = [r for r in records if r.last_metrics]
         if with_metrics:
             frame = tradeoff_frame(with_metrics)
             charts = {
                 f"{name}-units": units_chart(gallery_frame(sweep)),
                 f"{name}-rate-distortion": tradeoff_chart(frame),
                 f"{name}-curves": curves_chart(
-                    curves_frame(with_metrics), beta_domain(frame), beta_values(frame)
+                    curves_frame([(r, store.epoch_rows(r)) for r in with_metrics]),
+                    beta_domain(frame),
+                    beta_values(frame),
                 ),
             }
             for stem, chart in charts.items():

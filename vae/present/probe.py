@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from vae.learn.engine import TEST_BINARIZATION_SEED, bernoulli_draw
+from vae.learn.data import TEST_BINARIZATION_SEED, bernoulli_draw
 from vae.learn.evaluate import _images, model_device, most_active_dims
 from vae.learn.metrics import eval_mode
 from vae.learn.objective import kl_per_dim

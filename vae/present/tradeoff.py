@@ -65,7 +65,7 @@ class ComparableSet:
 def comparable_sets(records: list[RunRecord]) -> list[ComparableSet]:
     """Runs with at least one epoch, grouped by comparable settings; the set holding the latest
     sweep (else the latest run) comes first, the rest by their newest run."""
-    usable = [r for r in records if not r.broken and r.metrics]
+    usable = [r for r in records if not r.broken and r.last_metrics]
     sets: dict[str, ComparableSet] = {}
     newest: dict[str, float] = {}
     for r in usable:
@@ -93,7 +93,7 @@ def tradeoff_frame(records: list[RunRecord]) -> pd.DataFrame:
     """One point per run with at least one epoch: its latest test-set R and D."""
     rows = []
     for r in records:
-        if r.broken or not r.metrics:
+        if r.broken or not r.last_metrics:
             continue
         c, m = r.config, r.last_metrics
         counts = unit_counts(m)
@@ -403,14 +403,17 @@ def slope_summary(slopes: pd.DataFrame) -> str:
 CURVE_QUANTITIES = ("R", "D", "−ELBO")
 
 
-def curves_frame(records: list[RunRecord], splits: tuple[str, ...] = ("test",)) -> pd.DataFrame:
-    """Long form per-epoch R, D and −ELBO, on the test split and/or the training batches."""
+def curves_frame(
+    runs: list[tuple[RunRecord, list[dict]]], splits: tuple[str, ...] = ("test",)
+) -> pd.DataFrame:
+    """Long form per-epoch R, D and −ELBO, on the test split and/or the training batches, of
+    each (record, its epoch rows: `RunStore.epoch_rows`)."""
     rows = []
-    for r in records:
+    for r, epochs in runs:
         if r.broken:
             continue
         label = f"{r.run_id[-6:]} {beta_text(r.config.to_dict())}"
-        for m in r.metrics:
+        for m in epochs:
             values = {
                 "test": (m.get("rate"), m.get("distortion"), -m["elbo"] if "elbo" in m else None),
                 "train": (m.get("train_rate"), m.get("train_distortion"), None),

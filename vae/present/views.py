@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from vae.execution.lease import stalled_for
 from vae.execution.states import BROKEN, RunState
 from vae.execution.store import RunRecord
 from vae.learn.config import RunConfig
@@ -34,11 +33,11 @@ def progress(record: RunRecord) -> tuple[float, str]:
     text = f"epoch {epoch}/{total}"
     if last.get("images_per_s"):
         text += f" · {last['images_per_s']:,.0f} img/s"
-        seconds = [m.get("seconds", 0) for m in record.metrics[-3:]]
+        seconds = list(record.recent_seconds)
         if record.state == RunState.RUNNING and seconds and epoch < total:
             text += f" · ETA {format_seconds(statistics.median(seconds) * (total - epoch))}"
-    silent = stalled_for(record.path) if record.state == RunState.RUNNING else None
-    if silent is not None:
+    if record.stalled_since is not None:  # the listing knows: no file is looked at here
+        silent = time.time() - record.stalled_since
         text = f"stalled: no sign of life for {format_seconds(silent)} · {text}"
     return (min(1.0, epoch / total) if total else 0.0), text
 

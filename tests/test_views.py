@@ -1,4 +1,5 @@
-"""The cheap change detection behind live pages, and the job labels of the Train page."""
+"""vae.present.views: the job labels and progress text of the Train page (and the Tradeoff page
+following only the runs it shows)."""
 
 from __future__ import annotations
 
@@ -6,39 +7,18 @@ import time
 
 from helpers import open_app, train_run
 
+from vae.execution.listing import RunRecord
 from vae.execution.local import LocalJob
-from vae.execution.store import RACY_S, RunStore
 from vae.learn.config import RunConfig
 from vae.present.tradeoff import comparable_key, runs_of_set
-from vae.present.views import active_jobs, grouping_text, job_members, job_speed, slots_text
-
-
-def test_a_run_keeps_its_record_object_until_another_process_changes_its_files(store, tiny_config):
-    """What the pages' refresh relies on: 'changed' is 'another record object'."""
-    writer = RunStore(store.root)  # another process's store object (a worker, the CLI)
-    a, b = writer.create_run(tiny_config), writer.create_run(tiny_config)
-    time.sleep(RACY_S + 0.05)  # older than the racy window, as files are after a moment
-    first = {r.run_id: r for r in store.list_runs()}
-    generation = store.generation()
-    assert store.generation() == generation  # looking changes nothing
-    writer.update_status(b, "running")
-    time.sleep(RACY_S + 0.05)
-    assert store.generation() != generation
-    second = {r.run_id: r for r in store.list_runs()}
-    assert second[a] is first[a]  # unchanged: the same record, not read again
-    assert second[b] is not first[b] and second[b].state == "running"
-
-
-def test_the_generation_moves_when_runs_are_added_or_deleted(store, tiny_config):
-    first = store.create_run(tiny_config)
-    generation = store.generation()
-    second = RunStore(store.root).create_run(tiny_config)
-    assert store.generation() != generation
-    assert [r.run_id for r in store.list_runs()] == [first, second]
-    generation = store.generation()
-    RunStore(store.root).delete_run(first)
-    assert store.generation() != generation
-    assert [r.run_id for r in store.list_runs()] == [second]
+from vae.present.views import (
+    active_jobs,
+    grouping_text,
+    job_members,
+    job_speed,
+    progress,
+    slots_text,
+)
 
 
 def test_stacked_group_is_one_job_with_speed_added(store, tiny_config):
@@ -94,3 +74,17 @@ def test_tradeoff_follows_only_the_runs_of_the_chosen_settings(monkeypatch, stor
     at.selectbox(key="tradeoff_set").select("every run").run()
     assert sorted(plotted()) == sorted([small, finished_wide])
     assert not at.exception
+
+
+def test_progress_says_stalled_and_eta_from_the_record_alone(tmp_path, tiny_config):
+    """Everything the text needs is in the record the listing made: no file is looked at."""
+    tiny_config.epochs = 10
+    last = {"epoch": 4, "images_per_s": 2000.0, "seconds": 3.0}
+    record = RunRecord(
+        "20260101-000000-abcdef", tmp_path / "nowhere", tiny_config, {"state": "running"},
+        last_metrics=last, recent_seconds=(1.0, 2.0, 3.0), stalled_since=time.time() - 90,
+    )  # fmt: skip
+    fraction, text = progress(record)
+    assert fraction == 0.4
+    assert text.startswith("stalled: no sign of life for 1 min")
+    assert "ETA 12 s" in text  # the median epoch (2 s) times the 6 epochs left

@@ -7,12 +7,14 @@ which files are read, what the pages get, and that nothing stale is shown.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from helpers import train_run
 
+from vae.execution import listing as listing_module
 from vae.execution import safe_read, series
-from vae.execution import store as store_module
+from vae.execution.listing import RACY_S
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 
@@ -52,8 +54,9 @@ class Spy:
 
 def test_a_long_run_is_thinned_evenly_and_ends_with_its_last_epoch(store):
     run_id = long_run(store, 300)
-    record = RunStore(store.root).get(run_id)
-    epochs = [m["epoch"] for m in record.metrics]
+    reader = RunStore(store.root)
+    record = reader.get(run_id)
+    epochs = [m["epoch"] for m in reader.epoch_rows(record)]
     assert record.broken is None and record.epochs_done == 300
     assert series.DISPLAY_POINTS // 2 <= len(epochs) <= series.DISPLAY_POINTS + 1
     assert epochs[0] == 1 and epochs[-1] == 300
@@ -71,14 +74,18 @@ def test_a_fresh_store_reads_the_summary_then_only_appended_lines(store, monkeyp
     def metrics_reads() -> list[int]:  # offsets metrics.jsonl was read from
         return [c[2] if len(c) > 2 else 0 for c in lines.calls if str(c[0]) == str(metrics)]
 
-    record = RunStore(store.root).get(run_id)
+    reader = RunStore(store.root)
+    record = reader.get(run_id)
     assert record.epochs_done == 150 and metrics_reads() == []  # summary matched: no parse
-    assert len(list(record.metrics)) <= series.DISPLAY_POINTS + 1  # rows from the summary too
+    assert (
+        len(list(reader.epoch_rows(record))) <= series.DISPLAY_POINTS + 1
+    )  # rows from the summary too
     assert metrics_reads() == []
     size = metrics.stat().st_size
     with open(metrics, "a") as handle:  # an epoch whose summary update was lost
         handle.write(json.dumps(row(151)) + "\n")
-    record = RunStore(store.root).get(run_id)
+    reader = RunStore(store.root)
+    record = reader.get(run_id)
     assert record.epochs_done == 151 and record.last_metrics["epoch"] == 151
     assert metrics_reads() == [size]  # read from the old end, not from 0
 
@@ -91,7 +98,8 @@ def test_a_summary_that_no_longer_matches_is_not_trusted(store):
     bad["rate"] = "oops"
     rows[4] = json.dumps(bad)
     metrics.write_text("\n".join(rows) + "\n")  # rewritten in place, summary.jsonl left as it was
-    record = RunStore(store.root).get(run_id)
+    reader = RunStore(store.root)
+    record = reader.get(run_id)
     assert record.broken and "line 5" in record.broken and "rate" in record.broken
 
 
@@ -126,7 +134,7 @@ def test_edits_behind_the_stores_back_are_found_by_the_periodic_recheck(store, m
     with open(path, "r+") as handle:  # in place: the folder's timestamp does not change
         handle.write(json.dumps(status))
         handle.truncate()
-    monkeypatch.setattr(store_module, "FULL_RECHECK_S", 0.0)
+    monkeypatch.setattr(listing_module, "FULL_RECHECK_S", 0.0)
     record = {r.run_id: r for r in reader.list_runs()}[run_id]
     assert record.broken and "created" in record.broken
 
@@ -154,16 +162,20 @@ def trained(tmp_path_factory):
 def test_a_real_run_summary_holds_exactly_its_metrics(trained):
     store, run_id = trained
     assert store.path(run_id, "summary.jsonl").exists()
-    record = RunStore(store.root).get(run_id)
+    reader = RunStore(store.root)
+    record = reader.get(run_id)
     assert record.broken is None
-    assert record.metrics == store.read_metrics(run_id)  # under 100 epochs: nothing thinned
+    assert reader.epoch_rows(record) == store.read_metrics(
+        run_id
+    )  # under 100 epochs: nothing thinned
 
 
 def test_truncating_metrics_rebuilds_the_summary(trained):
     store, run_id = trained
     store.truncate_metrics(run_id, 1)  # what a resume after a crash does
-    record = RunStore(store.root).get(run_id)
-    assert [m["epoch"] for m in record.metrics] == [1]
+    reader = RunStore(store.root)
+    record = reader.get(run_id)
+    assert [m["epoch"] for m in reader.epoch_rows(record)] == [1]
     summary = json.loads(store.path(run_id, "summary.jsonl").read_text().splitlines()[0])
     assert summary["count"] == 1
 
@@ -174,13 +186,21 @@ def indexed_store(store: RunStore, runs: int = 60) -> list[str]:
     ids = [long_run(store, 2) for _ in range(runs)]
     store.create_run(RunConfig(latent_dim=LATENT))  # a queued run without metrics, too
     RunStore(store.root).list_runs()
-    assert (store.root / store_module.INDEX_FILE).exists()
+    assert (store.root / listing_module.INDEX_FILE).exists()
     return ids
 
 
 def listing(store: RunStore) -> dict:
     return {
-        r.run_id: (r.state, r.broken, r.metrics, r.status, r.config, r.evaluation, r.epochs_done)
+        r.run_id: (
+            r.state,
+            r.broken,
+            store.epoch_rows(r),
+            r.status,
+            r.config,
+            r.evaluation,
+            r.epochs_done,
+        )
         for r in store.list_runs()
     }
 
@@ -190,7 +210,7 @@ def test_a_new_store_object_lists_from_the_index_without_reading_run_files(store
     expected = listing(RunStore(store.root))
     reads = Spy(monkeypatch, safe_read, "read_bytes")
     assert listing(RunStore(store.root)) == expected
-    assert [str(c[0]) for c in reads.calls] == [str(store.root / store_module.INDEX_FILE)]
+    assert [str(c[0]) for c in reads.calls] == [str(store.root / listing_module.INDEX_FILE)]
 
 
 def test_runs_changed_since_the_index_are_read_from_their_files(store):
@@ -225,7 +245,7 @@ def test_runs_changed_since_the_index_are_read_from_their_files(store):
 def test_a_damaged_index_is_ignored(store, damage):
     indexed_store(store, runs=5)
     expected = listing(RunStore(store.root))
-    index = store.root / store_module.INDEX_FILE
+    index = store.root / listing_module.INDEX_FILE
     index.write_bytes(damage(json.loads(index.read_bytes())))
     assert listing(RunStore(store.root)) == expected
 
@@ -233,12 +253,40 @@ def test_a_damaged_index_is_ignored(store, damage):
 def test_the_generation_changes_exactly_when_the_listing_does(store):
     ids = [long_run(store, 1) for _ in range(3)]
     reader = RunStore(store.root)
-    first = reader.generation()
-    assert reader.generation() == first  # nothing changed
+    first = reader.snapshot()[0]
+    assert reader.snapshot()[0] == first  # nothing changed
     RunStore(store.root).update_status(ids[1], "failed", "x")
-    second = reader.generation()
+    second = reader.snapshot()[0]
     assert second != first
     assert {r.run_id: r.state for r in reader.list_runs()}[ids[1]] == "failed"
-    assert reader.generation() == second
+    assert reader.snapshot()[0] == second
     RunStore(store.root).delete_run(ids[0])
-    assert reader.generation() != second
+    assert reader.snapshot()[0] != second
+
+
+def test_a_run_keeps_its_record_object_until_another_process_changes_its_files(store, tiny_config):
+    """What the pages' refresh relies on: 'changed' is 'another record object'."""
+    writer = RunStore(store.root)  # another process's store object (a worker, the CLI)
+    a, b = writer.create_run(tiny_config), writer.create_run(tiny_config)
+    time.sleep(RACY_S + 0.05)  # older than the racy window, as files are after a moment
+    first = {r.run_id: r for r in store.list_runs()}
+    generation = store.snapshot()[0]
+    assert store.snapshot()[0] == generation  # looking changes nothing
+    writer.update_status(b, "running")
+    time.sleep(RACY_S + 0.05)
+    assert store.snapshot()[0] != generation
+    second = {r.run_id: r for r in store.list_runs()}
+    assert second[a] is first[a]  # unchanged: the same record, not read again
+    assert second[b] is not first[b] and second[b].state == "running"
+
+
+def test_the_generation_moves_when_runs_are_added_or_deleted(store, tiny_config):
+    first = store.create_run(tiny_config)
+    generation = store.snapshot()[0]
+    second = RunStore(store.root).create_run(tiny_config)
+    assert store.snapshot()[0] != generation
+    assert [r.run_id for r in store.list_runs()] == [first, second]
+    generation = store.snapshot()[0]
+    RunStore(store.root).delete_run(first)
+    assert store.snapshot()[0] != generation
+    assert [r.run_id for r in store.list_runs()] == [second]

@@ -1,9 +1,10 @@
-"""Fault tests with real worker processes and real files: nothing is lost, nothing is left half-done.
+"""vae.execution.worker and what its faults leave, with real worker processes and real files:
+nothing is lost, nothing is left half-done.
 
 SIGKILL mid-epoch, SIGKILL during checkpoint writes, torn files, a full disk (before and during
 training), a read-only store, NaN during training, ten clients at once and a bad data root. The
 disk faults use small tmpfs mounts (root only; skipped where `mount` is not allowed). The server
-restart with a real `streamlit run` is in test_fault_server_restart.py.
+restart with a real `streamlit run` is in test_app.py.
 """
 
 from __future__ import annotations
@@ -201,7 +202,11 @@ def test_sigkill_mid_epoch_interrupts_only_that_run_and_resume_matches(store, wo
     for run_id in (victim, other):
         record = store.get(run_id)
         assert record.state == "finished", record.status
-        assert [m["epoch"] for m in record.metrics] == [1, 2, 3]  # none lost, none doubled
+        assert [m["epoch"] for m in store.epoch_rows(record)] == [
+            1,
+            2,
+            3,
+        ]  # none lost, none doubled
         assert load_run_checkpoint(store, run_id)["epoch"] == 3
     assert store.read_status(other)["started"] == other_status["started"]  # never restarted
     resumed = load_run_checkpoint(store, victim)["model_state"]
@@ -327,7 +332,7 @@ def test_damaged_files_are_listed_as_broken_with_a_reason(damaged_store):
     assert set(records) == set(ids.values())  # temp folders are not runs
     assert records[ids["good"]].broken is None
     assert records[ids["good"]].state == "finished"
-    assert [m["epoch"] for m in records[ids["good"]].metrics] == [1, 2]
+    assert [m["epoch"] for m in store.epoch_rows(records[ids["good"]])] == [1, 2]
     assert "config.json is unreadable" in records[ids["config.json"]].broken
     assert "status.json is unreadable" in records[ids["status.json"]].broken
     assert "must be a dictionary" in records[ids["not_a_dict"]].broken
@@ -572,7 +577,7 @@ def test_ten_clients_at_once_queue_at_the_configured_concurrency(store, workers)
 
     def watch():
         while not done.is_set():
-            records = store.list_runs(with_metrics=False)
+            records = store.list_runs()
             seen_running.append(sum(r.state == "running" for r in records))
             for r in records:
                 if r.state == "running" and worker_pid(r.status):
@@ -610,7 +615,7 @@ def test_ten_clients_at_once_queue_at_the_configured_concurrency(store, workers)
     assert sorted(r.config.name for r in records) == sorted(f"client {i}" for i in range(10))
     for record in records:
         assert record.state == "finished", record.status
-        assert [m["epoch"] for m in record.metrics] == [1, 2]
+        assert [m["epoch"] for m in store.epoch_rows(record)] == [1, 2]
         assert load_run_checkpoint(store, record.run_id)["epoch"] == 2
         assert len(pids.get(record.run_id, ())) <= 1, pids[record.run_id]  # started once
     assert leftovers(store.root) == []

@@ -75,7 +75,7 @@ def test_the_demo_shows_dimensions_collapse_as_beta_grows(demo_server, page):
     page.locator(".st-key-demo_button button").click()
     check(page.get_by_text("Queued the demo: 6 runs")).to_be_visible()
 
-    records = store.list_runs(with_metrics=False)
+    records = store.list_runs()
     assert sorted(r.config.beta for r in records) == list(DEMO_BETAS)
     assert {(r.config.name, r.config.epochs, r.config.latent_dim) for r in records} == {
         (DEMO_NAME, DEMO_TEST_EPOCHS, DEMO_LATENT_DIM)
