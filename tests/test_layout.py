@@ -23,6 +23,8 @@ DEFERRED = {
     "vae.execution.evaluation": "imports torch, for `eval` only",
     "vae.present.views": "imports pandas, for `sweep` and `eval` only",
     "vae.learn.data": "imports torch and torchvision, only when a download is asked for",
+    "vae.present.figure_files": "imports torch and vl-convert, for `figures` only",
+    "vae.execution.export": "imports torch, for `export` only",
 }
 LAYERS = {
     "vae.learn": 0,
@@ -190,6 +192,8 @@ STORE_WRITERS = {
     "vae/execution/jobs.py": "the store root's .scheduler.lock: an OS lock, no data",
     "vae/execution/local.py": "the store root's .worker.log: the workers' output",
     "vae/execution/ray_backend.py": "removes its node-local temporary store when a job ends",
+    "vae/present/figure_files.py": "figures into the folder the user names (--out), not a run's",
+    "vae/execution/export.py": "model files into the folder the user names (--out), not a run's",
 }
 WRITE_CALLS = {  # by any name: the store's primitives and pathlib's writers
     "atomic_write_bytes", "atomic_write_json", "overwrite_in_place", "append_bytes", "touch",

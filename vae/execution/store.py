@@ -85,6 +85,9 @@ class RunStore:
     def save_eval(self, run_id: str, evaluation: dict) -> None:
         self.folders.save_eval(run_id, evaluation)
 
+    def write_file(self, run_id: str, name: str, data: bytes, what: str | None = None) -> None:
+        self.folders.write_file(run_id, name, data, what)
+
     def read_labels(self, run_id: str) -> dict:
         return self.folders.read_labels(run_id)
 
