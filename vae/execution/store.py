@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution import safe_read
+from vae.execution.root_files import report, touch_root_file
 from vae.execution.schema import (
     SchemaError,
     check_config_types,
@@ -528,7 +529,13 @@ class RunStore:
             data = safe_read.read_json(self.root / INDEX_FILE, INDEX_MAX_BYTES)
             runs = data["runs"] if data.get("version") == 1 else {}
             entries = list(runs.items())
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            report(self.root / INDEX_FILE, f"not used ({exc}); it is written again")
+            if isinstance(exc, safe_read.UnsafeFileError):  # a pipe or a huge file: out of the way
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / INDEX_FILE)
             return
         for run_id, entry in entries:
             with contextlib.suppress(StoreError, SchemaError, ConfigError, ValueError, TypeError,
@@ -665,11 +672,7 @@ class RunStore:
             if run_id is not None:
                 self._dirty.add(run_id)
         with contextlib.suppress(OSError):
-            fd = os.open(self.root / CHANGES_FILE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            try:
-                os.utime(fd)
-            finally:
-                os.close(fd)
+            touch_root_file(self.root / CHANGES_FILE)  # never blocked by a pipe at that name
 
     def update_status(self, run_id: str, state: RunState, reason: str = "", **extra) -> dict:
         """Move the run to `state` (IllegalTransition if its life does not allow that move).
