@@ -17,10 +17,12 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
 from vae import settings
-from vae.execution.backends import make_backend, make_manager
+from vae.execution import root_files
+from vae.execution.backends import backend_from_settings, make_manager
 from vae.execution.jobs import JobManager
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
+from vae.present.text import code_span, plain_text
 from vae.present.views import newest, vega_lite_spec
 
 if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
@@ -51,22 +53,34 @@ if PagesManager.uses_pages_directory:
 
 
 @st.cache_resource
-def job_manager() -> JobManager:
+def _server() -> tuple[JobManager, tuple[str, ...]]:
     """One manager per server process, shared by every session; it schedules in a daemon thread.
 
     Its backend is VAE_BACKEND's (local processes by default, or a Ray cluster: see backends).
+    Every refused setting becomes a message (shown once per page by `setting_warnings`) and its
+    default is used: a bad setting never stops the app.
     """
     root, store_problem = settings.read_or_default(settings.STORE)
     max_jobs, jobs_problem = settings.read_or_default(settings.MAX_JOBS)
-    for problem in filter(None, (store_problem, jobs_problem)):
-        st.warning(problem)  # replayed on every page while the cached manager is in use
-    manager = make_manager(RunStore(root), make_backend(), max_concurrent=max_jobs)
+    backend, backend_problems = backend_from_settings()
+    problems = tuple(filter(None, (store_problem, jobs_problem, *backend_problems)))
+    manager = make_manager(RunStore(root), backend, max_concurrent=max_jobs)
     try:
         manager.reconcile()  # adopt or mark interrupted whatever a previous server left running
     except Exception as exc:  # a read-only or broken store must not stop the app from opening
         print(f"job manager: {exc}")
     manager.start_scheduler()
-    return manager
+    return manager, problems
+
+
+def job_manager() -> JobManager:
+    return _server()[0]
+
+
+def setting_warnings() -> None:
+    """Each refused setting and each damaged store-root file, once per page (app.py calls it)."""
+    for problem in (*_server()[1], *root_files.problems()):
+        st.warning(plain_text(problem))
 
 
 @st.fragment(run_every=5.0)
@@ -193,6 +207,13 @@ def pick_run(
     """
     wanted = st.query_params.get(key)
     usable = [r for r in records if not r.broken]
+    broken = next((r for r in records if r.broken and r.run_id == wanted), None)
+    if broken is not None:  # listed as broken on Checkpoints: say so, not "not found"
+        st.warning(
+            f"The run in the address (`{key}`), {code_span(wanted)}, is broken and cannot be "
+            f"shown: {plain_text(broken.broken, 300)}"
+        )
+        wanted = None
     if not usable:
         return None
     listed, _ = newest(usable)  # a picker of 10,000 options would be sent on every rerun

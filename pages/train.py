@@ -15,6 +15,7 @@ from vae.learn.config import (
 )
 from vae.learn.datasets import DATASETS, DEFAULT_DATASET
 from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
+from vae.present.text import code_span, plain_text
 from vae.present.views import (
     active_jobs,
     grouping_text,
@@ -60,7 +61,7 @@ if not manager.store.list_runs(with_metrics=False):
                     "pages/gallery.py", label="Open the β gallery", icon=":material/view_list:"
                 )
             except (ValueError, StoreError, DemoSettingError) as exc:
-                st.error(f"Nothing was started: {exc}")
+                st.error(f"Nothing was started: {plain_text(exc)}")
 
 
 def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None = None):
@@ -76,7 +77,10 @@ def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None 
     try:
         if cast is str:
             return raw
-        number = parse_number(raw)
+        try:
+            number = parse_number(raw)
+        except ValueError:  # its own message would quote the whole value
+            raise ValueError("not a finite number") from None
         if cast is int and number != int(number):
             raise ValueError("must be a whole number")
         value = cast(number)
@@ -84,7 +88,7 @@ def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None 
         if limit_low is not None and not limit_low <= value <= limit_high:
             raise ValueError(f"must be between {limit_low:g} and {limit_high:g}")
     except ValueError as exc:
-        st.warning(f"Ignored `{name}` in the address: {exc}.")
+        st.warning(f"Ignored `{name}` in the address ({code_span(raw)}): {exc}.")
         return fallback
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
         clamped = cast(min(max(value, bounds[0]), bounds[1]))
@@ -167,7 +171,7 @@ with middle:
             beta = parse_number(beta_text)
         except ValueError as exc:
             beta = float("nan")
-            st.error(f"β: {exc}")
+            st.error(f"β: {plain_text(exc)}")
     errors_at["beta"] = st.empty()
     extra = {}
     if objective == "capacity":
@@ -222,7 +226,7 @@ if buttons.button("Train", type="primary", key="train_button", disabled=bool(err
         run_id = manager.submit(config.validated())
         st.success(f"Queued run {run_id}")
     except (ValueError, StoreError) as exc:
-        st.error(f"Nothing was started: {exc}")
+        st.error(f"Nothing was started: {plain_text(exc)}")
 sweep_disabled = bool(errors) or bool(sweep_problem) or objective == "capacity"
 if buttons.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=sweep_disabled):
     try:
@@ -230,7 +234,7 @@ if buttons.button(f"Sweep β ({len(betas)} runs)", key="sweep_button", disabled=
         grouping = grouping_text(manager.jobs, run_ids, manager.slots())
         st.success(f"Queued β = {', '.join(f'{b:g}' for b in betas)}: {grouping}")
     except (ValueError, StoreError) as exc:
-        st.error(f"Nothing was started: {exc}")
+        st.error(f"Nothing was started: {plain_text(exc)}")
 
 
 ACTION_ERROR = "_train_action_error"  # session state: why the last Cancel or Resume failed
@@ -280,7 +284,7 @@ def jobs_panel() -> None:
     records = list_runs()
     st.subheader("Jobs")
     if ACTION_ERROR in st.session_state:
-        st.error(st.session_state.pop(ACTION_ERROR))
+        st.error(plain_text(st.session_state.pop(ACTION_ERROR)))
     jobs = active_jobs(manager.jobs, records)
     queued = [r for r in records if r.state == RunState.QUEUED]
     st.caption(
