@@ -185,7 +185,8 @@ def test_a_sweep_on_a_fresh_store_under_load_starts_at_once_and_leaves_no_probe(
     assert "measuring" not in done.stdout
     assert "one job per core" in done.stdout
     assert [r.state for r in RunStore(tmp_path / "runs").list_runs()] == ["finished"] * 2
-    assert not processes_with(str(cache))
+    assert not probe_running(str(cache))
+    wait_for(lambda: not processes_with(str(cache)), timeout=60, what="the workers to exit")
 
 
 # ---- store-root files: a named pipe at any name blocks nothing -----------------------------
