@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import cluster_sidebar, job_manager, setting_warnings, warm_up
+from ui import cluster_sidebar, job_manager, warm_up
 
 # Served by this server (a material icon would make the browser fetch the favicon from a font host).
 ICON = str(Path(__file__).resolve().parent / "static" / "favicon.png")
@@ -42,7 +42,6 @@ PAGES = [
 page = st.navigation(PAGES, position="top")
 st.set_page_config(page_title=f"{page.title} · β-VAE dashboard")  # the browser tab's title
 manager = job_manager()
-setting_warnings()  # once per page, whatever the page calls
 if manager.backend.name == "ray":  # the cluster's free CPUs and GPUs; no sidebar otherwise
     with st.sidebar:
         cluster_sidebar(manager)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from vae import settings
 from vae.execution import root_files
@@ -57,7 +58,7 @@ def _server() -> tuple[JobManager, tuple[str, ...]]:
     """One manager per server process, shared by every session; it schedules in a daemon thread.
 
     Its backend is VAE_BACKEND's (local processes by default, or a Ray cluster: see backends).
-    Every refused setting becomes a message (shown once per page by `setting_warnings`) and its
+    Every refused setting becomes a message (shown once per page run by `job_manager`) and its
     default is used: a bad setting never stops the app.
     """
     root, store_problem = settings.read_or_default(settings.STORE)
@@ -74,12 +75,23 @@ def _server() -> tuple[JobManager, tuple[str, ...]]:
 
 
 def job_manager() -> JobManager:
-    return _server()[0]
+    """The server's manager; the first call in each script run shows the setting warnings."""
+    manager, problems = _server()
+    _warn_once_per_run((*problems, *root_files.problems()))
+    return manager
 
 
-def setting_warnings() -> None:
-    """Each refused setting and each damaged store-root file, once per page (app.py calls it)."""
-    for problem in (*_server()[1], *root_files.problems()):
+def _warn_once_per_run(problems: tuple[str, ...]) -> None:
+    """Each refused setting and each damaged store-root file, once per page run (a page calls
+    job_manager() several times; a fragment's own reruns show none: the page already does)."""
+    ctx = get_script_run_ctx()
+    if not problems or ctx is None or ctx.fragment_ids_this_run:
+        return
+    marker = ctx.parallel_coordinator  # a new object for every script run
+    if getattr(ctx, "_vae_warned_in", None) is marker:
+        return
+    ctx._vae_warned_in = marker
+    for problem in problems:
         st.warning(plain_text(problem))
 
 

@@ -79,8 +79,10 @@ def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None 
             return raw
         try:
             number = parse_number(raw)
-        except ValueError:  # its own message would quote the whole value
-            raise ValueError("not a finite number") from None
+        except ValueError as exc:  # its own message would quote the whole value
+            raise ValueError(
+                "not a finite number" if "finite" in str(exc) else "not a number"
+            ) from None
         if cast is int and number != int(number):
             raise ValueError("must be a whole number")
         value = cast(number)

@@ -247,4 +247,3 @@ def test_store_flag_naming_a_device_is_refused(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "not a folder" in done.stderr, done.stderr
-

@@ -13,7 +13,8 @@ from __future__ import annotations
 import re
 
 SHOWN_CHARS = 60  # an address value longer than this is cut, with an ellipsis
-_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&\"'=/@%^;?,])")
+# What can make a link, an image, a tag, a directive, math or code (emphasis is harmless).
+_MARKUP = re.compile(r"([\\`\[\]()<>!:$~|])|(?<=www)(\.)", re.IGNORECASE)
 
 
 def shorten(value: object, limit: int = SHOWN_CHARS) -> str:
@@ -33,6 +34,6 @@ def code_span(value: object, limit: int = SHOWN_CHARS) -> str:
 
 
 def plain_text(value: object, limit: int | None = None) -> str:
-    """`value` with every Markdown punctuation character escaped, so it shows as written."""
+    """`value` with every character that could make markup escaped, so it shows as written."""
     text = str(value) if limit is None else shorten(value, limit)
-    return _PUNCTUATION.sub(r"\\\1", text)
+    return _MARKUP.sub(lambda m: "\\" + (m.group(1) or m.group(2)), text)
