@@ -219,7 +219,9 @@ def pick_run(
     """
     wanted = st.query_params.get(key)
     usable = [r for r in records if not r.broken]
-    broken = next((r for r in records if r.broken and r.run_id == wanted), None)
+    listed = st.session_state.get(_SEEN, (0, {}))[1]  # the whole listing this page drew
+    broken = next((r for r in records if r.broken and r.run_id == wanted), listed.get(wanted))
+    broken = broken if broken is not None and broken.broken else None
     if broken is not None:  # listed as broken on Checkpoints: say so, not "not found"
         st.warning(
             f"The run in the address (`{key}`), {code_span(wanted)}, is broken and cannot be "
