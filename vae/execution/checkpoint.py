@@ -32,6 +32,7 @@ MAX_ENTRIES = 10_000  # files inside the archive: one per tensor
 MAX_IMAGE_SIDE = 512
 MAX_CHANNELS = 4
 REQUIRED_KEYS = {"format", "config", "image_shape", "epoch", "step", "model_state", "metrics"}
+MAX_COUNTER = 10**12  # epochs and steps: far beyond any real run, far below what breaks a table
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -112,10 +113,11 @@ def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = N
     _check_container(data)
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        del data, source  # a caller that handed over its only reference gets the memory back now
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:
-            raise CheckpointError(f"not a loadable checkpoint ({_own_words(exc)})") from None
+            raise CheckpointError(f"not a loadable checkpoint: {_own_words(exc)}") from None
         # torch's own text suggests weights_only=False: exactly what must not be done here.
         raise CheckpointError(
             f"refused: the file asks to import {found.group(1)[:100]}; a checkpoint may hold "
@@ -124,7 +126,7 @@ def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = N
     except MemoryError:
         raise CheckpointError("refused: the file needs more memory than a checkpoint may") from None
     except Exception as exc:  # torch raises many types for foreign, truncated or damaged files
-        raise CheckpointError(f"not a loadable checkpoint ({_own_words(exc)})") from None
+        raise CheckpointError(f"not a loadable checkpoint: {_own_words(exc)}") from None
     try:
         validate_checkpoint(checkpoint)
     except CheckpointError:
@@ -133,17 +135,26 @@ def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = N
         raise CheckpointError("refused: checking it needs more memory than allowed") from None
     except Exception as exc:  # e.g. a RuntimeError from torch on a shape nobody foresaw
         raise CheckpointError(
-            f"refused: the checkpoint could not be checked ({_own_words(exc)})"
+            f"refused: its contents could not be checked: {_own_words(exc)}"
         ) from None
     return checkpoint
 
 
 def _own_words(exc: BaseException) -> str:
-    """The kind of failure without torch's advice (which may say to use weights_only=False)."""
-    text = _first_line(exc)
-    if "weights_only" in text or "weights only" in text.lower():
-        return type(exc).__name__
-    return text
+    """What went wrong in the app's words: torch's text (C++ file names, operator names, its
+    advice to pass weights_only=False) is never shown to the user."""
+    text = str(exc)
+    if isinstance(exc, RecursionError) or "recursion" in text:
+        return "its contents are nested too deeply"
+    if isinstance(exc, MemoryError) or "alloc" in text:
+        return "it asks for more memory than a checkpoint may use"
+    if "Sparse" in text or "sparse" in text:
+        return "it holds sparse tensors; a checkpoint's weights are dense"
+    if "inline_container" in text or "zip" in text.lower() or "archive" in text:
+        return "its archive is damaged or truncated"
+    if "storage" in text.lower() or "size" in text.lower():
+        return "a tensor's stored data does not match its declared size"
+    return "its contents are damaged or not what torch.save writes"
 
 
 def _check_container(data: bytes) -> None:
@@ -190,11 +201,6 @@ def _check_container(data: bytes) -> None:
         )
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
 def validate_checkpoint(checkpoint) -> RunConfig:
     """Check keys, config, shapes and values; return the config. Raises CheckpointError."""
     if not isinstance(checkpoint, dict):
@@ -216,7 +222,8 @@ def validate_checkpoint(checkpoint) -> RunConfig:
             f"latent {config.latent_dim}, images {image_shape}); at most {MAX_PARAMETERS:,}"
         )
     try:
-        reference = build_model(config, image_shape).state_dict()
+        with torch.device("meta"):  # shapes only: no memory for a model that is never used
+            reference = build_model(config, image_shape).state_dict()
     except (ConfigError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"config is not valid: {exc}") from None
     state = checkpoint["model_state"]
@@ -227,6 +234,8 @@ def validate_checkpoint(checkpoint) -> RunConfig:
         )
     for key, expected in reference.items():
         tensor = state[key]
+        if isinstance(tensor, torch.Tensor) and tensor.layout != torch.strided:
+            raise CheckpointError(f"{key} is a sparse tensor; weights must be dense")
         if not isinstance(tensor, torch.Tensor) or tensor.shape != expected.shape:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise CheckpointError(f"{key} has shape {got}, expected {tuple(expected.shape)}")
@@ -234,8 +243,12 @@ def validate_checkpoint(checkpoint) -> RunConfig:
             raise CheckpointError(f"{key} holds {tensor.dtype} values; weights must be real floats")
         if not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{key} contains NaN or inf weights")
-    if not isinstance(checkpoint["epoch"], int) or checkpoint["epoch"] < 0:
-        raise CheckpointError("epoch must be a non-negative integer")
+    for key in ("epoch", "step"):
+        if not _whole(checkpoint[key]) or not 0 <= checkpoint[key] <= MAX_COUNTER:
+            raise CheckpointError(
+                f"{key} must be a whole number from 0 to {MAX_COUNTER:,}, "
+                f"not {str(checkpoint[key])[:40]}"
+            )
     if not isinstance(checkpoint["metrics"], dict):
         raise CheckpointError("metrics must be a dictionary")
     for key, value in checkpoint["metrics"].items():
@@ -293,6 +306,20 @@ def parameter_count(config: RunConfig, image_shape: tuple[int, int, int]) -> int
     total = sum(_linear(a, b) for a, b in zip(encoder[:-1], encoder[1:], strict=True))
     total += sum(_linear(a, b) for a, b in zip(decoder[:-1], decoder[1:], strict=True))
     return total + likelihood
+
+
+def model_sharing_weights(checkpoint: dict) -> VAE:
+    """The checkpoint's model on its own tensors (no copy, in their dtype when they share one):
+    what an upload's pictures need without a second model's worth of memory."""
+    config = RunConfig.from_dict(checkpoint["config"])
+    state = checkpoint["model_state"]
+    dtypes = {t.dtype for t in state.values()}
+    if len(dtypes) != 1 or dtypes == {torch.float64}:
+        state = {k: t.float() for k, t in state.items()}
+    with torch.device("meta"):
+        model = build_model(config, tuple(checkpoint["image_shape"]))
+    model.load_state_dict(state, assign=True)
+    return model.eval()
 
 
 def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu") -> VAE:
