@@ -6,14 +6,18 @@ Everything else (charts, tables, numbers) comes from `vae/`; this file only know
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import streamlit as st
+from streamlit.runtime import Runtime
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
@@ -275,3 +279,55 @@ def pick_runs(records: list[RunRecord], compare: bool) -> list[tuple]:
             if record is not None:
                 picked.append((column, record))
     return picked
+
+
+# ---- uploads: held once, inspected one at a time, released after ------------------------------
+_UPLOAD_PENDING = "_upload_pending"  # session state: (temp file, name) waiting to be inspected
+UPLOAD_INSPECTION = "_upload_inspection"  # session state: the small Inspection of the last upload
+
+
+@st.cache_resource
+def _inspection_slot() -> threading.Semaphore:
+    return threading.Semaphore(1)  # one large upload in memory at a time, whatever the tabs
+
+
+def forget_upload() -> None:
+    """Drop the last upload's inspection (the Clear button)."""
+    st.session_state.pop(UPLOAD_INSPECTION, None)
+    pending = st.session_state.pop(_UPLOAD_PENDING, None)
+    if pending:
+        with contextlib.suppress(OSError):
+            os.unlink(pending[0])
+
+
+def take_upload(upload, key: str) -> None:
+    """Move the uploaded bytes to a temporary file, take them out of Streamlit's memory (the
+    uploader would hold them as long as the tab shows the file) and rerun: the next run
+    inspects the file, and no object of this run keeps the bytes alive."""
+    forget_upload()  # a new file replaces what was shown
+    fd, path = tempfile.mkstemp(prefix="vae-upload-", suffix=".pt")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(upload.getbuffer())
+    st.session_state[_UPLOAD_PENDING] = (path, upload.name)
+    ctx = get_script_run_ctx()
+    with contextlib.suppress(Exception):  # an internal API: if it moved, the file stays held
+        Runtime.instance().uploaded_file_mgr.remove_file(ctx.session_id, upload.file_id)
+    with contextlib.suppress(KeyError):  # the widget's cached value holds the bytes too
+        del st.session_state[key]
+    st.rerun()
+
+
+def inspect_pending_upload(max_bytes: int):
+    """The Inspection of the upload taken by `take_upload` (made now, one at a time per
+    server, then its memory released), or of the last one; None when there is none."""
+    # torch: loaded by the page that asks (warm_up has usually loaded it), not by every page
+    from vae.present.upload import inspect_checkpoint_file, release_memory
+
+    pending = st.session_state.pop(_UPLOAD_PENDING, None)
+    if pending is not None:
+        path, name = pending
+        with st.spinner("Checking the checkpoint…"), _inspection_slot():
+            inspection = inspect_checkpoint_file(path, name, max_bytes)
+            release_memory()
+        st.session_state[UPLOAD_INSPECTION] = inspection
+    return st.session_state.get(UPLOAD_INSPECTION)

@@ -2,16 +2,18 @@
 
 import streamlit as st
 
-from ui import job_manager, list_runs, pick_run, refresh_on_change
-from vae.execution.checkpoint import (
-    MAX_UPLOAD_BYTES,
-    CheckpointError,
-    checkpoint_problem,
-    model_from_checkpoint,
-    read_checkpoint,
+from ui import (
+    forget_upload,
+    inspect_pending_upload,
+    job_manager,
+    list_runs,
+    pick_run,
+    refresh_on_change,
+    take_upload,
 )
+from vae.execution.checkpoint import MAX_UPLOAD_BYTES, checkpoint_problem
 from vae.execution.store import StoreError
-from vae.learn.evaluate import grid, prior_samples
+from vae.present.text import code_span, plain_text, refusal_text
 from vae.present.views import metrics_csv, newest, runs_frame
 
 st.title("Checkpoints")
@@ -34,7 +36,7 @@ else:
     st.dataframe(runs_frame(listed), hide_index=True)
     broken = [r for r in records if r.broken]
     for r in broken:
-        st.warning(f"Run folder {r.run_id} is broken: {r.broken}")
+        st.warning(f"Run folder {r.run_id} is broken: {plain_text(r.broken, 300)}")
     record = pick_run(records, key="run", label="Run")
     if record is not None:
         files = [
@@ -47,7 +49,7 @@ else:
         )
         problem = checkpoint_problem(store, record.run_id)
         if problem:
-            st.error(f"Checkpoint unusable: {problem}")
+            st.error(f"Checkpoint unusable: {plain_text(problem, 300)}")
         evaluation = store.read_eval(record.run_id)
         if evaluation:
             row = st.container(horizontal=True)  # wraps instead of truncating
@@ -101,24 +103,24 @@ st.caption(
 )
 upload = st.file_uploader("Checkpoint (.pt)", type=["pt", "pth", "ckpt"], key="upload")
 if upload is not None:
-    try:
-        if upload.size > MAX_UPLOAD_BYTES:
-            raise CheckpointError(
-                f"file is {upload.size:,} bytes; the limit is {MAX_UPLOAD_BYTES:,}"
-            )
-        checkpoint = read_checkpoint(upload.getvalue(), max_bytes=MAX_UPLOAD_BYTES)
-    except CheckpointError as exc:
-        st.error(f"Refused: {exc}")
+    if upload.size > MAX_UPLOAD_BYTES:
+        st.error(f"Refused: the file is {upload.size:,} bytes; the limit is {MAX_UPLOAD_BYTES:,}")
     else:
-        st.success(f"Valid checkpoint: epoch {checkpoint['epoch']}, step {checkpoint['step']}")
-        st.json(checkpoint["config"])
-        metrics = {k: v for k, v in checkpoint["metrics"].items() if not isinstance(v, list)}
-        if metrics:
-            st.dataframe([metrics], hide_index=True)
-        st.image(
-            grid(prior_samples(model_from_checkpoint(checkpoint), 32), nrow=8),
-            caption="samples from its prior",
-            width=420,
-        )
+        take_upload(upload, "upload")  # to a temporary file, out of the server's memory; reruns
+inspection = inspect_pending_upload(MAX_UPLOAD_BYTES)
+if inspection is not None:
+    st.caption(f"Inspected: {code_span(inspection.name)} (the file itself is not kept)")
+    st.button("Clear", key="forget-upload", on_click=forget_upload)
+    if inspection.problem:
+        st.error(f"Refused: {refusal_text(inspection.problem)}")
+    else:
+        st.success(f"Valid checkpoint: epoch {inspection.epoch}, step {inspection.step}")
+        st.json(inspection.config)
+        if inspection.metrics:
+            st.dataframe([inspection.metrics], hide_index=True)
+        if inspection.samples is not None:
+            st.image(inspection.samples, caption="samples from its prior", width=420)
+        else:
+            st.warning(inspection.samples_problem)
 
 refresh_on_change()  # the table follows runs as they train and finish

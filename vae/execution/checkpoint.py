@@ -73,7 +73,27 @@ def load_run_checkpoint(store: RunStore, run_id: str, final: bool = True) -> dic
     path = store.checkpoint_path(run_id, final)
     if path is None:
         raise CheckpointError(f"run {run_id} has no checkpoint yet")
-    return read_checkpoint(path)
+    checkpoint = read_checkpoint(path)
+    check_belongs_to_run(store, run_id, checkpoint, path.name)
+    return checkpoint
+
+
+# Settings that may differ between a run's config.json and its checkpoint: how and where it ran.
+RUNTIME_FIELDS = frozenset({"threads", "device", "precision", "name", "data_root", "epochs"})
+
+
+def check_belongs_to_run(store: RunStore, run_id: str, checkpoint: dict, name: str) -> None:
+    """A checkpoint in a run's folder must be that run's: another run's final.pt copied in
+    (another β, another architecture) is refused, never shown as this run's model."""
+    try:
+        own = store.read_config(run_id).to_dict()
+    except Exception:  # noqa: BLE001 - the listing reports an unreadable config.json itself
+        return
+    theirs = RunConfig.from_dict(checkpoint["config"]).to_dict()  # defaults filled, as own
+    differ = sorted(key for key in own.keys() - RUNTIME_FIELDS if theirs.get(key) != own[key])
+    if differ:
+        shown = ", ".join(differ[:5]) + (" …" if len(differ) > 5 else "")
+        raise CheckpointError(f"{name} was not trained by this run: its config differs in {shown}")
 
 
 def checkpoint_problem(store: RunStore, run_id: str) -> str | None:
@@ -82,7 +102,7 @@ def checkpoint_problem(store: RunStore, run_id: str) -> str | None:
         path = store.path(run_id, name)
         if os.path.lexists(path):
             try:
-                read_checkpoint(path)
+                check_belongs_to_run(store, run_id, read_checkpoint(path), name)
             except CheckpointError as exc:
                 return f"{name}: {exc}"
     return None

@@ -132,9 +132,15 @@ def read_json(path: str | os.PathLike, max_bytes: int):
 
 def parse_json(data: bytes, name: str):
     """json.loads that reports every failure (bad UTF-8, bad syntax, absurd nesting) as ValueError."""
+    if not data.strip():
+        raise ValueError(f"{name} is empty (a write cut off, or a file emptied by hand)")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name} is unreadable: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is unreadable: it is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:  # the parser's words, e.g. "Expecting value", stay out
+        raise ValueError(
+            f"{name} is unreadable: not valid JSON at line {exc.lineno}, column {exc.colno}"
+        ) from None
     except RecursionError:
         raise ValueError(f"{name} is unreadable: nested too deeply") from None

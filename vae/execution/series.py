@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution import safe_read
-from vae.execution.schema import SchemaError, check_metrics_line
+from vae.execution.schema import SchemaError, check_metrics_line, check_next_epoch
 
 DISPLAY_POINTS = 100  # epochs kept for charts: between 50 and 100, evenly spaced, plus the last
 SUMMARY_VERSION = 1
@@ -77,6 +77,7 @@ class Series:
                 row = check_metrics_line(
                     safe_read.parse_json(line, "metrics.jsonl"), self.latent_dim, number
                 )
+                check_next_epoch(row, self.last, number)
             except (SchemaError, ValueError) as exc:
                 self.problem = (
                     str(exc)

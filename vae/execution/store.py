@@ -46,6 +46,7 @@ from vae.execution.schema import (
     check_config_types,
     check_eval,
     check_metrics_line,
+    check_next_epoch,
     check_status,
 )
 from vae.execution.series import (
@@ -365,6 +366,8 @@ class RunStore:
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     continue
                 if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                    if rows and row["epoch"] <= rows[-1]["epoch"]:
+                        continue  # a repeated line: each epoch once (the listing says broken)
                     rows.append(row)
         except FileNotFoundError:
             return []
@@ -730,7 +733,8 @@ class RunStore:
             raise _explain_os_error(exc, "save metrics") from None
         if series is not None and series.covered + len(line) == after.st_size:
             try:
-                series.add(check_metrics_line(json.loads(line), series.latent_dim))
+                row = check_metrics_line(json.loads(line), series.latent_dim)
+                series.add(check_next_epoch(row, series.last))
                 series.covered, series.signature = after.st_size, file_signature(after)
                 self._write_summary(run_id, series)
             except (SchemaError, ValueError):

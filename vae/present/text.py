@@ -37,3 +37,11 @@ def plain_text(value: object, limit: int | None = None) -> str:
     """`value` with every character that could make markup escaped, so it shows as written."""
     text = str(value) if limit is None else shorten(value, limit)
     return _MARKUP.sub(lambda m: "\\" + (m.group(1) or m.group(2)), text)
+
+
+def refusal_text(message: object) -> str:
+    """A refusal's reason for "Refused: …": without a leading "refused:" of its own, as text."""
+    text = str(message).strip()
+    if text.lower().startswith("refused:"):
+        text = text[len("refused:") :].strip()
+    return plain_text(text, 400)
