@@ -7,7 +7,14 @@ from vae.execution.checkpoint import CheckpointError
 from vae.execution.states import RunState
 from vae.learn.data import DataError
 from vae.present.charts import units_chart
-from vae.present.gallery import Pictures, checkpoint_pictures, gallery_frame, sweeps
+from vae.present.gallery import (
+    Pictures,
+    Sweep,
+    checkpoint_pictures,
+    gallery_frame,
+    shown_rows,
+    sweeps,
+)
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER
 
 st.title("β gallery")
@@ -91,13 +98,17 @@ def gallery() -> None:
         st.warning("This sweep is no longer in the store.")
         return
     frame = gallery_frame(sweep)
-    finished = int((frame["state"] == RunState.FINISHED).sum())
-    if finished < len(frame):
-        st.info(f"{finished} of {len(frame)} runs finished; rows update as the runs train.")
+    finished = sum(r.state == RunState.FINISHED for r in sweep.runs)
+    if finished < len(sweep.runs):
+        st.info(f"{finished} of {len(sweep.runs)} runs finished; rows update as the runs train.")
     if frame["informative"].notna().sum() >= 2:
         st.altair_chart(units_chart(frame))
-    for index, (record, numbers) in enumerate(zip(sweep.runs, frame.itertuples(), strict=True)):
-        row(index, record, numbers)
+    runs, note = shown_rows(sweep)
+    if note:
+        st.caption(note)
+    numbers = {n.run_id: n for n in gallery_frame(Sweep(sweep.group, runs)).itertuples()}
+    for index, record in enumerate(runs):
+        row(index, record, numbers[record.run_id])
 
 
 gallery()
