@@ -286,6 +286,31 @@ _UPLOAD_PENDING = "_upload_pending"  # session state: (temp file, name) waiting 
 UPLOAD_INSPECTION = "_upload_inspection"  # session state: the small Inspection of the last upload
 
 
+def _read_uploads_in_one_piece() -> None:
+    """Starlette hands Streamlit an upload with read(-1), which gathers the spooled file in
+    chunks and joins them: twice the file in memory for a moment, for every upload arriving at
+    once (four 128 MB checkpoints: about 1 GB). Reading the size the file is allocates it once.
+    Patched here, once per server; if Starlette changes, its own read is left alone."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from starlette.datastructures import UploadFile
+
+        original = UploadFile.read
+        if getattr(original, "_vae_one_piece", False):
+            return
+
+        async def read(self, size: int = -1) -> bytes:
+            if size == -1 and not self._in_memory:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    size = os.fstat(self.file.fileno()).st_size - self.file.tell()
+            return await original(self, size)
+
+        read._vae_one_piece = True
+        UploadFile.read = read
+
+
+_read_uploads_in_one_piece()
+
+
 @st.cache_resource
 def _inspection_slot() -> threading.Semaphore:
     return threading.Semaphore(1)  # one large upload in memory at a time, whatever the tabs
@@ -300,20 +325,27 @@ def forget_upload() -> None:
             os.unlink(pending[0])
 
 
-def take_upload(upload, key: str) -> None:
-    """Move the uploaded bytes to a temporary file, take them out of Streamlit's memory (the
-    uploader would hold them as long as the tab shows the file) and rerun: the next run
-    inspects the file, and no object of this run keeps the bytes alive."""
-    forget_upload()  # a new file replaces what was shown
-    fd, path = tempfile.mkstemp(prefix="vae-upload-", suffix=".pt")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(upload.getbuffer())
-    st.session_state[_UPLOAD_PENDING] = (path, upload.name)
+def take_upload(key: str, max_bytes: int) -> str | None:
+    """Move the file in the uploader `key` to a temporary file, take it out of Streamlit's memory
+    (the uploader would hold it as long as the tab shows it) and rerun: the next run inspects
+    it. No variable of the page holds the file, so its bytes are freed as soon as this returns.
+    Returns a refusal instead when the file is over `max_bytes`."""
+    upload = st.session_state.get(key)
+    if upload is None:
+        return None
     ctx = get_script_run_ctx()
     with contextlib.suppress(Exception):  # an internal API: if it moved, the file stays held
         Runtime.instance().uploaded_file_mgr.remove_file(ctx.session_id, upload.file_id)
     with contextlib.suppress(KeyError):  # the widget's cached value holds the bytes too
         del st.session_state[key]
+    if upload.size > max_bytes:
+        return f"the file is {upload.size:,} bytes; the limit is {max_bytes:,}"
+    forget_upload()  # a new file replaces what was shown
+    fd, path = tempfile.mkstemp(prefix="vae-upload-", suffix=".pt")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(upload.getvalue())  # the shared bytes: getbuffer() would copy them
+    st.session_state[_UPLOAD_PENDING] = (path, upload.name)
+    del upload
     st.rerun()
 
 

@@ -101,12 +101,10 @@ st.caption(
     f"Opened with `torch.load(weights_only=True)`: no code in the file is run. Files over "
     f"{MAX_UPLOAD_BYTES // 2**20} MiB, or whose weights do not match their config, are refused."
 )
-upload = st.file_uploader("Checkpoint (.pt)", type=["pt", "pth", "ckpt"], key="upload")
-if upload is not None:
-    if upload.size > MAX_UPLOAD_BYTES:
-        st.error(f"Refused: the file is {upload.size:,} bytes; the limit is {MAX_UPLOAD_BYTES:,}")
-    else:
-        take_upload(upload, "upload")  # to a temporary file, out of the server's memory; reruns
+if st.file_uploader("Checkpoint (.pt)", type=["pt", "pth", "ckpt"], key="upload") is not None:
+    too_big = take_upload("upload", MAX_UPLOAD_BYTES)  # reruns, unless refused
+    if too_big:
+        st.error(f"Refused: {too_big}")
 inspection = inspect_pending_upload(MAX_UPLOAD_BYTES)
 if inspection is not None:
     st.caption(f"Inspected: {code_span(inspection.name)} (the file itself is not kept)")
