@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import os
 import pickle
 import re
@@ -108,14 +109,21 @@ def checkpoint_problem(store: RunStore, run_id: str) -> str | None:
     return None
 
 
-def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = None) -> dict:
+def read_checkpoint(
+    source: str | os.PathLike | bytes, max_bytes: int | None = None, mapped: bool = False
+) -> dict:
     """Open a checkpoint from a path or bytes without running any code, then check its layout.
 
     Nothing is built or decompressed before its size is known to be within limits: the zip
     directory's declared sizes (`_check_container`), then the config's parameter count
     (`parameter_count`) before any model is built. Whatever goes wrong, including an exception
     type nobody foresaw, comes back as a CheckpointError with a message of our own.
+
+    With `mapped` (a path only), the weights stay in the file, mapped into memory rather than
+    copied (an upload's temporary file): a large checkpoint costs its size once, not twice.
     """
+    if mapped and not isinstance(source, bytes):
+        return _read_mapped(Path(source), max_bytes or MAX_STORE_CHECKPOINT_BYTES)
     if isinstance(source, bytes):
         data = source
     else:
@@ -131,9 +139,33 @@ def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = N
     if len(data) > limit:
         raise CheckpointError(f"file is {len(data):,} bytes; the limit is {limit:,}")
     _check_container(data)
+    return _load_checked(
+        lambda: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    )
+
+
+def _read_mapped(path: Path, limit: int) -> dict:
     try:
-        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        del data, source  # a caller that handed over its only reference gets the memory back now
+        fd, info = safe_read.open_regular(path, limit)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.name} does not exist") from None
+    except (safe_read.UnsafeFileError, OSError) as exc:
+        raise CheckpointError(str(exc)) from None
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size == 0:
+            raise CheckpointError("the file is empty")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            _check_container(view)
+        opened = f"/proc/self/fd/{handle.fileno()}"  # the file checked, whatever the path is now
+        return _load_checked(
+            lambda: torch.load(opened, mmap=True, map_location="cpu", weights_only=True)
+        )
+
+
+def _load_checked(load) -> dict:
+    """`load()` then `validate_checkpoint`, every failure a CheckpointError in our words."""
+    try:
+        checkpoint = load()
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:
@@ -177,7 +209,7 @@ def _own_words(exc: BaseException) -> str:
     return "its contents are damaged or not what torch.save writes"
 
 
-def _check_container(data: bytes) -> None:
+def _check_container(data: bytes | mmap.mmap) -> None:
     """A torch.save file is a zip archive holding <name>/data.pkl; check it before torch reads it.
 
     torch.save stores every entry uncompressed, so an entry that is compressed (which could
@@ -186,13 +218,14 @@ def _check_container(data: bytes) -> None:
     """
     if not data:
         raise CheckpointError("the file is empty")
-    if not data.startswith(b"PK\x03\x04"):
+    if data[:4] != b"PK\x03\x04":
         raise CheckpointError(
             "not a checkpoint: files saved by torch.save are zip archives and this one is not "
             "(an image, a text file, a bare pickle or damaged data?)"
         )
     try:
-        entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
+        readable = data if isinstance(data, mmap.mmap) else io.BytesIO(data)  # mapped: no copy
+        entries = zipfile.ZipFile(readable).infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise CheckpointError(
             "the file is truncated or damaged (its zip index is unreadable)"
@@ -261,7 +294,7 @@ def validate_checkpoint(checkpoint) -> RunConfig:
             raise CheckpointError(f"{key} has shape {got}, expected {tuple(expected.shape)}")
         if tensor.dtype not in FLOAT_TYPES:
             raise CheckpointError(f"{key} holds {tensor.dtype} values; weights must be real floats")
-        if not bool(torch.isfinite(tensor).all()):
+        if not _all_finite(tensor):
             raise CheckpointError(f"{key} contains NaN or inf weights")
     for key in ("epoch", "step"):
         if not _whole(checkpoint[key]) or not 0 <= checkpoint[key] <= MAX_COUNTER:
@@ -275,6 +308,13 @@ def validate_checkpoint(checkpoint) -> RunConfig:
         if isinstance(value, float) and not math.isfinite(value) and key != "capacity":
             raise CheckpointError(f"metric {key} is {value}")
     return config
+
+
+def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """No NaN or inf, checked a few million values at a time (fp16 is widened to check it: a
+    whole 32-million-value tensor at once would need 128 MB more)."""
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
 
 
 def checked_image_shape(value) -> tuple[int, int, int]:

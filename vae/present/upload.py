@@ -46,7 +46,7 @@ def inspect_checkpoint_file(path: str | os.PathLike, name: str, max_bytes: int) 
     """Check the checkpoint at `path` (then delete the file) and draw its prior samples."""
     try:
         try:
-            checkpoint = read_checkpoint(Path(path), max_bytes=max_bytes)
+            checkpoint = read_checkpoint(Path(path), max_bytes=max_bytes, mapped=True)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(path)
