@@ -247,3 +247,18 @@ def test_store_flag_naming_a_device_is_refused(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "not a folder" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", [".scheduler.lock", ".changes", ".index.json", ".worker.log"])
+def test_pages_open_with_a_named_pipe_at_a_store_root_name(monkeypatch, tmp_path, name):
+    """The app's first page runs the job manager's first look: it must not wait on a pipe."""
+    from helpers import open_app
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    os.mkfifo(root / name)
+    at = open_app(monkeypatch, root, "pages/train.py")  # AppTest fails after 60 s if it hangs
+    assert not at.exception, at.exception
+    if name in (".scheduler.lock", ".index.json"):  # the ones this first look opens
+        assert not stat.S_ISFIFO(os.lstat(root / name).st_mode) if (root / name).exists() else True
+        assert any(name in w.value for w in at.warning)  # reported on the page
