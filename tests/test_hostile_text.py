@@ -69,6 +69,7 @@ def test_a_bad_backend_setting_is_reported_on_every_page_once(
     assert "Using local" in found[0]
 
 
+@pytest.mark.browser
 def test_hostile_addresses_make_no_link_and_no_image_in_chromium(tmp_path):
     """The browser's own view: no anchor and no image pointing at the address's host."""
     from playwright.sync_api import sync_playwright

@@ -121,6 +121,7 @@ def test_one_measurement_at_a_time_per_machine(cache):
         os.close(holder)
 
 
+@pytest.mark.slow
 def test_the_layout_is_measured_by_a_probe_process_and_cached_per_machine(cache, tmp_path):
     """One candidate (one core): a real measurement in `python -m vae.execution.layout_probe`,
     cached for the machine: a store elsewhere reads it instead of measuring."""
@@ -144,6 +145,7 @@ SERVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_server_killed_mid_measurement_leaves_no_probe(cache, tmp_path):
     env = {**os.environ, layout.CACHE_ENV: str(cache), "PYTHONPATH": str(REPO)}
     env.pop("VAE_MAX_JOBS", None)
@@ -162,6 +164,7 @@ def test_a_server_killed_mid_measurement_leaves_no_probe(cache, tmp_path):
     assert not (cache / layout.CACHE_FILE).exists()  # nothing half-measured was kept
 
 
+@pytest.mark.slow
 def test_a_sweep_on_a_fresh_store_under_load_starts_at_once_and_leaves_no_probe(cache, tmp_path):
     """Four busy processes on the cores: the CLI sweep trains on the default layout."""
     busy = [

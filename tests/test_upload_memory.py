@@ -14,7 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+import pytest  # noqa: E402
 from upload_memory import measure  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 PEAK_BOUND_MB = 900  # target 600, with a margin: the peak varies with how the uploads overlap
 AFTER_BOUND_MB = 150  # target 100, with a margin
