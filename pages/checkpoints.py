@@ -16,6 +16,8 @@ from vae.execution.store import StoreError
 from vae.present.text import code_span, plain_text, refusal_text
 from vae.present.views import metrics_csv, newest, runs_frame
 
+BROKEN_SHOWN = 20  # one warning per broken folder, up to this many
+
 st.title("Checkpoints")
 st.caption(
     "Every run in the store with its files. **final.pt** is the trained model to share (weights, "
@@ -35,8 +37,12 @@ else:
         st.caption(note)
     st.dataframe(runs_frame(listed), hide_index=True)
     broken = [r for r in records if r.broken]
-    for r in broken:
+    for r in broken[:BROKEN_SHOWN]:
         st.warning(f"Run folder {r.run_id} is broken: {plain_text(r.broken, 300)}")
+    if len(broken) > BROKEN_SHOWN:
+        st.caption(
+            f"… and {len(broken) - BROKEN_SHOWN:,} more broken run folders (`python -m vae list`)."
+        )
     record = pick_run(records, key="run", label="Run")
     if record is not None:
         files = [
