@@ -286,31 +286,6 @@ _UPLOAD_PENDING = "_upload_pending"  # session state: (temp file, name) waiting 
 UPLOAD_INSPECTION = "_upload_inspection"  # session state: the small Inspection of the last upload
 
 
-def _read_uploads_in_one_piece() -> None:
-    """Starlette hands Streamlit an upload with read(-1), which gathers the spooled file in
-    chunks and joins them: twice the file in memory for a moment, for every upload arriving at
-    once (four 128 MB checkpoints: about 1 GB). Reading the size the file is allocates it once.
-    Patched here, once per server; if Starlette changes, its own read is left alone."""
-    with contextlib.suppress(ImportError, AttributeError):
-        from starlette.datastructures import UploadFile
-
-        original = UploadFile.read
-        if getattr(original, "_vae_one_piece", False):
-            return
-
-        async def read(self, size: int = -1) -> bytes:
-            if size == -1 and not self._in_memory:
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    size = os.fstat(self.file.fileno()).st_size - self.file.tell()
-            return await original(self, size)
-
-        read._vae_one_piece = True
-        UploadFile.read = read
-
-
-_read_uploads_in_one_piece()
-
-
 @st.cache_resource
 def _inspection_slot() -> threading.Semaphore:
     return threading.Semaphore(1)  # one large upload in memory at a time, whatever the tabs
