@@ -6,22 +6,29 @@ Everything else (charts, tables, numbers) comes from `vae/`; this file only know
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import streamlit as st
+from streamlit.runtime import Runtime
 from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from vae import settings
-from vae.execution.backends import make_backend
+from vae.execution import root_files
+from vae.execution.backends import backend_from_settings
 from vae.execution.jobs import JobManager, make_manager
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 from vae.learn.fields import beta_text
+from vae.present.text import code_span, plain_text
 from vae.present.views import difference_text, newest, vega_lite_spec
 
 if TYPE_CHECKING:  # a hint only: Altair loads with the first page that draws a chart
@@ -51,22 +58,45 @@ if PagesManager.uses_pages_directory:
 
 
 @st.cache_resource
-def job_manager() -> JobManager:
+def _server() -> tuple[JobManager, tuple[str, ...]]:
     """One manager per server process, shared by every session; it schedules in a daemon thread.
 
     Its backend is VAE_BACKEND's (local processes by default, or a Ray cluster: see backends).
+    Every refused setting becomes a message (shown once per page run by `job_manager`) and its
+    default is used: a bad setting never stops the app.
     """
     root, store_problem = settings.read_or_default(settings.STORE)
     max_jobs, jobs_problem = settings.read_or_default(settings.MAX_JOBS)
-    for problem in filter(None, (store_problem, jobs_problem)):
-        st.warning(problem)  # replayed on every page while the cached manager is in use
-    manager = make_manager(RunStore(root), make_backend(), max_concurrent=max_jobs)
+    backend, backend_problems = backend_from_settings()
+    problems = tuple(filter(None, (store_problem, jobs_problem, *backend_problems)))
+    manager = make_manager(RunStore(root), backend, max_concurrent=max_jobs)
     try:
         manager.reconcile()  # adopt or mark interrupted whatever a previous server left running
     except Exception as exc:  # a read-only or broken store must not stop the app from opening
         print(f"job manager: {exc}")
     manager.start_scheduler()
+    return manager, problems
+
+
+def job_manager() -> JobManager:
+    """The server's manager; the first call in each script run shows the setting warnings."""
+    manager, problems = _server()
+    _warn_once_per_run((*problems, *root_files.problems()))
     return manager
+
+
+def _warn_once_per_run(problems: tuple[str, ...]) -> None:
+    """Each refused setting and each damaged store-root file, once per page run (a page calls
+    job_manager() several times; a fragment's own reruns show none: the page already does)."""
+    ctx = get_script_run_ctx()
+    if not problems or ctx is None or ctx.fragment_ids_this_run:
+        return
+    marker = ctx.parallel_coordinator  # a new object for every script run
+    if getattr(ctx, "_vae_warned_in", None) is marker:
+        return
+    ctx._vae_warned_in = marker
+    for problem in problems:
+        st.warning(plain_text(problem))
 
 
 @st.fragment(run_every=5.0)
@@ -266,6 +296,15 @@ def pick_run(
     """
     wanted = st.query_params.get(key)
     usable = [r for r in records if not r.broken]
+    listed = st.session_state.get(_SEEN, (0, {}))[1]  # the whole listing this page drew
+    broken = next((r for r in records if r.broken and r.run_id == wanted), listed.get(wanted))
+    broken = broken if broken is not None and broken.broken else None
+    if broken is not None:  # listed as broken on Checkpoints: say so, not "not found"
+        st.warning(
+            f"The run in the address (`{key}`), {code_span(wanted)}, is broken and cannot be "
+            f"shown: {plain_text(broken.broken, 300)}"
+        )
+        wanted = None
     if not usable:
         return None
     listed, _ = newest(usable)  # a picker of 10,000 options would be sent on every rerun
@@ -379,3 +418,62 @@ def pick_runs(records: list[RunRecord], compare: bool) -> list[tuple]:
     if len(picked) == 2:  # say what the two differ in, and whether that is a fair comparison
         st.caption(difference_text(picked[0][1].config, picked[1][1].config))
     return picked
+
+
+# ---- uploads: held once, inspected one at a time, released after ------------------------------
+_UPLOAD_PENDING = "_upload_pending"  # session state: (temp file, name) waiting to be inspected
+UPLOAD_INSPECTION = "_upload_inspection"  # session state: the small Inspection of the last upload
+
+
+@st.cache_resource
+def _inspection_slot() -> threading.Semaphore:
+    return threading.Semaphore(1)  # one large upload in memory at a time, whatever the tabs
+
+
+def forget_upload() -> None:
+    """Drop the last upload's inspection (the Clear button)."""
+    st.session_state.pop(UPLOAD_INSPECTION, None)
+    pending = st.session_state.pop(_UPLOAD_PENDING, None)
+    if pending:
+        with contextlib.suppress(OSError):
+            os.unlink(pending[0])
+
+
+def take_upload(key: str, max_bytes: int) -> str | None:
+    """Move the file in the uploader `key` to a temporary file, take it out of Streamlit's memory
+    (the uploader would hold it as long as the tab shows it) and rerun: the next run inspects
+    it. No variable of the page holds the file, so its bytes are freed as soon as this returns.
+    Returns a refusal instead when the file is over `max_bytes`."""
+    upload = st.session_state.get(key)
+    if upload is None:
+        return None
+    ctx = get_script_run_ctx()
+    with contextlib.suppress(Exception):  # an internal API: if it moved, the file stays held
+        Runtime.instance().uploaded_file_mgr.remove_file(ctx.session_id, upload.file_id)
+    with contextlib.suppress(KeyError):  # the widget's cached value holds the bytes too
+        del st.session_state[key]
+    if upload.size > max_bytes:
+        return f"the file is {upload.size:,} bytes; the limit is {max_bytes:,}"
+    forget_upload()  # a new file replaces what was shown
+    fd, path = tempfile.mkstemp(prefix="vae-upload-", suffix=".pt")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(upload.getvalue())  # the shared bytes: getbuffer() would copy them
+    st.session_state[_UPLOAD_PENDING] = (path, upload.name)
+    del upload
+    st.rerun()
+
+
+def inspect_pending_upload(max_bytes: int):
+    """The Inspection of the upload taken by `take_upload` (made now, one at a time per
+    server, then its memory released), or of the last one; None when there is none."""
+    # torch: loaded by the page that asks (warm_up has usually loaded it), not by every page
+    from vae.present.upload import inspect_checkpoint_file, release_memory
+
+    pending = st.session_state.pop(_UPLOAD_PENDING, None)
+    if pending is not None:
+        path, name = pending
+        with st.spinner("Checking the checkpoint…"), _inspection_slot():
+            inspection = inspect_checkpoint_file(path, name, max_bytes)
+            release_memory()
+        st.session_state[UPLOAD_INSPECTION] = inspection
+    return st.session_state.get(UPLOAD_INSPECTION)

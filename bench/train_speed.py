@@ -689,7 +689,8 @@ def main(argv=None) -> int:
         from vae.learn.precision import resolve_precision
 
         measuring = time.perf_counter()
-        chosen = choose_layout(tmp / "layout-store", cores)
+        os.environ["VAE_LAYOUT_CACHE"] = str(tmp / "layout-cache")  # measure afresh, not cached
+        chosen = choose_layout(cores)
         measuring = time.perf_counter() - measuring
         precision = resolve_precision("auto", __import__("torch").device("cpu"))
         say(f"**The runner's choice on this machine** (measured by `vae.execution.layout` in "

@@ -2,21 +2,24 @@
 
 import streamlit as st
 
-from ui import job_manager, list_runs, pick_run, refresh_on_change
-from vae.execution.checkpoint import (
-    MAX_UPLOAD_BYTES,
-    CheckpointError,
-    checkpoint_problem,
-    load_run_checkpoint,
-    model_from_checkpoint,
-    read_checkpoint,
+from ui import (
+    forget_upload,
+    inspect_pending_upload,
+    job_manager,
+    list_runs,
+    pick_run,
+    refresh_on_change,
+    take_upload,
 )
+from vae.execution.checkpoint import MAX_UPLOAD_BYTES, checkpoint_problem, load_run_checkpoint
 from vae.execution.export import export_zip
 from vae.execution.film import FILM_FILE
 from vae.execution.store import StoreError
-from vae.learn.evaluate import grid, prior_samples
 from vae.present.film_view import run_gif
+from vae.present.text import code_span, plain_text, refusal_text
 from vae.present.views import metrics_csv, newest, runs_frame
+
+BROKEN_SHOWN = 20  # one warning per broken folder, up to this many
 
 st.title("Checkpoints")
 st.caption(
@@ -67,8 +70,12 @@ else:
         st.caption(note)
     st.dataframe(runs_frame(listed), hide_index=True)
     broken = [r for r in records if r.broken]
-    for r in broken:
-        st.warning(f"Run folder {r.run_id} is broken: {r.broken}")
+    for r in broken[:BROKEN_SHOWN]:
+        st.warning(f"Run folder {r.run_id} is broken: {plain_text(r.broken, 300)}")
+    if len(broken) > BROKEN_SHOWN:
+        st.caption(
+            f"… and {len(broken) - BROKEN_SHOWN:,} more broken run folders (`python -m vae list`)."
+        )
     record = pick_run(records, key="run", label="Run")
     if record is not None:
         files = [
@@ -81,7 +88,7 @@ else:
         )
         problem = checkpoint_problem(store, record.run_id)
         if problem:
-            st.error(f"Checkpoint unusable: {problem}")
+            st.error(f"Checkpoint unusable: {plain_text(problem, 300)}")
         evaluation = store.read_eval(record.run_id)
         if evaluation:
             row = st.container(horizontal=True)  # wraps instead of truncating
@@ -147,26 +154,24 @@ st.caption(
     f"Opened with `torch.load(weights_only=True)`: no code in the file is run. Files over "
     f"{MAX_UPLOAD_BYTES // 2**20} MiB, or whose weights do not match their config, are refused."
 )
-upload = st.file_uploader("Checkpoint (.pt)", type=["pt", "pth", "ckpt"], key="upload")
-if upload is not None:
-    try:
-        if upload.size > MAX_UPLOAD_BYTES:
-            raise CheckpointError(
-                f"file is {upload.size:,} bytes; the limit is {MAX_UPLOAD_BYTES:,}"
-            )
-        checkpoint = read_checkpoint(upload.getvalue(), max_bytes=MAX_UPLOAD_BYTES)
-    except CheckpointError as exc:
-        st.error(f"Refused: {exc}")
+if st.file_uploader("Checkpoint (.pt)", type=["pt", "pth", "ckpt"], key="upload") is not None:
+    too_big = take_upload("upload", MAX_UPLOAD_BYTES)  # reruns, unless refused
+    if too_big:
+        st.error(f"Refused: {too_big}")
+inspection = inspect_pending_upload(MAX_UPLOAD_BYTES)
+if inspection is not None:
+    st.caption(f"Inspected: {code_span(inspection.name)} (the file itself is not kept)")
+    st.button("Clear", key="forget-upload", on_click=forget_upload)
+    if inspection.problem:
+        st.error(f"Refused: {refusal_text(inspection.problem)}")
     else:
-        st.success(f"Valid checkpoint: epoch {checkpoint['epoch']}, step {checkpoint['step']}")
-        st.json(checkpoint["config"])
-        metrics = {k: v for k, v in checkpoint["metrics"].items() if not isinstance(v, list)}
-        if metrics:
-            st.dataframe([metrics], hide_index=True)
-        st.image(
-            grid(prior_samples(model_from_checkpoint(checkpoint), 32), nrow=8),
-            caption="samples from its prior",
-            width=420,
-        )
+        st.success(f"Valid checkpoint: epoch {inspection.epoch}, step {inspection.step}")
+        st.json(inspection.config)
+        if inspection.metrics:
+            st.dataframe([inspection.metrics], hide_index=True)
+        if inspection.samples is not None:
+            st.image(inspection.samples, caption="samples from its prior", width=420)
+        else:
+            st.warning(inspection.samples_problem)
 
 refresh_on_change()  # the table follows runs as they train and finish

@@ -18,8 +18,10 @@ from vae.present.charts import units_chart
 from vae.present.film_view import frame_pictures, read_films, sweep_gif
 from vae.present.gallery import (
     Pictures,
+    Sweep,
     checkpoint_pictures,
     gallery_frame,
+    shown_rows,
     sweep_figure_svg,
     sweeps,
     unit_ranges,
@@ -156,9 +158,9 @@ def gallery() -> None:
     """The rows; the page reruns when a run of the store changes (refresh_on_change), and
     pictures come from the cache between epochs, so a row keeps its pictures meanwhile."""
     frame = gallery_frame(sweep)
-    finished = int((frame["state"] == RunState.FINISHED).sum())
-    if finished < len(frame):
-        st.info(f"{finished} of {len(frame)} runs finished; rows update as the runs train.")
+    finished = sum(r.state == RunState.FINISHED for r in sweep.runs)
+    if finished < len(sweep.runs):
+        st.info(f"{finished} of {len(sweep.runs)} runs finished; rows update as the runs train.")
     if frame["informative"].notna().sum() >= 2:
         chart(units_chart, frame, figure=f"units-{group}")
     replicated = sweep.seeds > 1
@@ -169,8 +171,12 @@ def gallery() -> None:
         )
         ranges = unit_ranges(frame).rename(columns={"beta": "β"})
         st.dataframe(ranges, hide_index=True, key="unit_ranges")
-    for index, (record, numbers) in enumerate(zip(sweep.runs, frame.itertuples(), strict=True)):
-        row(index, record, numbers, replicated)
+    runs, note = shown_rows(sweep)
+    if note:
+        st.caption(note)
+    numbers = {n.run_id: n for n in gallery_frame(Sweep(sweep.group, runs)).itertuples()}
+    for index, record in enumerate(runs):
+        row(index, record, numbers[record.run_id], replicated)
 
 
 gallery()

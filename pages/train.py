@@ -18,6 +18,7 @@ from vae.learn.config import (
 from vae.learn.datasets import DATASETS, DEFAULT_DATASET
 from vae.learn.fields import ARCHITECTURES, DEVICES, LIKELIHOODS, OBJECTIVES, PRECISIONS, SETTINGS
 from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
+from vae.present.text import code_span, plain_text
 from vae.present.views import (
     active_jobs,
     grouping_text,
@@ -77,7 +78,7 @@ if not manager.store.list_runs():
                     "pages/gallery.py", label="Open the β gallery", icon=":material/view_list:"
                 )
             except (ValueError, StoreError, DemoSettingError) as exc:
-                st.error(f"Nothing was started: {exc}")
+                st.error(f"Nothing was started: {plain_text(exc)}")
 
 
 def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None = None):
@@ -93,7 +94,12 @@ def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None 
     try:
         if cast is str:
             return raw
-        number = parse_number(raw)
+        try:
+            number = parse_number(raw)
+        except ValueError as exc:  # its own message would quote the whole value
+            raise ValueError(
+                "not a finite number" if "finite" in str(exc) else "not a number"
+            ) from None
         if cast is int and number != int(number):
             raise ValueError("must be a whole number")
         value = cast(number)
@@ -101,7 +107,7 @@ def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None 
         if limit_low is not None and not limit_low <= value <= limit_high:
             raise ValueError(f"must be between {limit_low:g} and {limit_high:g}")
     except ValueError as exc:
-        st.warning(f"Ignored `{name}` in the address: {exc}.")
+        st.warning(f"Ignored `{name}` in the address ({code_span(raw)}): {exc}.")
         return fallback
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
         clamped = cast(min(max(value, bounds[0]), bounds[1]))
@@ -192,7 +198,7 @@ with middle:
             beta = parse_number(beta_text)
         except ValueError as exc:
             beta = float("nan")
-            st.error(f"β: {exc}")
+            st.error(f"β: {plain_text(exc)}")
     errors_at["beta"] = st.empty()
     # The objective's own settings (fields.OBJECTIVES): a new objective's controls come from there.
     extra = {}
@@ -294,7 +300,7 @@ if buttons.button("Train", type="primary", key="train_button", disabled=train_di
         run_id = manager.submit(config.validated())
         st.success(f"Queued run {run_id}")
     except (ValueError, StoreError) as exc:
-        st.error(f"Nothing was started: {exc}")
+        st.error(f"Nothing was started: {plain_text(exc)}")
 sweep_disabled = bool(errors) or bool(sweep_problem) or refusal(sweep_found) is not None
 count = len(betas) * int(seeds)
 if buttons.button(f"Sweep β ({count} runs)", key="sweep_button", disabled=sweep_disabled):
@@ -306,7 +312,7 @@ if buttons.button(f"Sweep β ({count} runs)", key="sweep_button", disabled=sweep
         replicas = f" × {int(seeds)} seeds" if seeds > 1 else ""
         st.success(f"Queued β = {', '.join(f'{b:g}' for b in betas)}{replicas}: {grouping}")
     except (ValueError, StoreError) as exc:
-        st.error(f"Nothing was started: {exc}")
+        st.error(f"Nothing was started: {plain_text(exc)}")
 
 
 ACTION_ERROR = "_train_action_error"  # session state: why the last Cancel or Resume failed
@@ -360,7 +366,7 @@ def jobs_panel() -> None:
     records = list_runs()
     st.subheader("Jobs")
     if ACTION_ERROR in st.session_state:
-        st.error(st.session_state.pop(ACTION_ERROR))
+        st.error(plain_text(st.session_state.pop(ACTION_ERROR)))
     jobs = active_jobs(manager.jobs, records)
     queued = [r for r in records if r.state == RunState.QUEUED]
     st.caption(

@@ -1,12 +1,15 @@
 """Shared fixtures: a temporary run store and a tiny config that trains in about a second."""
 
 import os
+import tempfile
 
 import pytest
 
 # The app measures the job layout on first use on a machine (seconds of both cores); the tests
 # fix it instead, except where a test sets VAE_MAX_JOBS itself or measures on purpose.
 os.environ.setdefault("VAE_MAX_JOBS", "2")
+# A measured layout is kept per machine in a cache folder: the tests' own, never the user's.
+os.environ.setdefault("VAE_LAYOUT_CACHE", tempfile.mkdtemp(prefix="vae-layout-tests-"))
 
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig

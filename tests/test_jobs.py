@@ -14,7 +14,6 @@ from helpers import wait_for, worker_pid
 
 from vae.execution.checkpoint import load_run_checkpoint, save_run_checkpoint
 from vae.execution.jobs import JobManager
-from vae.execution.layout import cached_layout, choose_layout
 from vae.execution.local import WORKER_NICENESS
 from vae.execution.procs import local_ref
 from vae.execution.store import StoreError
@@ -335,11 +334,3 @@ def test_cancel_can_wait_until_the_worker_has_stopped_the_run(store, slow_config
     status = store.read_status(run_id)
     assert status["state"] == "cancelled", status
     assert status["reason"].startswith("cancelled after epoch")
-
-
-def test_the_layout_is_measured_by_a_probe_process_and_cached_per_machine(tmp_path):
-    """One candidate (one core): a real measurement in `python -m vae.execution.layout_probe`."""
-    layout = choose_layout(tmp_path, cores=1)
-    assert (layout.processes, layout.threads) == (1, 1) and layout.images_per_s > 0
-    assert cached_layout(tmp_path) == layout  # the next server reads it instead of measuring
-    assert choose_layout(tmp_path, cores=1) == layout

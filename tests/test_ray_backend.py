@@ -173,7 +173,7 @@ def test_cli_sweep_on_ray(ray_backend, tmp_path, capsys):
 
 
 def test_bad_backend_settings_are_named(monkeypatch):
-    with pytest.raises(ValueError, match="valid: local, ray"):
+    with pytest.raises(ValueError, match="VAE_BACKEND=.slurm. is not valid.*one of local, ray"):
         make_backend("slurm")
     monkeypatch.setenv("VAE_RAY_ADDRESS", "not an address")
     with pytest.raises(ValueError, match="VAE_RAY_ADDRESS"):

@@ -151,9 +151,8 @@ def cmd_sweep(args, store: RunStore) -> int:
     download_first(args, config)
     say_findings(sweep_findings(config))
     manager = make_manager(store, make_backend(args.backend), max_concurrent=args.jobs)
-    if not manager.backend.cluster and args.jobs is None and cached_layout(store.root) is None:
-        print("measuring how to lay out jobs on this machine (once; cached in the store)...")
-        manager.measure_layout()
+    if not manager.backend.cluster and args.jobs is None and cached_layout() is None:
+        print("no job layout measured on this machine yet: one job per core (the app measures it)")
     run_ids = manager.submit_sweep(config, betas, seeds=args.seeds)
     print(
         f"sweep: {grouping_text(manager.jobs, run_ids, manager.slots())} · "
@@ -446,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "sweep" and args.jobs is None:
             args.jobs = settings.read(settings.MAX_JOBS)  # None: the layout measured here
-        store = RunStore(args.store or settings.read(settings.STORE))
+        root = settings.STORE.parse(args.store) if args.store else settings.read(settings.STORE)
+        store = RunStore(root)
         return commands[args.command](args, store)
     except (ConfigError, StoreError, ValueError, ConnectionError) as exc:  # DataError: a ValueError
         print(f"error: {exc}", file=sys.stderr)

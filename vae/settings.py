@@ -1,7 +1,7 @@
 """Every setting that comes from outside a run's config, each with its range.
 
-Environment variables (VAE_STORE, VAE_MAX_JOBS) and command-line numbers (sweep --jobs,
-eval --iw-samples) are read here and nowhere else, so a zero, a word or a huge number gets the
+Environment variables (VAE_STORE, VAE_MAX_JOBS, VAE_BACKEND, VAE_RAY_ADDRESS) and command-line
+numbers (sweep --jobs, eval --iw-samples) are read here and nowhere else, so a zero, a word or a huge number gets the
 same kind of message everywhere: the setting's name, the value given and the range allowed.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,55 @@ class PathSetting:
         return Path(text)
 
 
+@dataclass(frozen=True)
+class ChoiceSetting:
+    """One of a few words (case and surrounding spaces ignored); unset: the first."""
+
+    name: str
+    choices: tuple[str, ...]
+    meaning: str
+
+    def range_text(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def default(self) -> str:
+        return self.choices[0]
+
+    def parse(self, raw: str) -> str:
+        text = str(raw).strip().lower()
+        if text not in self.choices:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise SettingError(
+                f"{self.name}={shown!r} is not valid: {self.meaning} must be {self.range_text()}"
+            )
+        return text
+
+
+@dataclass(frozen=True)
+class PatternSetting:
+    """Text of a given form (e.g. a network address); unset: None."""
+
+    name: str
+    pattern: str
+    meaning: str
+    form: str
+
+    def range_text(self) -> str:
+        return self.form
+
+    def default(self) -> None:
+        return None
+
+    def parse(self, raw: str) -> str:
+        text = str(raw).strip()
+        if len(text) > 300 or not re.fullmatch(self.pattern, text):
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise SettingError(
+                f"{self.name}={shown!r} is not valid: {self.meaning} must be {self.range_text()}"
+            )
+        return text
+
+
 def _cores() -> int:
     return max(1, os.cpu_count() or 1)
 
@@ -84,9 +134,17 @@ MAX_JOBS = IntSetting(  # unset: the job layout measured on this machine (vae.ex
 STORE = PathSetting("VAE_STORE", "the run store folder")
 SWEEP_JOBS = IntSetting("--jobs", 1, 64, lambda: 1, "runs trained at once")
 IW_SAMPLES = IntSetting("--iw-samples", 1, 10_000, lambda: 100, "importance samples k")
+BACKEND = ChoiceSetting("VAE_BACKEND", ("local", "ray"), "the backend that trains runs")
+RAY_ADDRESS = PatternSetting(  # unset: a local Ray instance started by this process
+    "VAE_RAY_ADDRESS",
+    r"auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}",
+    "the Ray cluster's address",
+    "auto, ray://HOST:10001 or HOST:6379",
+)
+Setting = IntSetting | PathSetting | ChoiceSetting | PatternSetting
 
 
-def read(setting: IntSetting | PathSetting, environ: Mapping[str, str] | None = None):
+def read(setting: Setting, environ: Mapping[str, str] | None = None):
     """The setting's value from the environment; its default when unset or blank.
 
     Raises SettingError for a value outside its range. A PathSetting's default is None (the
@@ -95,22 +153,24 @@ def read(setting: IntSetting | PathSetting, environ: Mapping[str, str] | None = 
     environ = os.environ if environ is None else environ
     raw = environ.get(setting.name)
     if raw is None or not raw.strip():  # set but blank counts as unset
-        return setting.default() if isinstance(setting, IntSetting) else None
+        return None if isinstance(setting, PathSetting) else setting.default()
     return setting.parse(raw)
 
 
 def read_or_default(
-    setting: IntSetting | PathSetting, environ: Mapping[str, str] | None = None
+    setting: Setting, environ: Mapping[str, str] | None = None
 ) -> tuple[object, str | None]:
     """(value, None), or (default, message) when the environment's value is refused: for the app,
     which must open anyway and show the message rather than fail on every page."""
     try:
         return read(setting, environ), None
     except SettingError as exc:
-        default = setting.default() if isinstance(setting, IntSetting) else None
+        default = None if isinstance(setting, PathSetting) else setting.default()
         if setting is MAX_JOBS:  # a refused value falls back to the safe layout: a job per core
             default = min(setting.high, _cores())
         used = f"{default}" if default is not None else "the default folder"
+        if setting is RAY_ADDRESS:
+            used = "local processes"  # the caller trains locally rather than guess a cluster
         return default, f"{exc}. Using {used} instead."
 
 

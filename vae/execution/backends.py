@@ -4,36 +4,41 @@ The only module that names a backend: everything else asks the `Backend` protoco
 (vae.execution.backend) what it needs to know (`cluster`, `threads_per_job`, `resources`...).
 
 VAE_BACKEND names the backend, VAE_RAY_ADDRESS the Ray cluster (`auto`, `ray://host:10001`, or a
-head node's `host:6379`; unset: a local Ray instance started by this process).
+head node's `host:6379`; unset: a local Ray instance started by this process). Both are read and
+checked by vae.settings, like every other setting.
 """
 
 from __future__ import annotations
 
-import os
-import re
-
+from vae import settings
 from vae.execution.backend import Backend
 from vae.execution.local import LocalProcessBackend
 
-BACKEND_ENV = "VAE_BACKEND"
-RAY_ADDRESS_ENV = "VAE_RAY_ADDRESS"
-BACKENDS = ("local", "ray")
-_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5})$")
+BACKEND_ENV = settings.BACKEND.name
+RAY_ADDRESS_ENV = settings.RAY_ADDRESS.name
+BACKENDS = settings.BACKEND.choices
 
 
 def make_backend(name: str | None = None, address: str | None = None) -> Backend:
-    """The backend `name` (else $VAE_BACKEND, else local); ValueError naming the valid choices."""
-    name = (name or os.environ.get(BACKEND_ENV) or "local").strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r} ({BACKEND_ENV}); valid: {', '.join(BACKENDS)}")
+    """The backend `name` (else $VAE_BACKEND, else local); ValueError (a SettingError) naming the
+    valid choices. For the CLI: the app uses `backend_from_settings`, which never raises."""
+    name = settings.BACKEND.parse(name) if name else settings.read(settings.BACKEND)
     if name == "local":
         return LocalProcessBackend()
-    address = (address or os.environ.get(RAY_ADDRESS_ENV) or "").strip() or None
-    if address is not None and not _ADDRESS.fullmatch(address):
-        raise ValueError(
-            f"{RAY_ADDRESS_ENV}={address[:100]!r} is not a Ray address: use auto, "
-            "ray://HOST:10001 or HOST:6379"
-        )
+    address = (
+        settings.RAY_ADDRESS.parse(address) if address else settings.read(settings.RAY_ADDRESS)
+    )
     from vae.execution.ray_backend import RayBackend  # deferred: ray costs ~1 s and 100 MB
 
     return RayBackend(address)
+
+
+def backend_from_settings() -> tuple[Backend, list[str]]:
+    """VAE_BACKEND's backend, or local processes with a message for each setting refused."""
+    name, problem = settings.read_or_default(settings.BACKEND)
+    if name == "ray":
+        address, address_problem = settings.read_or_default(settings.RAY_ADDRESS)
+        if address_problem is None:
+            return make_backend("ray", address), []
+        return LocalProcessBackend(), [address_problem]
+    return LocalProcessBackend(), [problem] if problem else []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import os
 import pickle
 import re
@@ -32,6 +33,7 @@ MAX_ENTRIES = 10_000  # files inside the archive: one per tensor
 MAX_IMAGE_SIDE = 512
 MAX_CHANNELS = 4
 REQUIRED_KEYS = {"format", "config", "image_shape", "epoch", "step", "model_state", "metrics"}
+MAX_COUNTER = 10**12  # epochs and steps: far beyond any real run, far below what breaks a table
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -72,7 +74,27 @@ def load_run_checkpoint(store: RunStore, run_id: str, final: bool = True) -> dic
     path = store.checkpoint_path(run_id, final)
     if path is None:
         raise CheckpointError(f"run {run_id} has no checkpoint yet")
-    return read_checkpoint(path)
+    checkpoint = read_checkpoint(path)
+    check_belongs_to_run(store, run_id, checkpoint, path.name)
+    return checkpoint
+
+
+# Settings that may differ between a run's config.json and its checkpoint: how and where it ran.
+RUNTIME_FIELDS = frozenset({"threads", "device", "precision", "name", "data_root", "epochs"})
+
+
+def check_belongs_to_run(store: RunStore, run_id: str, checkpoint: dict, name: str) -> None:
+    """A checkpoint in a run's folder must be that run's: another run's final.pt copied in
+    (another β, another architecture) is refused, never shown as this run's model."""
+    try:
+        own = store.read_config(run_id).to_dict()
+    except Exception:  # noqa: BLE001 - the listing reports an unreadable config.json itself
+        return
+    theirs = RunConfig.from_dict(checkpoint["config"]).to_dict()  # defaults filled, as own
+    differ = sorted(key for key in own.keys() - RUNTIME_FIELDS if theirs.get(key) != own[key])
+    if differ:
+        shown = ", ".join(differ[:5]) + (" …" if len(differ) > 5 else "")
+        raise CheckpointError(f"{name} was not trained by this run: its config differs in {shown}")
 
 
 def checkpoint_problem(store: RunStore, run_id: str) -> str | None:
@@ -81,20 +103,27 @@ def checkpoint_problem(store: RunStore, run_id: str) -> str | None:
         path = store.path(run_id, name)
         if os.path.lexists(path):
             try:
-                read_checkpoint(path)
+                check_belongs_to_run(store, run_id, read_checkpoint(path), name)
             except CheckpointError as exc:
                 return f"{name}: {exc}"
     return None
 
 
-def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = None) -> dict:
+def read_checkpoint(
+    source: str | os.PathLike | bytes, max_bytes: int | None = None, mapped: bool = False
+) -> dict:
     """Open a checkpoint from a path or bytes without running any code, then check its layout.
 
     Nothing is built or decompressed before its size is known to be within limits: the zip
     directory's declared sizes (`_check_container`), then the config's parameter count
     (`parameter_count`) before any model is built. Whatever goes wrong, including an exception
     type nobody foresaw, comes back as a CheckpointError with a message of our own.
+
+    With `mapped` (a path only), the weights stay in the file, mapped into memory rather than
+    copied (an upload's temporary file): a large checkpoint costs its size once, not twice.
     """
+    if mapped and not isinstance(source, bytes):
+        return _read_mapped(Path(source), max_bytes or MAX_STORE_CHECKPOINT_BYTES)
     if isinstance(source, bytes):
         data = source
     else:
@@ -110,12 +139,37 @@ def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = N
     if len(data) > limit:
         raise CheckpointError(f"file is {len(data):,} bytes; the limit is {limit:,}")
     _check_container(data)
+    return _load_checked(
+        lambda: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    )
+
+
+def _read_mapped(path: Path, limit: int) -> dict:
     try:
-        checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        fd, info = safe_read.open_regular(path, limit)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.name} does not exist") from None
+    except (safe_read.UnsafeFileError, OSError) as exc:
+        raise CheckpointError(str(exc)) from None
+    with os.fdopen(fd, "rb") as handle:
+        if info.st_size == 0:
+            raise CheckpointError("the file is empty")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            _check_container(view)
+        opened = f"/proc/self/fd/{handle.fileno()}"  # the file checked, whatever the path is now
+        return _load_checked(
+            lambda: torch.load(opened, mmap=True, map_location="cpu", weights_only=True)
+        )
+
+
+def _load_checked(load) -> dict:
+    """`load()` then `validate_checkpoint`, every failure a CheckpointError in our words."""
+    try:
+        checkpoint = load()
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:
-            raise CheckpointError(f"not a loadable checkpoint ({_own_words(exc)})") from None
+            raise CheckpointError(f"not a loadable checkpoint: {_own_words(exc)}") from None
         # torch's own text suggests weights_only=False: exactly what must not be done here.
         raise CheckpointError(
             f"refused: the file asks to import {found.group(1)[:100]}; a checkpoint may hold "
@@ -124,7 +178,7 @@ def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = N
     except MemoryError:
         raise CheckpointError("refused: the file needs more memory than a checkpoint may") from None
     except Exception as exc:  # torch raises many types for foreign, truncated or damaged files
-        raise CheckpointError(f"not a loadable checkpoint ({_own_words(exc)})") from None
+        raise CheckpointError(f"not a loadable checkpoint: {_own_words(exc)}") from None
     try:
         validate_checkpoint(checkpoint)
     except CheckpointError:
@@ -133,20 +187,29 @@ def read_checkpoint(source: str | os.PathLike | bytes, max_bytes: int | None = N
         raise CheckpointError("refused: checking it needs more memory than allowed") from None
     except Exception as exc:  # e.g. a RuntimeError from torch on a shape nobody foresaw
         raise CheckpointError(
-            f"refused: the checkpoint could not be checked ({_own_words(exc)})"
+            f"refused: its contents could not be checked: {_own_words(exc)}"
         ) from None
     return checkpoint
 
 
 def _own_words(exc: BaseException) -> str:
-    """The kind of failure without torch's advice (which may say to use weights_only=False)."""
-    text = _first_line(exc)
-    if "weights_only" in text or "weights only" in text.lower():
-        return type(exc).__name__
-    return text
+    """What went wrong in the app's words: torch's text (C++ file names, operator names, its
+    advice to pass weights_only=False) is never shown to the user."""
+    text = str(exc)
+    if isinstance(exc, RecursionError) or "recursion" in text:
+        return "its contents are nested too deeply"
+    if isinstance(exc, MemoryError) or "alloc" in text:
+        return "it asks for more memory than a checkpoint may use"
+    if "Sparse" in text or "sparse" in text:
+        return "it holds sparse tensors; a checkpoint's weights are dense"
+    if "inline_container" in text or "zip" in text.lower() or "archive" in text:
+        return "its archive is damaged or truncated"
+    if "storage" in text.lower() or "size" in text.lower():
+        return "a tensor's stored data does not match its declared size"
+    return "its contents are damaged or not what torch.save writes"
 
 
-def _check_container(data: bytes) -> None:
+def _check_container(data: bytes | mmap.mmap) -> None:
     """A torch.save file is a zip archive holding <name>/data.pkl; check it before torch reads it.
 
     torch.save stores every entry uncompressed, so an entry that is compressed (which could
@@ -155,13 +218,14 @@ def _check_container(data: bytes) -> None:
     """
     if not data:
         raise CheckpointError("the file is empty")
-    if not data.startswith(b"PK\x03\x04"):
+    if data[:4] != b"PK\x03\x04":
         raise CheckpointError(
             "not a checkpoint: files saved by torch.save are zip archives and this one is not "
             "(an image, a text file, a bare pickle or damaged data?)"
         )
     try:
-        entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
+        readable = data if isinstance(data, mmap.mmap) else io.BytesIO(data)  # mapped: no copy
+        entries = zipfile.ZipFile(readable).infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise CheckpointError(
             "the file is truncated or damaged (its zip index is unreadable)"
@@ -190,11 +254,6 @@ def _check_container(data: bytes) -> None:
         )
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
 def validate_checkpoint(checkpoint) -> RunConfig:
     """Check keys, config, shapes and values; return the config. Raises CheckpointError."""
     if not isinstance(checkpoint, dict):
@@ -216,7 +275,8 @@ def validate_checkpoint(checkpoint) -> RunConfig:
             f"latent {config.latent_dim}, images {image_shape}); at most {MAX_PARAMETERS:,}"
         )
     try:
-        reference = build_model(config, image_shape).state_dict()
+        with torch.device("meta"):  # shapes only: no memory for a model that is never used
+            reference = build_model(config, image_shape).state_dict()
     except (ConfigError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"config is not valid: {exc}") from None
     state = checkpoint["model_state"]
@@ -227,21 +287,34 @@ def validate_checkpoint(checkpoint) -> RunConfig:
         )
     for key, expected in reference.items():
         tensor = state[key]
+        if isinstance(tensor, torch.Tensor) and tensor.layout != torch.strided:
+            raise CheckpointError(f"{key} is a sparse tensor; weights must be dense")
         if not isinstance(tensor, torch.Tensor) or tensor.shape != expected.shape:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
             raise CheckpointError(f"{key} has shape {got}, expected {tuple(expected.shape)}")
         if tensor.dtype not in FLOAT_TYPES:
             raise CheckpointError(f"{key} holds {tensor.dtype} values; weights must be real floats")
-        if not bool(torch.isfinite(tensor).all()):
+        if not _all_finite(tensor):
             raise CheckpointError(f"{key} contains NaN or inf weights")
-    if not isinstance(checkpoint["epoch"], int) or checkpoint["epoch"] < 0:
-        raise CheckpointError("epoch must be a non-negative integer")
+    for key in ("epoch", "step"):
+        if not _whole(checkpoint[key]) or not 0 <= checkpoint[key] <= MAX_COUNTER:
+            raise CheckpointError(
+                f"{key} must be a whole number from 0 to {MAX_COUNTER:,}, "
+                f"not {str(checkpoint[key])[:40]}"
+            )
     if not isinstance(checkpoint["metrics"], dict):
         raise CheckpointError("metrics must be a dictionary")
     for key, value in checkpoint["metrics"].items():
         if isinstance(value, float) and not math.isfinite(value) and key != "capacity":
             raise CheckpointError(f"metric {key} is {value}")
     return config
+
+
+def _all_finite(tensor: torch.Tensor, chunk: int = 1 << 22) -> bool:
+    """No NaN or inf, checked a few million values at a time (fp16 is widened to check it: a
+    whole 32-million-value tensor at once would need 128 MB more)."""
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
 
 
 def checked_image_shape(value) -> tuple[int, int, int]:
@@ -275,6 +348,20 @@ def parameter_count(config: RunConfig, image_shape: tuple[int, int, int]) -> int
     except (ConfigError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"config is not valid: {exc}") from None
     return sum(t.numel() for t in model.state_dict().values())
+
+
+def model_sharing_weights(checkpoint: dict) -> VAE:
+    """The checkpoint's model on its own tensors (no copy, in their dtype when they share one):
+    what an upload's pictures need without a second model's worth of memory."""
+    config = RunConfig.from_dict(checkpoint["config"])
+    state = checkpoint["model_state"]
+    dtypes = {t.dtype for t in state.values()}
+    if len(dtypes) != 1 or dtypes == {torch.float64}:
+        state = {k: t.float() for k, t in state.items()}
+    with torch.device("meta"):
+        model = build_model(config, tuple(checkpoint["image_shape"]))
+    model.load_state_dict(state, assign=True)
+    return model.eval()
 
 
 def model_from_checkpoint(checkpoint: dict, device: str | torch.device = "cpu") -> VAE:

@@ -184,16 +184,6 @@ def append_bytes(path: Path, data: bytes) -> os.stat_result:
         return os.fstat(handle.fileno())
 
 
-def touch(path: Path) -> None:
-    """Set `path`'s modification time to now, creating it if needed (a change signal)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            os.utime(fd)
-        finally:
-            os.close(fd)
-
-
 def mtime_ns(path: Path) -> int | None:
     try:
         return os.stat(path).st_mtime_ns

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution.backend import Backend, Job
-from vae.execution.backends import make_backend
-from vae.execution.layout import Layout, cached_layout, choose_layout
+from vae.execution.backends import backend_from_settings
+from vae.execution.layout import Layout, cached_layout, default_layout, start_background_measurement
 from vae.execution.lease import is_held, stalled_for
 from vae.execution.preflight import sweep_finding
+from vae.execution.root_files import open_root_file
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
 from vae.execution.store import RunRecord, RunStore, StoreError
 from vae.learn.config import RunConfig, can_train_together, stack_key, sweep_betas
@@ -34,6 +35,7 @@ from vae.learn.config import RunConfig, can_train_together, stack_key, sweep_bet
 MAX_SEEDS = 32  # seeds per β in one sweep
 CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is killed
 CANCEL_POLL_S = 0.05  # how often `cancel(wait_s=…)` looks whether the run has stopped
+LAYOUT_LOOK_S = 5.0  # while no layout is measured, how often the cache is looked at again
 
 
 @dataclass
@@ -46,7 +48,7 @@ class JobManager:
 
     store: RunStore
     max_concurrent: int | None = None
-    backend: Backend = field(default_factory=make_backend)  # VAE_BACKEND's (local by default)
+    backend: Backend = field(default_factory=lambda: backend_from_settings()[0])  # VAE_BACKEND
     threads_per_job: int = 0  # 0: the backend's, else from the layout, or cores / max_concurrent
     batch_sweeps: bool = True  # a sweep's runs that differ only in β train as stacks
 
@@ -56,6 +58,7 @@ class JobManager:
         self._cancel_asked: dict[str, float] = {}  # run id -> when its cancel was asked
         self._foreign_jobs: set[str] = set()  # live jobs on the store that this one cannot watch
         self._layout: Layout | None = None
+        self._layout_looked = 0.0  # when the layout cache was last read (while none was found)
         self._lock = threading.RLock()
         self._scheduler: threading.Thread | None = None
         self._stop = threading.Event()
@@ -149,20 +152,31 @@ class JobManager:
 
     # ---- the reconcile loop ------------------------------------------------------------
     def layout(self) -> Layout:
-        """Jobs at once and threads per job: the settings given, else the measured layout."""
+        """Jobs at once and threads per job: the settings given, else the measured layout, else
+        (until a measurement lands) one single-thread job per core. Never waits to measure."""
         cores = os.cpu_count() or 1
         if self.max_concurrent is not None:
             threads = self.threads_per_job or max(1, cores // self.max_concurrent)
             return Layout(self.max_concurrent, threads)
-        if self._layout is None:
-            self._layout = cached_layout(self.store.root)
-        return self._layout or Layout(cores, self.threads_per_job or 1)
+        if self._layout is None and time.monotonic() - self._layout_looked > LAYOUT_LOOK_S:
+            self._layout_looked = time.monotonic()
+            self._layout = cached_layout()
+        found = self._layout or default_layout(cores)
+        return Layout(found.processes, self.threads_per_job or found.threads, found.images_per_s)
 
-    def measure_layout(self) -> Layout:
-        """Measure (once per machine, cached in the store) and use the fastest layout."""
-        if self.max_concurrent is None:
-            self._layout = choose_layout(self.store.root)
-        return self.layout()
+    def measure_layout_in_background(self) -> None:
+        """Start this machine's layout measurement (once per process, one per machine) if none is
+        cached, this manager chooses its layout, and nothing of ours trains right now."""
+        if self.max_concurrent is not None or self.backend.cluster or self.jobs:
+            return
+        if self.layout().images_per_s > 0:
+            return
+
+        def landed(layout: Layout | None) -> None:
+            if layout is not None:
+                self._layout = layout
+
+        start_background_measurement(landed)
 
     def threads(self) -> int:
         return self.threads_per_job or self.layout().threads
@@ -295,13 +309,10 @@ class JobManager:
             return
 
         def loop():
-            try:
-                self.measure_layout()  # first use on this machine: seconds, in niced processes
-            except Exception as exc:  # measuring is an optimisation: keep the default layout
-                print(f"job manager: layout not measured: {exc}", file=sys.stderr)
             while not self._stop.wait(interval_s):
                 try:
                     self.reconcile()
+                    self.measure_layout_in_background()  # in niced processes, while idle
                 except Exception as exc:  # keep scheduling; a bad folder must not stop the queue
                     print(f"job manager: {exc}", file=sys.stderr)
 
@@ -338,10 +349,11 @@ class _StoreLock:
 
     def __enter__(self):
         self.root.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.root / ".scheduler.lock", "a")  # noqa: SIM115
+        # Never a plain open(): a named pipe at this name would block every page for good.
+        self.handle = open_root_file(self.root / ".scheduler.lock")
         fcntl.flock(self.handle, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc):
         fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+        os.close(self.handle)

@@ -75,14 +75,21 @@ def is_held(run_dir: Path) -> bool:
         os.close(fd)
 
 
+CLOCK_SLACK_S = 5.0  # a heartbeat this far in the future is not trusted
+
+
 def heartbeat_age(run_dir: Path) -> float | None:
     """Seconds since the lease holder last touched the lease file; None if there is none."""
     try:
-        return max(
-            0.0, time.time() - os.stat(Path(run_dir) / "lease", follow_symlinks=False).st_mtime
-        )
+        info = os.stat(Path(run_dir) / "lease", follow_symlinks=False)
     except OSError:
         return None
+    now = time.time()
+    if info.st_mtime > now + CLOCK_SLACK_S:
+        # Dated in the future (a clock set back, a hand-edited time): a live holder would have
+        # touched it since. The inode's change time, which no one can set, says when that was.
+        return max(0.0, now - info.st_ctime)
+    return max(0.0, now - info.st_mtime)
 
 
 def stalled_for(run_dir: Path) -> float | None:

@@ -32,6 +32,7 @@ from vae.execution.files import (
     remove_root_leftovers,
 )
 from vae.execution.lease import stalled_for
+from vae.execution.root_files import report
 from vae.execution.run_folder import CHANGES_FILE, RunFolders, is_valid_run_id
 from vae.execution.schema import SchemaError, check_config_types, check_eval, check_status
 from vae.execution.series import Series, load_series
@@ -366,7 +367,13 @@ class Listing:
             data = safe_read.read_json(self.root / INDEX_FILE, INDEX_MAX_BYTES)
             runs = data["runs"] if data.get("version") == 1 else {}
             entries = list(runs.items())
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as exc:
+            report(self.root / INDEX_FILE, f"not used ({exc}); it is written again")
+            if isinstance(exc, safe_read.UnsafeFileError):  # a pipe or a huge file: out of the way
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / INDEX_FILE)
             return
         for run_id, entry in entries:
             with contextlib.suppress(StoreError, SchemaError, ConfigError, ValueError, TypeError,

@@ -24,6 +24,7 @@ from vae.execution.procs import (
     signal_process,
     this_host,
 )
+from vae.execution.root_files import LOG_MAX_BYTES, open_root_file
 from vae.execution.store import RunStore
 
 # Workers run below the server's priority: on a machine as busy as its cores, the page still
@@ -80,14 +81,15 @@ class LocalProcessBackend:
         command = [sys.executable, "-m", "vae.execution.worker", "--store", str(store.root)]
         command += ["--threads", str(threads), "--nice", str(WORKER_NICENESS), *run_ids]
         store.root.mkdir(parents=True, exist_ok=True)
-        log = open(store.root / ".worker.log", "ab")  # noqa: SIM115 - the child owns it
+        # Not a plain open(): a named pipe at this name would block the scheduler for good.
+        log = open_root_file(store.root / ".worker.log", LOG_MAX_BYTES, append=True)
         try:
             process = subprocess.Popen(
                 command, env=env, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         finally:
-            log.close()
+            os.close(log)
         start = local_ref(process.pid)["pid_start"]
         return LocalJob(store, list(run_ids), process.pid, start, process)
 

@@ -47,9 +47,9 @@ from vae.execution.files import (
     fsync_dir,
     overwrite_in_place,
     remove_leftovers,
-    touch,
 )
 from vae.execution.labels import LABELS_FILE, MAX_LABELS_BYTES, clean_labels
+from vae.execution.root_files import touch_root_file
 from vae.execution.schema import SchemaError, check_config_types, check_eval, check_status
 from vae.execution.series import MAX_METRICS_BYTES, Series, file_signature, load_series
 from vae.execution.states import ACTIVE, RunState, check_transition
@@ -159,7 +159,8 @@ class RunFolders:
         process's listing which run changed (`rewritten`: metrics.jsonl was replaced)."""
         if self.on_change is not None:
             self.on_change(run_id, rewritten)
-        touch(self.root / CHANGES_FILE)
+        with contextlib.suppress(OSError):
+            touch_root_file(self.root / CHANGES_FILE)  # never blocked by a pipe at that name
 
     # ---- reading -------------------------------------------------------------------------
     def read_json(self, run_id: str, name: str):
@@ -210,6 +211,8 @@ class RunFolders:
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     continue
                 if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                    if rows and row["epoch"] <= rows[-1]["epoch"]:
+                        continue  # a repeated line: each epoch once (the listing says broken)
                     rows.append(row)
         except FileNotFoundError:
             return []

@@ -74,23 +74,28 @@ def read_bytes(path: str | os.PathLike, max_bytes: int, offset: int = 0) -> byte
 
     Reads at most max_bytes + 1 even if the file grew after the fstat, so the limit holds.
     """
-    fd, _ = open_regular(path, max_bytes)
+    fd, info = open_regular(path, max_bytes)
     try:
         if offset:
             os.lseek(fd, offset, os.SEEK_SET)
-        chunks, left = [], max_bytes + 1 - offset
+        # One read of the size fstat gave (a regular file comes back whole): a large file is
+        # held once, not in chunks and again joined. A file that grew since is read on, up to
+        # the limit, so the limit holds.
+        chunks, filled = [], 0
+        left = max_bytes + 1 - offset
+        size = max(0, min(info.st_size, max_bytes) - offset)
         while left > 0:
-            chunk = os.read(fd, min(left, 4 * MIB))
+            chunk = os.read(fd, min(left, size - filled if filled < size else 4 * MIB))
             if not chunk:
                 break
             chunks.append(chunk)
+            filled += len(chunk)
             left -= len(chunk)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
-    if len(data) + offset > max_bytes:
+    if filled + offset > max_bytes:
         raise UnsafeFileError(f"{Path(path).name} grew past the limit of {max_bytes:,} bytes")
-    return data
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def read_lines(
@@ -127,9 +132,15 @@ def read_json(path: str | os.PathLike, max_bytes: int):
 
 def parse_json(data: bytes, name: str):
     """json.loads that reports every failure (bad UTF-8, bad syntax, absurd nesting) as ValueError."""
+    if not data.strip():
+        raise ValueError(f"{name} is empty (a write cut off, or a file emptied by hand)")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name} is unreadable: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{name} is unreadable: it is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:  # the parser's words, e.g. "Expecting value", stay out
+        raise ValueError(
+            f"{name} is unreadable: not valid JSON at line {exc.lineno}, column {exc.colno}"
+        ) from None
     except RecursionError:
         raise ValueError(f"{name} is unreadable: nested too deeply") from None

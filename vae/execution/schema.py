@@ -16,6 +16,7 @@ STATES = tuple(RunState)  # defined in vae.execution.states
 MAX_TIME = 1e11  # seconds since 1970: year 5138; later values overflow time.localtime
 MAX_LATENT = 4096  # per-dimension lists longer than this are not a run of this app
 MAX_TEXT = 10_000
+MAX_EPOCH = 10**7  # far beyond any run (the settings stop at thousands), far below absurd
 
 
 class SchemaError(ValueError):
@@ -98,8 +99,8 @@ def check_metrics_line(row, latent_dim: int | None = None, line: int | None = No
     where = "metrics.jsonl" + (f" line {line}" if line is not None else "")
     if not isinstance(row, dict):
         raise SchemaError(f"{where} must hold a dictionary, not {type(row).__name__}")
-    _check(_whole(row.get("epoch")) and row["epoch"] >= 1, where, "epoch", "a whole number >= 1",
-           row.get("epoch"))  # fmt: skip
+    _check(_whole(row.get("epoch")) and 1 <= row["epoch"] <= MAX_EPOCH, where, "epoch",
+           f"a whole number from 1 to {MAX_EPOCH:,}", row.get("epoch"))  # fmt: skip
     step = row.get("step", 0)
     _check(_whole(step) and step >= 0, where, "step", "a whole number", step)
     for name in METRIC_NUMBERS:
@@ -120,9 +121,22 @@ def check_metrics_line(row, latent_dim: int | None = None, line: int | None = No
             f"{where}: per-dimension lists have {lengths.pop()} entries; the config says "
             f"{latent_dim} latent dimensions"
         )
+    dims = latent_dim if latent_dim is not None else next(iter(lengths))
+    _check(units <= dims, where, "active_units", f"at most the {dims} latent dimensions", units)
     for name in OPTIONAL_NUMBERS:
         if name in row and row[name] is not None:
             _check(_number(row[name]), where, name, "a finite number or null", row[name])
+    return row
+
+
+def check_next_epoch(row: dict, previous: dict | None, line: int | None = None) -> dict:
+    """Epochs strictly increase from line to line (a repeated line is damage, not a new epoch)."""
+    if previous is not None and row["epoch"] <= previous["epoch"]:
+        where = "metrics.jsonl" + (f" line {line}" if line is not None else "")
+        raise SchemaError(
+            f"{where}: epoch {row['epoch']} does not follow epoch {previous['epoch']} "
+            "(epochs must increase)"
+        )
     return row
 
 

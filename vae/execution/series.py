@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae.execution import safe_read
-from vae.execution.schema import SchemaError, check_metrics_line
+from vae.execution.schema import SchemaError, check_metrics_line, check_next_epoch
 
 DISPLAY_POINTS = 100  # epochs kept for charts: between 50 and 100, evenly spaced, plus the last
 SUMMARY_VERSION = 1
@@ -62,7 +62,7 @@ class Series:
 
     def add_line(self, line: bytes) -> None:
         """Add one epoch line as the worker wrote it (ValueError, SchemaError when it is bad)."""
-        self.add(check_metrics_line(json.loads(line), self.latent_dim))
+        self.add(check_next_epoch(check_metrics_line(json.loads(line), self.latent_dim), self.last))
 
     def display(self) -> list[dict]:
         """The thinned epochs in order, always ending with the latest one."""
@@ -83,6 +83,7 @@ class Series:
                 row = check_metrics_line(
                     safe_read.parse_json(line, "metrics.jsonl"), self.latent_dim, number
                 )
+                check_next_epoch(row, self.last, number)
             except (SchemaError, ValueError) as exc:
                 self.problem = (
                     str(exc)

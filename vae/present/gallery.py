@@ -83,10 +83,36 @@ def sweeps(records: list[RunRecord]) -> list[Sweep]:
     return sorted(found, key=lambda s: (s.created, s.group), reverse=True)
 
 
+GALLERY_MAX_ROWS = 24  # rows of pictures drawn for one sweep; more are thinned evenly
+CHART_MAX_RUNS = 1_000  # points in the sweep's unit-count chart
+
+
+def evenly(runs: list, most: int) -> list:
+    """At most `most` of `runs`, evenly spaced, always keeping the first and the last."""
+    if len(runs) <= most:
+        return list(runs)
+    if most < 2:
+        return list(runs[:most])
+    step = (len(runs) - 1) / (most - 1)
+    return [runs[round(i * step)] for i in range(most)]
+
+
+def shown_rows(sweep: Sweep) -> tuple[list, str | None]:
+    """The runs whose pictures the gallery draws, and a note when some are left out."""
+    runs = evenly(sweep.runs, GALLERY_MAX_ROWS)
+    if len(runs) == len(sweep.runs):
+        return runs, None
+    return runs, (
+        f"This sweep has {len(sweep.runs):,} runs; the gallery draws {len(runs)} of them, evenly "
+        "spaced in β from the smallest to the largest (the chart shows up to "
+        f"{CHART_MAX_RUNS:,}; `python -m vae list` lists them all)."
+    )
+
+
 def gallery_frame(sweep: Sweep) -> pd.DataFrame:
     """β, epoch, R, D and both unit counts of every run of a sweep (at its latest epoch)."""
     rows = []
-    for r in sweep.runs:
+    for r in evenly(sweep.runs, CHART_MAX_RUNS):
         m = r.last_metrics
         counts = unit_counts(m)
         rows.append(
