@@ -189,11 +189,12 @@ STORE_WRITERS = {
     "vae/execution/listing.py": "the listing's own .index.json (a cache, through files.py)",
     "vae/execution/layout.py": "the store root's .layout.json (through files.py)",
     "vae/execution/lease.py": "a run's lease: an OS lock and a heartbeat, no data",
-    "vae/execution/jobs.py": "the store root's .scheduler.lock: an OS lock, no data",
-    "vae/execution/local.py": "the store root's .worker.log: the workers' output",
     "vae/execution/ray_backend.py": "removes its node-local temporary store when a job ends",
     "vae/present/figure_files.py": "figures into the folder the user names (--out), not a run's",
     "vae/execution/export.py": "model files into the folder the user names (--out), not a run's",
+    "vae/execution/root_files.py": "the store root's own small files (.changes, locks, .worker.log)",
+    "vae/present/upload.py": "removes an upload's temporary file once it is inspected",
+    "ui.py": "removes an upload's temporary file when the user clears it",
 }
 WRITE_CALLS = {  # by any name: the store's primitives and pathlib's writers
     "atomic_write_bytes", "atomic_write_json", "overwrite_in_place", "append_bytes", "touch",
