@@ -274,6 +274,7 @@ def parameter_count(config: RunConfig, image_shape: tuple[int, int, int]) -> int
     """
     channels, height, width = image_shape
     latent, hidden = config.latent_dim, list(config.hidden_dims)
+    hidden = [] if config.architecture == "linear" else hidden  # linear: no hidden layer
     likelihood = 1 if config.likelihood == "gaussian" else 0  # the log-variance (or its buffer)
     if config.architecture == "conv":
         if height != width or height not in (28, 32, 64):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from vae.learn.datasets import DATASETS
 
-ARCHITECTURES = ("mlp", "conv")
+ARCHITECTURES = ("mlp", "conv", "linear")
 LIKELIHOODS = ("bernoulli", "gaussian")
 OBJECTIVES = ("beta", "capacity", "warmup", "free_bits")
 DEVICES = ("auto", "cpu", "cuda")
@@ -161,6 +161,9 @@ def validation_errors(config: RunConfig) -> dict[str, str]:
             errors[name] = (
                 f"unknown value {getattr(config, name)!r}; choose one of {', '.join(allowed)}"
             )
+    if config.dataset in DATASETS and DATASETS[config.dataset].unbounded:  # values outside [0, 1]
+        if config.likelihood != "gaussian":
+            errors["likelihood"] = "this data set's values leave [0, 1]: choose gaussian"
     if not isinstance(config.name, str) or len(config.name) > 200:
         errors["name"] = "must be text of at most 200 characters"
     return errors

@@ -271,7 +271,7 @@ def train_models(
             with autocast(precision, device):
                 logits, mu, logvar = stack.forward(xb, eps)
             logits, mu, logvar = logits.float(), mu.float(), logvar.float()  # loss terms in fp32
-            nll = pixel_nll(config.likelihood, xb.flatten(1), logits, stack.decoder_log_var())
+            nll = pixel_nll(stack.likelihood, xb.flatten(1), logits, stack.decoder_log_var())
             distortion, kl = nll.sum(-1), kl_per_dim(mu, logvar)  # [K, B], [K, B, J]
             loss = objective(distortion, kl, step)  # [K]
             optimizer.zero_grad(set_to_none=True)
