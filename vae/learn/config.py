@@ -161,9 +161,9 @@ def validation_errors(config: RunConfig) -> dict[str, str]:
             errors[name] = (
                 f"unknown value {getattr(config, name)!r}; choose one of {', '.join(allowed)}"
             )
-    if config.dataset in DATASETS and DATASETS[config.dataset].unbounded:  # values outside [0, 1]
-        if config.likelihood != "gaussian":
-            errors["likelihood"] = "this data set's values leave [0, 1]: choose gaussian"
+    unbounded = config.dataset in DATASETS and DATASETS[config.dataset].unbounded
+    if unbounded and config.likelihood != "gaussian":  # Bernoulli needs values in [0, 1]
+        errors["likelihood"] = "this data set's values leave [0, 1]: choose gaussian"
     if not isinstance(config.name, str) or len(config.name) > 200:
         errors["name"] = "must be text of at most 200 characters"
     return errors

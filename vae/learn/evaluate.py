@@ -20,6 +20,7 @@ from vae.learn.datasets import SHAPES_FACTOR_SIZES
 from vae.learn.engine import test_inputs
 from vae.learn.metrics import eval_mode, posterior_summary
 from vae.learn.objective import kl_per_dim
+from vae.learn.theory import covariance_spectrum, predict, rate_split, theory_baseline, theory_exact
 
 # Elements in the largest tensor of one decoder call (2**24 float32 = 64 MB, logits or a hidden
 # layer), so k=5000 fits in memory for any image size. Not smaller: on CPU, glibc serves blocks of
@@ -337,7 +338,10 @@ def evaluate_model(
 
     Posterior summary (ELBO, rate, distortion, per-dim KL, variances, active units) on the test
     inputs the training loop also uses, the mean IWAE bound with k=iw_samples, and MIG when the
-    data set has ground-truth factors (else None). `progress` goes to `iwae_bound`, the slow part.
+    data set has ground-truth factors (else None), the rate's split into I_q(x; z) and
+    KL(q(z) ‖ p(z)) over the N test points (with ln N, I_q's ceiling), and the closed-form
+    prediction when the likelihood is a fixed-σ Gaussian (`theory["exact"]`: the model is linear,
+    so it is this run's optimum; else a linear baseline). `progress` goes to `iwae_bound`.
     """
     started = time.perf_counter()
     x = test_inputs(config, dataset, model_device(model))
@@ -345,11 +349,17 @@ def evaluate_model(
     iwae = iwae_bound(
         model, x, k=iw_samples, generator=_generator(model, seed + 1), progress=progress
     )
+    mu, logvar = posterior_means(model, x)
+    split = rate_split(mu, logvar, generator=torch.Generator().manual_seed(seed + 2))
     mig = None
     factors = getattr(dataset.test, "factors", None)
     if factors is not None:
-        mu, _ = posterior_means(model, x)
         mig = mutual_information_gap(mu, factors, _factor_sizes(dataset, factors))
+    theory = None
+    if theory_exact(config) or theory_baseline(config):
+        spectrum = covariance_spectrum(dataset.train.x)
+        theory = predict(spectrum, config.beta, config.gaussian_std**2, config.latent_dim).to_dict()
+        theory["exact"] = theory_exact(config)
     result = {
         **summary.to_dict(),
         "iwae": float(iwae.mean()),
@@ -357,6 +367,8 @@ def evaluate_model(
         "n_test": len(x),
         "likelihood": config.likelihood,
         "mig": mig,
+        **split,
+        "theory": theory,
         "seed": int(seed),
         "eval_seconds": time.perf_counter() - started,
         "evaluated_at": time.time(),

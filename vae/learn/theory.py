@@ -40,9 +40,12 @@ def theory_exact(config) -> bool:
 def theory_baseline(config) -> bool:
     """The closed form is a linear baseline for this run (same data, likelihood and objective, a
     non-linear model): a better model can only do better, so its runs may lie below the curve."""
-    return config.likelihood == "gaussian" and not config.learn_variance and not theory_exact(
-        config
-    ) and config.objective == "beta"
+    return (
+        config.likelihood == "gaussian"
+        and not config.learn_variance
+        and not theory_exact(config)
+        and config.objective == "beta"
+    )
 
 
 # ---- the data's spectrum ---------------------------------------------------------------------------
@@ -152,7 +155,11 @@ def rate_split(
     std = torch.exp(0.5 * logvar)
     total = 0.0
     for start in range(0, n, chunk):
-        m, s, lv = mu[start : start + chunk], std[start : start + chunk], logvar[start : start + chunk]
+        m, s, lv = (
+            mu[start : start + chunk],
+            std[start : start + chunk],
+            logvar[start : start + chunk],
+        )
         eps = torch.randn((samples, *m.shape), generator=generator, dtype=torch.float64)
         z = m + s * eps  # [S, c, J]
         own = _log_normal(z, m, lv)  # [S, c]
