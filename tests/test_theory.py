@@ -99,14 +99,16 @@ def trained():
     data = load_dataset("gaussian")
     configs = [linear_config(b) for b in BETAS]
     states = train_models(configs, dataset=data).states
-    evals = [evaluate_model(s.model, data, c, iw_samples=4) for s, c in zip(states, configs)]
+    evals = [
+        evaluate_model(s.model, data, c, iw_samples=4) for s, c in zip(states, configs, strict=True)
+    ]
     return data, configs, evals
 
 
 def test_trained_linear_runs_land_on_the_prediction(trained):
     data, configs, evals = trained
     lam = covariance_spectrum(data.train.x)
-    for config, result in zip(configs, evals):
+    for config, result in zip(configs, evals, strict=True):
         p = predict(lam, config.beta, NOISE_VAR, 8)
         learned = sorted(result["kl_per_dim"], reverse=True)
         np.testing.assert_allclose(learned, p.kl_per_dim, atol=0.05)
