@@ -6,6 +6,13 @@ import streamlit as st
 
 from ui import list_runs, refresh_on_change
 from vae.execution.states import RunState
+from vae.present.theory_view import (
+    frontier_frame,
+    has_theory,
+    predicted_table,
+    rate_split_columns,
+    theory_note,
+)
 from vae.present.tradeoff import (
     beta_domain,
     beta_values,
@@ -75,9 +82,21 @@ def live_chart(chosen_set: str) -> None:
     running = int((frame["state"] == RunState.RUNNING).sum())
     training = f" · {running} still training (drawn faded)" if running else ""
     st.caption(f"{len(frame)} runs{training} · updates every 2 s")
+    config = records[0].config if records and chosen_set != EVERY_RUN else None
+    theory = None
+    if config is not None and not frame.empty:
+        st.caption(theory_note(config))
+        if has_theory(config):
+            theory = frontier_frame(config, list(frame["beta"]))
     event = st.altair_chart(
-        tradeoff_chart(frame, show_slopes), on_select="rerun", key="tradeoff_chart"
+        tradeoff_chart(frame, show_slopes, theory), on_select="rerun", key="tradeoff_chart"
     )
+    if theory is not None:
+        st.caption(
+            "Black line: the predicted frontier R(β), D(β); black crosses: the prediction at each "
+            "run's β, where a run at its optimum would sit."
+        )
+        st.dataframe(predicted_table(frame, records).round(3), hide_index=True, key="theory_table")
     if show_slopes:
         slopes = frontier_slopes(frame)
         st.caption(
@@ -114,9 +133,18 @@ def live_chart(chosen_set: str) -> None:
         st.altair_chart(curves_chart(curves, beta_domain(frame), beta_values(frame)))
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
-               "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip
-    table = frame[list(columns)].round({"rate": 2, "distortion": 2, "neg_elbo": 2})
+               "active_units": "active (Burda)", "mutual_info": "I_q(x;z)",
+               "marginal_kl": "KL(q(z)‖p(z))", "epoch": "epoch", "state": "state"}  # fmt: skip
+    table = frame.merge(rate_split_columns(records), on="run_id", how="left")[list(columns)]
+    table = table.round({"rate": 2, "distortion": 2, "neg_elbo": 2, "mutual_info": 2,
+                         "marginal_kl": 2})  # fmt: skip
     st.dataframe(table.rename(columns=columns), hide_index=True, key="runs_table")
+    st.caption(
+        "R = I_q(x; z) + KL(q(z) ‖ p(z)) (Hoffman & Johnson 2016), from each run's evaluation on "
+        "the N test points: I_q is the information z carries about which point x is and can "
+        "never exceed ln N (6.91 nats for 1,000 points); the rest of R is the aggregate "
+        "posterior q(z)'s mismatch with the prior. Empty until a run is evaluated."
+    )
 
 
 page_records = list_runs()

@@ -126,6 +126,7 @@ def check_metrics_line(row, latent_dim: int | None = None, line: int | None = No
 
 
 EVAL_NUMBERS = ("elbo", "iwae", "rate", "distortion", "mig", "eval_seconds", "evaluated_at")
+EVAL_NUMBERS += ("mutual_info", "marginal_kl", "log_n")  # where the rate goes (vae.learn.theory)
 EVAL_WHOLE = ("active_units", "n_test", "iw_samples", "epoch", "seed")
 
 

@@ -11,7 +11,8 @@ of the top J directions leaves min(λᵢ, s²) of its variance unexplained, the 
 and along β the frontier has slope dD/dR = −β exactly.
 
 Rate split (Hoffman & Johnson 2016): R = I_q(x; z) + KL(q(z) ‖ p(z)), q(z) the mean of the N
-posteriors of the points used; I_q ≤ ln N. No I/O here: numbers in, numbers out.
+posteriors of the points used; I_q ≤ ln N. No I/O here: numbers in, numbers out. torch is
+imported by the two functions that take tensors, so pages can draw the closed form without it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -49,9 +49,11 @@ def theory_baseline(config) -> bool:
 
 
 # ---- the data's spectrum ---------------------------------------------------------------------------
-def covariance_spectrum(x: torch.Tensor | np.ndarray) -> np.ndarray:
+def covariance_spectrum(x) -> np.ndarray:
     """Eigenvalues (largest first, float64, clipped at 0) of the covariance of the rows of x
     flattened to [N, d], normalised by N (the maximum-likelihood covariance the optimum uses)."""
+    import torch
+
     data = torch.as_tensor(x).reshape(len(x), -1).double()
     centred = data - data.mean(0)
     cov = centred.T @ centred / len(data)
@@ -126,16 +128,16 @@ def frontier_betas(eigenvalues: Sequence[float], noise_var: float, points: int =
 
 
 # ---- where the rate goes -------------------------------------------------------------------------
-def _log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mu, diag exp(logvar)) summed over the last axis (broadcasting)."""
-    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+def _log_normal(z, mu, logvar):
+    """log N(z; mu, diag exp(logvar)) summed over the last axis (broadcasting), for tensors."""
+    return -0.5 * (((z - mu) ** 2) * (-logvar).exp() + logvar + LOG_2PI).sum(-1)
 
 
 def rate_split(
-    mu: torch.Tensor,
-    logvar: torch.Tensor,
+    mu,
+    logvar,
     samples: int = 16,
-    generator: torch.Generator | None = None,
+    generator=None,
     budget: int = 2**22,
 ) -> dict:
     """R = I_q(x; z) + KL(q(z) ‖ p(z)) over the N posteriors N(mu[n], exp(logvar[n])).
@@ -144,8 +146,11 @@ def rate_split(
     (log-sum-exp over all N components), `samples` draws per point. Since log q(z) ≥ log q(z|xₙ) −
     ln N for each draw, the estimate never exceeds ln N. R is the exact mean KL(q(z|xₙ) ‖ p(z)),
     and KL(q(z) ‖ p(z)) = R − I_q, so the two add up to R by construction (an unbiased estimate
-    of the marginal KL, Monte Carlo noise included). Returns nats and ln N.
+    of the marginal KL, Monte Carlo noise included). mu, logvar: tensors [N, J]. Returns nats
+    and ln N.
     """
+    import torch
+
     mu, logvar = mu.double().cpu(), logvar.double().cpu()
     n, j = mu.shape
     chunk = max(1, budget // max(1, samples * n * j))  # [S, chunk, N, J] stays near 32 MB
