@@ -14,7 +14,13 @@ from vae.learn.config import (
     validation_errors,
 )
 from vae.learn.datasets import DATASETS, DEFAULT_DATASET
-from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
+from vae.present.demo import (
+    DEMO_GUIDE,
+    LINEAR_DEMO_GUIDE,
+    DemoSettingError,
+    start_demo,
+    start_linear_demo,
+)
 from vae.present.views import (
     active_jobs,
     grouping_text,
@@ -61,6 +67,16 @@ if not manager.store.list_runs(with_metrics=False):
                 )
             except (ValueError, StoreError, DemoSettingError) as exc:
                 st.error(f"Nothing was started: {exc}")
+
+with st.expander("Linear demo: runs that land on a curve predicted in closed form"):
+    st.markdown(LINEAR_DEMO_GUIDE)
+    if st.button("Start the linear demo", key="linear_demo_button"):
+        try:
+            linear_ids = start_linear_demo(manager)
+            st.success(f"Queued the linear demo: {len(linear_ids)} runs (seconds each).")
+            st.page_link("pages/tradeoff.py", label="Open Tradeoff", icon=":material/show_chart:")
+        except (ValueError, StoreError, DemoSettingError) as exc:
+            st.error(f"Nothing was started: {exc}")
 
 
 def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None = None):
@@ -116,7 +132,7 @@ with left:
             "Data root folder", value="data", help="holds MNIST/ or FashionMNIST/"
         )
     errors_at["dataset"] = st.empty()
-    architecture = st.radio("Architecture", ["mlp", "conv"], horizontal=True)
+    architecture = st.radio("Architecture", ["mlp", "conv", "linear"], horizontal=True)
     hidden = st.select_slider(
         "Hidden units", HIDDEN_SIZES, value=400 if architecture == "mlp" else 256
     )
@@ -146,7 +162,7 @@ with middle:
             "beta": "β-VAE: D + β·R",
             "capacity": "Capacity: D + γ·|R − C(t)|",
             "warmup": "KL warm-up: β ramps up linearly",
-            "free_bits": "Free bits: KLⱼ floored at λ",
+            "free_bits": "Free bits: batch-mean KLⱼ floored at λ",
         }.get,
     )
     beta_default = query_default("beta", float, DEFAULTS.beta)
