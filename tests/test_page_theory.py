@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import streamlit as st
@@ -45,10 +44,10 @@ def test_tradeoff_draws_the_predicted_frontier(monkeypatch, theory_store):
     assert any(EXACT_NOTE in c.value for c in at.caption)
     plane = at.get("vega_lite_chart")[0]
     assert len(_layers(plane)) == 6  # ELBO lines, labels, sweep line, theory curve, crosses, points
-    table = at.dataframe(key="theory_table").value
+    table = at.dataframe[0].value  # the theory table, then the runs table
     assert list(table["β"]) == [0.5, 1.0, 2.0]
     assert (table["R theory"] > 0).all() and table["R theory"].is_monotonic_decreasing
-    runs = at.dataframe(key="runs_table").value
+    runs = at.dataframe[-1].value
     assert runs["I_q(x;z)"].notna().all()  # evaluated at the end of training
     assert (runs["I_q(x;z)"] <= math.log(1000) + 1e-9).all()
 
@@ -59,7 +58,7 @@ def test_posterior_shows_the_prediction_and_the_spectrum(monkeypatch, theory_sto
     assert any("learned (bars) and predicted" in m.value for m in at.markdown)
     assert any("Where the rate goes" in c.value and "ln N = 6.91" in c.value for c in at.caption)
     slider = next(s for s in at.select_slider if s.key.startswith("theory_beta-"))
-    slider.set_value(max(slider.options, key=float)).run()  # every dimension collapses
+    slider.set_value(max(float(o) for o in slider.options)).run()  # every dimension collapses
     assert not at.exception, [e.message for e in at.exception]
     assert any("kept." in c.value and ": 0 kept" in c.value for c in at.caption)
 
@@ -82,7 +81,7 @@ def test_kl_page_converts_beta(monkeypatch, tmp_path):
     at.number_input(key="conv_beta").set_value(4.0).run()
     at.number_input(key="conv_latent").set_value(16).run()
     at.number_input(key="conv_pixels").set_value(784).run()
-    table = at.dataframe(key="conventions_table").value
+    table = at.dataframe[0].value
     rows = dict(zip(table["convention"], table["their number"], strict=True))
     assert rows["KL averaged over latents"] == pytest.approx(64.0)
     assert rows["Higgins β_norm"] == pytest.approx(4 * 16 / 784, abs=1e-4)
@@ -100,5 +99,4 @@ def test_linear_demo_button_queues_the_sweep(monkeypatch, tmp_path):
     assert {r.config.architecture for r in runs} == {"linear"}
     manager = JobManager(store)
     manager.wait(manager.active_run_ids(), timeout_s=120)  # 1 epoch each: let them finish
-    time.sleep(0)
     st.cache_resource.clear()
