@@ -11,7 +11,7 @@ from vae.execution.checkpoint import (
     read_checkpoint,
 )
 from vae.execution.store import StoreError
-from vae.learn.evaluate import grid, prior_samples
+from vae.learn.evaluate import MIG_NOTE, grid, prior_samples
 from vae.present.views import metrics_csv, newest, runs_frame
 
 st.title("Checkpoints")
@@ -52,7 +52,9 @@ else:
         if evaluation:
             row = st.container(horizontal=True)  # wraps instead of truncating
             shown = [("elbo", "ELBO"), ("iwae", "IWAE log p(x) ≥"), ("rate", "R"),
-                     ("distortion", "D"), ("active_units", "active units")]  # fmt: skip
+                     ("distortion", "D"), ("active_units", "active units"),
+                     ("mutual_info", "I_q(x;z)"), ("marginal_kl", "KL(q(z)‖p(z))"),
+                     ("mig", "MIG")]  # fmt: skip
             for key, label in shown:
                 if evaluation.get(key) is not None:
                     row.metric(
@@ -61,6 +63,8 @@ else:
                     )
             st.caption(
                 f"test split, {evaluation.get('n_test')} images, IWAE with k = {evaluation.get('iw_samples')}"
+                + (f"; I_q ≤ ln N = {evaluation['log_n']:.2f}" if evaluation.get("log_n") else "")
+                + ("; " + MIG_NOTE if evaluation.get("mig") is not None else "")
             )
         downloads = st.container(horizontal=True)  # full labels in a narrow window
         for name in ("final.pt", "model.pt"):

@@ -76,7 +76,9 @@ for column, record, model, dataset, frame in shown:
         st.markdown("**Inputs and reconstructions** (pairs: input, then its reconstruction)")
         st.image(grid(reconstructions(model, dataset.test.x[:16], 16), nrow=8), width=IMAGE_WIDTH)
         dims = most_active_dims(record.last_metrics["kl_per_dim"], 5)
-        st.markdown("**Traversals** of the most active dimensions, one row each, from −3 to 3")
+        st.markdown(
+            "**Traversals** of the most informative dimensions (largest KLⱼ), one row each, from −3 to 3"
+        )
         st.caption("rows, top to bottom: " + ", ".join(f"z{d}" for d in dims))
         traversal = latent_traversal(model, dataset.test.x[:1], dims)
         st.image(grid(traversal, nrow=9), width=IMAGE_WIDTH)

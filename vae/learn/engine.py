@@ -350,7 +350,7 @@ def epoch_metrics(config, state, losses, seconds, n, objective, test_x) -> dict:
         "train_loss": loss,
         "train_distortion": distortion,
         "train_rate": rate,
-        "kl_weight": float(objective.kl_weight(state.step)),
+        "kl_weight": float(objective.kl_weight(state.step, rate)),  # capacity: γ·sign(R − C)
         "images_per_s": n / seconds,
         "seconds": seconds,
         "time": time.time(),
