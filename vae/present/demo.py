@@ -27,8 +27,9 @@ they finish, look at:
 
 1. **β gallery**: one row per β. Reconstructions blur and samples turn into a generic digit as β
    grows, and the number of informative dimensions falls.
-2. **Posterior**, at the largest β: most bars of KLⱼ are at 0 and their σⱼ² at the prior's 1
-   (collapsed dimensions); at the smallest β every dimension is used.
+2. **Posterior**, at the largest β: most bars of KLⱼ are near 0 and their σⱼ² near the prior's
+   1: those dimensions carry (almost) nothing, whether Burda's test still counts them active
+   ("active only") or not ("collapsed"); at the smallest β every dimension is informative.
 3. **Tradeoff**: raising β moves the runs up and to the left (lower rate R, higher distortion D),
    along a curve whose slope at each run is close to −β.
 """
