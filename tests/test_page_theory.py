@@ -100,3 +100,10 @@ def test_linear_demo_button_queues_the_sweep(monkeypatch, tmp_path):
     manager = JobManager(store)
     manager.wait(manager.active_run_ids(), timeout_s=120)  # 1 epoch each: let them finish
     st.cache_resource.clear()
+
+
+@pytest.mark.parametrize("page", ["pages/gallery.py", "pages/samples.py", "pages/checkpoints.py",
+                                  "pages/kl_term.py"])  # fmt: skip
+def test_other_pages_take_gaussian_vectors(monkeypatch, theory_store, page):
+    at = open_app(monkeypatch, theory_store.root, page)
+    assert not at.exception, [e.message for e in at.exception]
