@@ -10,7 +10,9 @@ from vae.present.theory_view import (
     frontier_frame,
     has_theory,
     predicted_table,
+    rate_split_chart,
     rate_split_columns,
+    rate_split_frame,
     theory_note,
 )
 from vae.present.tradeoff import (
@@ -139,11 +141,15 @@ def live_chart(chosen_set: str) -> None:
     table = table.round({"rate": 2, "distortion": 2, "neg_elbo": 2, "mutual_info": 2,
                          "marginal_kl": 2})  # fmt: skip
     st.dataframe(table.rename(columns=columns), hide_index=True, key="runs_table")
+    split = rate_split_frame([r for r in records if r.run_id in set(frame["run_id"])])
+    if not split.empty:
+        st.markdown("**Where the rate goes**")
+        st.altair_chart(rate_split_chart(split))
     st.caption(
         "R = I_q(x; z) + KL(q(z) ‖ p(z)) (Hoffman & Johnson 2016), from each run's evaluation on "
         "the N test points: I_q is the information z carries about which point x is and can "
-        "never exceed ln N (6.91 nats for 1,000 points); the rest of R is the aggregate "
-        "posterior q(z)'s mismatch with the prior. Empty until a run is evaluated."
+        "never exceed ln N (6.91 nats for 1,000 points, the dashed line); the rest of R is the "
+        "aggregate posterior q(z)'s mismatch with the prior. Empty until a run is evaluated."
     )
 
 

@@ -50,6 +50,8 @@ def test_tradeoff_draws_the_predicted_frontier(monkeypatch, theory_store):
     runs = at.dataframe[-1].value
     assert runs["I_q(x;z)"].notna().all()  # evaluated at the end of training
     assert (runs["I_q(x;z)"] <= math.log(1000) + 1e-9).all()
+    assert any(m.value == "**Where the rate goes**" for m in at.markdown)
+    assert len(at.get("vega_lite_chart")) >= 2  # the plane and the split (curves follow)
 
 
 def test_posterior_shows_the_prediction_and_the_spectrum(monkeypatch, theory_store):

@@ -248,3 +248,42 @@ def rate_split_columns(records) -> pd.DataFrame:
         rows.append({"run_id": r.run_id, "mutual_info": e.get("mutual_info", np.nan),
                      "marginal_kl": e.get("marginal_kl", np.nan)})  # fmt: skip
     return pd.DataFrame(rows, columns=["run_id", "mutual_info", "marginal_kl"])
+
+
+def rate_split_frame(records) -> pd.DataFrame:
+    """Long form for the split chart: per evaluated run, I_q and KL(q(z)‖p(z)), with ln N."""
+    rows = []
+    for r in records:
+        e = r.evaluation or {}
+        if e.get("mutual_info") is None or e.get("marginal_kl") is None or not e.get("log_n"):
+            continue
+        label = f"β={r.config.beta:g} · {r.run_id[-6:]}"
+        for part, value in (("I_q(x; z)", e["mutual_info"]), ("KL(q(z) ‖ p(z))", e["marginal_kl"])):
+            rows.append({"run": label, "beta": r.config.beta, "part": part, "nats": value,
+                         "log_n": e["log_n"]})  # fmt: skip
+    return pd.DataFrame(rows, columns=["run", "beta", "part", "nats", "log_n"])
+
+
+def rate_split_chart(frame: pd.DataFrame) -> alt.LayerChart:
+    """Stacked bars R = I_q + KL(q(z)‖p(z)) per run, and the ceiling ln N that I_q cannot pass."""
+    order = list(dict.fromkeys(frame.sort_values("beta")["run"]))
+    bars = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("run:N", sort=order, title=None, axis=alt.Axis(labelAngle=-30)),
+            y=alt.Y("nats:Q", stack="zero", title="R on the test split (nats)"),
+            color=alt.Color("part:N", scale=alt.Scale(range=["#1f77b4", "#ff7f0e"]),
+                            legend=alt.Legend(orient="bottom", title=None)),
+            tooltip=["run:N", "part:N", alt.Tooltip("nats:Q", format=".3f")],
+        )
+    )  # fmt: skip
+    ceiling = frame.groupby("log_n", as_index=False).size()
+    ceiling["label"] = [f"ln N = {v:.2f}: the most I_q can be" for v in ceiling["log_n"]]
+    rule = alt.Chart(ceiling).mark_rule(color="black", strokeDash=[6, 3]).encode(y="log_n:Q")
+    text = (
+        alt.Chart(ceiling)
+        .mark_text(align="left", dx=4, dy=-6)
+        .encode(y="log_n:Q", x=alt.value(4), text="label:N")
+    )
+    return alt.layer(bars, rule, text).properties(height=260)
