@@ -134,8 +134,9 @@ with left:
     errors_at["dataset"] = st.empty()
     architecture = st.radio("Architecture", ["mlp", "conv", "linear"], horizontal=True)
     hidden = st.select_slider(
-        "Hidden units", HIDDEN_SIZES, value=400 if architecture == "mlp" else 256
-    )
+        "Hidden units", HIDDEN_SIZES, value=400 if architecture == "mlp" else 256,
+        disabled=architecture == "linear", help="linear: no hidden layer",
+    )  # fmt: skip
     latent_dim = st.slider(
         "Latent dimensions J", 1, 64, query_default("latent_dim", int, DEFAULTS.latent_dim, (1, 64))
     )
