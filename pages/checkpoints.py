@@ -15,6 +15,7 @@ from vae.execution.checkpoint import MAX_UPLOAD_BYTES, checkpoint_problem, load_
 from vae.execution.export import export_zip
 from vae.execution.film import FILM_FILE
 from vae.execution.store import StoreError
+from vae.learn.evaluate import MIG_NOTE
 from vae.present.film_view import run_gif
 from vae.present.text import code_span, plain_text, refusal_text
 from vae.present.views import metrics_csv, newest, runs_frame
@@ -93,7 +94,9 @@ else:
         if evaluation:
             row = st.container(horizontal=True)  # wraps instead of truncating
             shown = [("elbo", "ELBO"), ("iwae", "IWAE log p(x) ≥"), ("rate", "R"),
-                     ("distortion", "D"), ("active_units", "active units")]  # fmt: skip
+                     ("distortion", "D"), ("active_units", "active units"),
+                     ("mutual_info", "I_q(x;z)"), ("marginal_kl", "KL(q(z)‖p(z))"),
+                     ("mig", "MIG")]  # fmt: skip
             for key, label in shown:
                 if evaluation.get(key) is not None:
                     row.metric(
@@ -102,6 +105,8 @@ else:
                     )
             st.caption(
                 f"test split, {evaluation.get('n_test')} images, IWAE with k = {evaluation.get('iw_samples')}"
+                + (f"; I_q ≤ ln N = {evaluation['log_n']:.2f}" if evaluation.get("log_n") else "")
+                + ("; " + MIG_NOTE if evaluation.get("mig") is not None else "")
             )
         downloads = st.container(horizontal=True)  # full labels in a narrow window
         for name in ("final.pt", "model.pt"):

@@ -8,8 +8,9 @@ from __future__ import annotations
 import streamlit as st
 
 import ui
-from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD
 from vae.present import kl_teaching as kt
+from vae.present.beta_conventions import conventions_table
+from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER, unit_counts
 
 
 def formula_section() -> None:
@@ -78,8 +79,9 @@ def one_dimension_section() -> tuple[float, float]:
     cols[3].metric("∂KL/∂log σ² = ½(σ² − 1)", f"{grads.logvar:.4f}")
     ui.chart(curves_legend_below, mu, sigma, width="content", figure="kl-curves")
     st.caption(
-        "Both gradients are zero only at μ = 0, σ = 1: the KL pulls every posterior towards the "
-        "prior. Shrinking σ is punished by −log σ² (steeply, as the curve on the right shows); "
+        "∂KL/∂μ vanishes at μ = 0 whatever σ is, and the σ gradients at σ = 1 whatever μ is; "
+        "only together do they vanish at the single point μ = 0, σ = 1: the KL pulls every "
+        "posterior towards the prior. Shrinking σ is punished by −log σ² (steeply, as the curve on the right shows); "
         f"the y axis is cut at {kt.CURVE_Y_LIMITS[0]:g}, where σ − 1/σ keeps falling."
     )
     monte_carlo_check(mu, sigma)
@@ -138,6 +140,43 @@ def sum_not_mean_section() -> None:
     )
 
 
+def beta_conventions_section() -> None:
+    st.subheader("β as other code writes it")
+    st.markdown(
+        "Here the loss per image is D + β·R: D = −log p(x|z) **summed** over the n pixels, R "
+        "**summed** over the J latents. Only the ratio of the two weights matters, so another "
+        "codebase trains at this app's β when its own weight w satisfies the formula in its row. "
+        "Set the sizes of the model you compare with."
+    )
+    cols = st.columns(3)
+    beta = cols[0].number_input("this app's β", 0.0, 1000.0, 4.0, step=0.5, key="conv_beta")
+    latent = cols[1].number_input("latent size J (M)", 1, 4096, 20, key="conv_latent")
+    pixels = cols[2].number_input("input size n (N pixels)", 1, 10**7, 784, key="conv_pixels")
+    cols = st.columns(3)
+    noise_var = cols[0].number_input(
+        "Gaussian σ² that squared error stands for", 1e-6, 100.0, 0.01, format="%.4g",
+        key="conv_var",
+    )  # fmt: skip
+    batch = cols[1].number_input("minibatch size M", 1, 10**6, 128, key="conv_batch")
+    size = cols[2].number_input("data-set size N", 1, 10**9, 4000, key="conv_size")
+    rows = conventions_table(beta, int(pixels), int(latent), noise_var, int(batch), int(size))
+    table = {
+        "convention": [r.name for r in rows],
+        "their loss": [r.loss for r in rows],
+        "their number": [r.weight for r in rows],
+        "formula": [r.formula for r in rows],
+    }
+    st.dataframe(table, hide_index=True, key="conventions_table")
+    st.caption(
+        "Which way each goes: averaging the KL over J latents divides it by J, so that code needs "
+        "w = β·J to match (its w = β trains at β/J here). Higgins et al. (2017) report "
+        "β_norm = β·M/N with M latents and N pixels. Squared error Σ(x − x̂)² is 2σ²·D plus a "
+        "constant for a Gaussian of variance σ², so a KL weight w there is β = w/(2σ²) here: "
+        "the variance acts as β. The last row goes the other way: the β here that a KL weight of "
+        "M/N (minibatch over data-set size) with a mean squared error trains at."
+    )
+
+
 def mistakes_section(mu: float, sigma: float) -> None:
     st.subheader("Common mistakes")
     st.markdown(
@@ -188,16 +227,19 @@ def trained_run_section() -> None:
         st.warning(f"This run's metrics cannot be shown: {exc}")
         return
     d = len(frame)
-    cols = st.columns(3)
+    counts = unit_counts(last)
+    cols = st.columns(4)
     cols[0].metric("rate Σⱼ KLⱼ (nats)", f"{frame['KL (nats)'].sum():.3f}")
-    cols[1].metric("active units", f"{int(frame['active'].sum())} of {d}")
-    cols[2].metric("epoch", str(last.get("epoch", "?")))
+    cols[1].metric("informative", f"{counts.informative} of {d}")
+    cols[2].metric("active units", f"{int(frame['active'].sum())} of {d}")
+    cols[3].metric("epoch", str(last.get("epoch", "?")))
     ui.chart(kt.per_dim_chart, frame, width="content", figure=f"kl-per-dim-{record.run_id}")
     st.caption(
-        f"A dimension is active when its posterior mean varies across inputs: Cov_x(μ_j) > "
-        f"{ACTIVE_UNIT_THRESHOLD:g}. Inactive ones sit at the prior (σⱼ² ≈ 1, KLⱼ ≈ 0) and carry "
-        "no information about x; the rate is spent on the active ones, whose average posterior "
-        "variance σⱼ² is well below 1. Larger β switches more of them off."
+        f"Three kinds of dimension, as on the Posterior page: **informative** ({INFORMATIVE_RULE}) "
+        f"carry information about x; **active only** pass Burda's test ({ACTIVE_RULE}: the "
+        "posterior mean still moves with x) but carry almost nothing, their σⱼ² can be anywhere "
+        "up to 1 (at large β many sit between 0.93 and 1); **collapsed** ones sit at the prior "
+        f"(σⱼ² ≈ 1, KLⱼ ≈ 0). {WHY_COUNTS_DIFFER} Larger β switches more of them off."
     )
     with st.expander("Table"):
         st.dataframe(frame, hide_index=True)
@@ -213,5 +255,6 @@ st.title("The KL term")
 formula_section()
 chosen_mu, chosen_sigma = one_dimension_section()
 sum_not_mean_section()
+beta_conventions_section()
 mistakes_section(chosen_mu, chosen_sigma)
 trained_run_section()

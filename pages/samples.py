@@ -62,7 +62,10 @@ for side, (column, record, run) in enumerate(shown):
         st.image(drawn.prior, width=IMAGE_WIDTH)
         st.markdown("**Inputs and reconstructions** (pairs: input, then its reconstruction)")
         st.image(drawn.reconstructions, width=IMAGE_WIDTH)
-        st.markdown("**Traversals** of the most active dimensions, one row each, from −3 to 3")
+        st.markdown(
+            "**Traversals** of the most informative dimensions (largest KLⱼ), one row each, from "
+            "−3 to 3"
+        )
         st.caption("rows, top to bottom: " + ", ".join(f"z{d}" for d in drawn.traversal_dims))
         st.image(drawn.traversal, width=IMAGE_WIDTH)
         st.markdown("**Latent means of the test split**")

@@ -7,6 +7,15 @@ import streamlit as st
 from ui import altair_chart, chart, epoch_rows, list_runs, refresh_on_change
 from vae.execution.states import RunState
 from vae.learn.fields import beta_text
+from vae.present.theory_view import (
+    frontier_frame,
+    has_theory,
+    predicted_table,
+    rate_split_chart,
+    rate_split_columns,
+    rate_split_frame,
+    theory_note,
+)
 from vae.present.tradeoff import (
     beta_domain,
     beta_values,
@@ -101,10 +110,22 @@ def live_chart(chosen_set: str) -> None:
         f" · {replicated} β with replicates: diamonds are means, bars ±1 sd" if replicated else ""
     )
     st.caption(f"{len(frame)} runs{training}{replicates} · updates every 2 s")
+    config = records[0].config if records and chosen_set != EVERY_RUN else None
+    theory = None
+    if config is not None and not frame.empty:
+        st.caption(theory_note(config))
+        if has_theory(config):
+            theory = frontier_frame(config, list(frame["beta"]))
     event = altair_chart(
-        tradeoff_chart(frame, show_slopes), "rate-distortion", on_select="rerun",
+        tradeoff_chart(frame, show_slopes, theory), "rate-distortion", on_select="rerun",
         key="tradeoff_chart",
     )  # fmt: skip
+    if theory is not None:
+        st.caption(
+            "Black line: the predicted frontier R(β), D(β); black crosses: the prediction at each "
+            "run's β, where a run at its optimum would sit."
+        )
+        st.dataframe(predicted_table(frame, records).round(3), hide_index=True, key="theory_table")
     if show_slopes:
         slopes = frontier_slopes(frame)
         st.caption(
@@ -142,8 +163,11 @@ def live_chart(chosen_set: str) -> None:
         chart(curves_chart, curves, beta_domain(frame), beta_values(frame), figure="curves")
     columns = {"run_id": "run", "beta": "β", "rate": "R (nats)", "distortion": "D (nats)",
                "neg_elbo": "−ELBO", "informative": "informative dims",
-               "active_units": "active (Burda)", "epoch": "epoch", "state": "state"}  # fmt: skip
-    table = frame[list(columns)].round({"rate": 2, "distortion": 2, "neg_elbo": 2})
+               "active_units": "active (Burda)", "mutual_info": "I_q(x;z)",
+               "marginal_kl": "KL(q(z)‖p(z))", "epoch": "epoch", "state": "state"}  # fmt: skip
+    table = frame.merge(rate_split_columns(records), on="run_id", how="left")[list(columns)]
+    table = table.round({"rate": 2, "distortion": 2, "neg_elbo": 2, "mutual_info": 2,
+                         "marginal_kl": 2})  # fmt: skip
     st.dataframe(table.rename(columns=columns), hide_index=True, key="runs_table")
     if replicated:
         st.caption("Replicates (runs of one β that differ only in seed): mean ± sd")
@@ -157,6 +181,16 @@ def live_chart(chosen_set: str) -> None:
             ),
             hide_index=True, key="replicates_table",
         )  # fmt: skip
+    split = rate_split_frame([r for r in records if r.run_id in set(frame["run_id"])])
+    if not split.empty:
+        st.markdown("**Where the rate goes**")
+        chart(rate_split_chart, split, figure="rate-split")
+    st.caption(
+        "R = I_q(x; z) + KL(q(z) ‖ p(z)) (Hoffman & Johnson 2016), from each run's evaluation on "
+        "the N test points: I_q is the information z carries about which point x is and can "
+        "never exceed ln N (6.91 nats for 1,000 points, the dashed line); the rest of R is the "
+        "aggregate posterior q(z)'s mismatch with the prior. Empty until a run is evaluated."
+    )
 
 
 page_records = list_runs()

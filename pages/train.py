@@ -17,7 +17,13 @@ from vae.learn.config import (
 )
 from vae.learn.datasets import DATASETS, DEFAULT_DATASET
 from vae.learn.fields import ARCHITECTURES, DEVICES, LIKELIHOODS, OBJECTIVES, PRECISIONS, SETTINGS
-from vae.present.demo import DEMO_GUIDE, DemoSettingError, start_demo
+from vae.present.demo import (
+    DEMO_GUIDE,
+    LINEAR_DEMO_GUIDE,
+    DemoSettingError,
+    start_demo,
+    start_linear_demo,
+)
 from vae.present.text import code_span, plain_text
 from vae.present.views import (
     active_jobs,
@@ -79,6 +85,16 @@ if not manager.store.list_runs():
                 )
             except (ValueError, StoreError, DemoSettingError) as exc:
                 st.error(f"Nothing was started: {plain_text(exc)}")
+
+with st.expander("Linear demo: runs that land on a curve predicted in closed form"):
+    st.markdown(LINEAR_DEMO_GUIDE)
+    if st.button("Start the linear demo", key="linear_demo_button"):
+        try:
+            linear_ids = start_linear_demo(manager)
+            st.success(f"Queued the linear demo: {len(linear_ids)} runs (seconds each).")
+            st.page_link("pages/tradeoff.py", label="Open Tradeoff", icon=":material/show_chart:")
+        except (ValueError, StoreError, DemoSettingError) as exc:
+            st.error(f"Nothing was started: {exc}")
 
 
 def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None = None):
@@ -146,7 +162,8 @@ with left:
     )
     hidden = st.select_slider(
         label("hidden_dims"), HIDDEN_SIZES, value=400 if architecture == "mlp" else 256,
-        help=SETTINGS["hidden_dims"].help, key=key("hidden_dims"),
+        help=SETTINGS["hidden_dims"].help + " (linear: no hidden layer)", key=key("hidden_dims"),
+        disabled=architecture == "linear",
     )  # fmt: skip
     latent_dim = st.slider(
         label("latent_dim"), 1, 64,

@@ -13,7 +13,7 @@ import torch
 
 from vae.learn import data
 from vae.learn.data import DataError, binarize, load_dataset
-from vae.learn.datasets import DATASETS, DEFAULT_DATASET, SHAPES_FACTOR_SIZES
+from vae.learn.datasets import DATASETS, DEFAULT_DATASET, GAUSSIAN_SETS, SHAPES_FACTOR_SIZES
 
 FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
@@ -55,7 +55,8 @@ def write_fake_mnist(root: Path, folder: str, n_train: int = 20, n_test: int = 1
 
 
 def test_registry_lists_all_data_sets():
-    assert list(DATASETS) == ["digits", "mnist", "fashion-mnist", "shapes32", "shapes64"]
+    images = ["digits", "mnist", "fashion-mnist", "shapes32", "shapes64"]
+    assert list(DATASETS) == images + list(GAUSSIAN_SETS)
     assert DEFAULT_DATASET in DATASETS
     for key, info in DATASETS.items():
         assert info.name == key and info.title and info.description

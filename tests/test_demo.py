@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from vae.learn.theory import theory_exact
 from vae.present import demo
 
 
@@ -13,6 +14,13 @@ def test_demo_config_is_valid_and_uses_the_measured_epochs():
     assert config.epochs == demo.DEMO_EPOCHS
     assert config.latent_dim == demo.DEMO_LATENT_DIM and config.name == demo.DEMO_NAME
     assert config.dataset == "digits" and config.objective == "beta"
+    assert config.precision == "fp32"  # the README's table must not depend on the CPU's bf16
+
+
+def test_linear_demo_config_has_a_closed_form():
+    config = demo.linear_demo_config({})
+    assert theory_exact(config) and config.dataset == "gaussian"
+    assert config.epochs == demo.LINEAR_DEMO_EPOCHS
 
 
 def test_demo_epochs_can_be_shortened_through_the_environment():

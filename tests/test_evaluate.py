@@ -21,7 +21,7 @@ from vae.learn.evaluate import (
     iwae_bound,
     latent_map,
     latent_traversal,
-    most_active_dims,
+    most_informative_dims,
     mutual_information_gap,
     posterior_means,
     prior_samples,
@@ -250,9 +250,9 @@ def test_traversal_moves_only_the_chosen_dimension(small_model, images):
     assert latent_traversal(small_model, images[:1], dims=[1]).shape == (9, 1, 8, 8)
 
 
-def test_most_active_dims_sorts_by_kl():
-    assert most_active_dims([0.1, 3.0, 0.0, 1.5], 2) == [1, 3]
-    assert most_active_dims([1.0, 1.0, 2.0], 5) == [2, 0, 1]
+def test_most_informative_dims_sorts_by_kl():
+    assert most_informative_dims([0.1, 3.0, 0.0, 1.5], 2) == [1, 3]
+    assert most_informative_dims([1.0, 1.0, 2.0], 5) == [2, 0, 1]
 
 
 def test_latent_map_methods(small_model, images):

@@ -119,3 +119,11 @@ def test_make_objective_reads_the_config():
     assert isinstance(make_objective(RunConfig(objective="warmup")), KLWarmup)
     assert isinstance(make_objective(RunConfig(objective="free_bits")), FreeBits)
     assert make_objective(RunConfig(beta=3), beta=7.0).beta == 7.0
+
+
+def test_capacity_logs_its_effective_weight():
+    # d/dR of γ·|R − C| is γ·sign(R − C): negative while the rate is below the capacity
+    obj = CapacityAnnealing(gamma=100.0, c_max=20.0, steps=1000)
+    assert obj.kl_weight(500) == 100.0  # no rate given: γ
+    assert obj.kl_weight(500, rate=12.0) == 100.0  # C = 10
+    assert obj.kl_weight(500, rate=8.0) == -100.0

@@ -430,7 +430,8 @@ def test_tradeoff_curve_picker_chooses_the_curves(monkeypatch, sweep_store):
     picker = next(m for m in at.multiselect if m.label == "Runs to plot per epoch")
     picker.set_value([]).run()
     assert not at.exception
-    assert len(at.get("vega_lite_chart")) == 1  # no curves chart without runs
+    charts = at.get("vega_lite_chart")  # the plane and where the rate goes: no curves chart
+    assert len(charts) == 2 and "split" not in _chart_rows(charts[1])
 
 
 @pytest.mark.parametrize("page", ["pages/posterior.py", "pages/samples.py"])

@@ -231,6 +231,7 @@ def print_eval(evaluation: dict | None) -> None:
     if not evaluation:
         return
     keys = ("elbo", "rate", "distortion", "iwae", "iw_samples", "active_units", "mig")
+    keys += ("mutual_info", "marginal_kl", "log_n")  # R = I_q + KL(q(z) ‖ p(z)), I_q ≤ ln N
     print("  ".join(f"{k} {evaluation[k]:.4g}" for k in keys if evaluation.get(k) is not None))
 
 

@@ -141,6 +141,7 @@ def check_next_epoch(row: dict, previous: dict | None, line: int | None = None) 
 
 
 EVAL_NUMBERS = ("elbo", "iwae", "rate", "distortion", "mig", "eval_seconds", "evaluated_at")
+EVAL_NUMBERS += ("mutual_info", "marginal_kl", "log_n")  # where the rate goes (vae.learn.theory)
 EVAL_WHOLE = ("active_units", "n_test", "iw_samples", "epoch", "seed")
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from vae.learn import fields as F
+from vae.learn.datasets import DATASETS
 from vae.learn.fields import ARCHITECTURES, DEVICES, PRECISIONS, SETTINGS  # noqa: F401 (re-exported)
 
 LIKELIHOODS = tuple(F.LIKELIHOODS)
@@ -140,6 +141,9 @@ def validation_errors(config: RunConfig) -> dict[str, str]:
             problem = f"must be text of at most {s.max_chars:,} characters"
         if problem:
             errors[s.name] = problem
+    data = DATASETS.get(config.dataset)
+    if data is not None and data.unbounded and config.likelihood != "gaussian":
+        errors["likelihood"] = "this data set's values leave [0, 1]: choose gaussian"
     return errors
 
 

@@ -1,7 +1,7 @@
 """Registry of small image data sets for training VAEs.
 
 Every loader returns float32 images in [0, 1] with shape [N, C, H, W], so models and the UI never
-care where the pixels came from. Loaded data sets are cached in-process (the app asks for the same
+care where the pixels came from; the Gaussian sets (vectors shaped [N, 1, 1, d]) alone leave [0, 1]. Loaded data sets are cached in-process (the app asks for the same
 data set again and again); the returned tensors are shared between callers and must be treated as
 read-only: clone them before changing anything in place.
 """
@@ -23,6 +23,9 @@ from vae.learn.config import RunConfig
 from vae.learn.datasets import (
     DATASETS,
     DIGITS_N_TEST,
+    GAUSSIAN_N_TEST,
+    GAUSSIAN_N_TRAIN,
+    GAUSSIAN_SETS,
     SHAPES_FACTOR_SIZES,
     SHAPES_N_TEST,
     SHAPES_N_TRAIN,
@@ -30,6 +33,7 @@ from vae.learn.datasets import (
 )
 
 _DIGITS_SPLIT_SEED = 20_240_611  # constant on purpose: the digits split must never change
+_GAUSSIAN_SEED = 19  # constant on purpose: a Gaussian set is the same vectors for every run
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -129,6 +133,8 @@ def _load_cached(name: str, root: str | None, seed: int) -> Dataset:
     info = DATASETS[name]
     if name == "digits":
         train, test = _load_digits()
+    elif name in GAUSSIAN_SETS:
+        train, test = _make_gaussian(*GAUSSIAN_SETS[name])
     elif name.startswith("shapes"):
         train, test = _make_shapes(info.image_shape[-1], SHAPES_N_TRAIN, SHAPES_N_TEST, seed)
     else:
@@ -350,4 +356,49 @@ def _make_shapes(size: int, n_train: int, n_test: int, seed: int) -> tuple[DataS
     splits = []
     for f in (factors[:n_train], factors[n_train:]):
         splits.append(DataSplit(_render_shapes(f, size), f[:, 0].clone(), f.to(torch.float32)))
+    return splits[0], splits[1]
+
+
+# --- Gaussian vectors with a chosen spectrum -----------------------------------------------------
+
+
+def gaussian_spectrum(shape: str, d: int) -> np.ndarray:
+    """The population covariance's eigenvalues, largest first (float64 [d])."""
+    j = np.arange(d, dtype=np.float64)
+    if shape == "geometric":
+        return 2.0 ** (-8.0 * j / d)
+    if shape == "step":
+        return np.where(j < d / 2, 1.0, 0.02)
+    if shape == "digits":
+        return _digits_axes()[1][:d].copy()
+    raise DataError(f"unknown spectrum shape {shape!r}")
+
+
+@functools.cache
+def _digits_axes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The digits' training mean [784], covariance eigenvalues [784] and axes [784, 784] (columns),
+    largest first."""
+    x = _load_cached("digits", None, 0).train.x.flatten(1).double().numpy()
+    mean = x.mean(0)
+    values, axes = np.linalg.eigh(np.cov(x, rowvar=False, bias=True))
+    return mean, np.clip(values[::-1], 0.0, None), axes[:, ::-1]
+
+
+def _make_gaussian(shape: str, d: int) -> tuple[DataSplit, DataSplit]:
+    """N(mean, Q diag(λ) Qᵀ) vectors; Q a seeded random rotation (the digits' own axes and mean
+    for the 784-dimensional digits-like set)."""
+    rng = np.random.default_rng(_GAUSSIAN_SEED)
+    spectrum = gaussian_spectrum(shape, d)
+    if shape == "digits" and d == 784:
+        mean, _, rotation = _digits_axes()
+    else:
+        mean = np.zeros(d)
+        rotation, r = np.linalg.qr(rng.standard_normal((d, d)))
+        rotation *= np.sign(np.diag(r))  # a uniformly random rotation
+    image_shape = DATASETS[next(n for n, v in GAUSSIAN_SETS.items() if v == (shape, d))].image_shape
+    splits = []
+    for n in (GAUSSIAN_N_TRAIN, GAUSSIAN_N_TEST):
+        x = (rng.standard_normal((n, d)) * np.sqrt(spectrum)) @ rotation.T + mean
+        tensor = torch.from_numpy(x.astype(np.float32)).reshape(n, *image_shape)
+        splits.append(DataSplit(tensor, torch.zeros(n, dtype=torch.int64)))
     return splits[0], splits[1]

@@ -18,6 +18,7 @@ class DatasetInfo:
     needs_root: bool  # files must exist under a user-given data root
     factor_names: tuple[str, ...] = ()
     n_train: int = 0  # training images: how many steps an epoch takes (0: unknown)
+    unbounded: bool = False  # values outside [0, 1]: Gaussian likelihood only, identity mean
 
 
 SHAPES_FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
@@ -90,4 +91,44 @@ DATASETS: dict[str, DatasetInfo] = {
         factor_names=SHAPES_FACTOR_NAMES,
     ),
 }
+
+# ---- Gaussian vectors with a chosen covariance spectrum (the theory's test bed) -------------------
+GAUSSIAN_N_TRAIN = 4_000
+GAUSSIAN_N_TEST = 1_000
+SPECTRUM_SHAPES = {
+    "geometric": "λⱼ = 2^(−8j/d): 1, ½, ¼, … for d = 8 (the same range for any d)",
+    "step": "λ = 1 for the first half of the directions, 0.02 for the rest",
+    "digits": "the top d eigenvalues of the digits' training covariance (d = 784: the digits' own "
+    "mean and principal axes, a Gaussian fitted to the digits)",
+}
+# name -> (spectrum shape, dimension d)
+GAUSSIAN_SETS: dict[str, tuple[str, int]] = {
+    "gaussian": ("geometric", 8),
+    "gaussian-step-8": ("step", 8),
+    "gaussian-digits-8": ("digits", 8),
+    "gaussian-geometric-64": ("geometric", 64),
+    "gaussian-step-64": ("step", 64),
+    "gaussian-digits-784": ("digits", 784),
+}
+
+
+def _gaussian_info(name: str, shape: str, d: int) -> DatasetInfo:
+    return DatasetInfo(
+        name=name,
+        title=f"Gaussian vectors, d = {d}, {shape} spectrum (generated)",
+        description=(
+            f"{GAUSSIAN_N_TRAIN:,} train / {GAUSSIAN_N_TEST:,} test vectors drawn from a zero-mean "
+            f"Gaussian in {d} dimensions whose covariance has the spectrum {SPECTRUM_SHAPES[shape]}, "
+            "along randomly rotated axes (a fixed seed: the same vectors every time, offline). "
+            "Train a linear model with a Gaussian likelihood of fixed σ on it and the optimum is "
+            "known in closed form (the Theory sections of the Tradeoff and Posterior pages)."
+        ),
+        image_shape=(1, 28, 28) if d == 784 else (1, 1, d),
+        needs_root=False,
+        n_train=GAUSSIAN_N_TRAIN,
+        unbounded=True,
+    )
+
+
+DATASETS.update({n: _gaussian_info(n, shape, d) for n, (shape, d) in GAUSSIAN_SETS.items()})
 DEFAULT_DATASET = "digits"

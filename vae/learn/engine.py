@@ -242,7 +242,9 @@ def train_models(
             with autocast(precision, device):
                 logits, mu, logvar = live.models.forward(xb, eps)
             logits, mu, logvar = logits.float(), mu.float(), logvar.float()  # loss terms in fp32
-            nll = pixel_nll(config.likelihood, xb.flatten(1), logits, live.models.decoder_log_var())
+            nll = pixel_nll(
+                live.models.likelihood, xb.flatten(1), logits, live.models.decoder_log_var()
+            )
             distortion, kl = nll.sum(-1), kl_per_dim(mu, logvar)  # [K, B], [K, B, J]
             loss = live.objective(distortion, kl, step)  # [K]
             live.optimizer.zero_grad(set_to_none=True)
@@ -313,7 +315,7 @@ def epoch_metrics(config, state, losses, seconds, n, objective, test_x) -> dict:
         "train_loss": loss,
         "train_distortion": distortion,
         "train_rate": rate,
-        "kl_weight": float(objective.kl_weight(state.step)),
+        "kl_weight": float(objective.kl_weight(state.step, rate)),  # capacity: γ·sign(R − C)
         "images_per_s": n / seconds,
         "seconds": seconds,
         "time": time.time(),

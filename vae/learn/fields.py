@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from vae.learn.datasets import DATASETS
 
 # ---- the choices ---------------------------------------------------------------------------
-ARCHITECTURES = ("mlp", "conv")
+ARCHITECTURES = ("mlp", "conv", "linear")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -55,7 +55,7 @@ OBJECTIVES: dict[str, Objective] = {
     ),
     "free_bits": Objective(
         "free bits",
-        "D + β·Σⱼ max(λ, KLⱼ)",
+        "D + β·Σⱼ max(λ, batch-mean KLⱼ)",
         "free bits λ = {free_bits:g} nats",
         settings=("free_bits",),
         linear_in_beta=False,
@@ -152,10 +152,12 @@ SETTINGS: dict[str, Setting] = _declare(
             choices=tuple(DATASETS), headline=True),
     Setting("data_root", "Data root", "folder holding MNIST/Fashion-MNIST files", str,
             role=EXECUTION, shown_default="./data", max_chars=4096, applies=_needs_root),
-    Setting("architecture", "Architecture", "mlp or conv", str, choices=ARCHITECTURES,
+    Setting("architecture", "Architecture", "mlp, conv or linear (no hidden layer: the theory's "
+            "case)", str, choices=ARCHITECTURES,
             short="arch", headline=True),
     Setting("hidden_dims", "Hidden units", "hidden layer sizes (mlp: the encoder's, mirrored in "
-            "the decoder; conv: FC size)", list, low=8, high=4096, short="hidden", headline=True),
+            "the decoder; conv: FC size)", list, low=8, high=4096, short="hidden", headline=True,
+            applies=lambda v: v.get("architecture") != "linear"),
     Setting("latent_dim", "Latent dimensions J", "number of latent dimensions J", int, low=1,
             high=256, short="J", headline=True),
     Setting("likelihood", "Likelihood", "bernoulli (binarised pixels) or gaussian (with its "
@@ -182,7 +184,7 @@ SETTINGS: dict[str, Setting] = _declare(
     Setting("warmup_steps", "Warm-up steps", "warm-up objective: steps over which the KL weight "
             "rises to β", int, low=1, high=10_000_000, short="warm-up", unit="steps",
             applies=_objective_reads("warmup_steps")),
-    Setting("free_bits", "λ", "free-bits objective: per-dimension KL floor λ in nats", float,
+    Setting("free_bits", "λ", "free-bits objective: floor λ (nats) on each dimension's batch-mean KLⱼ", float,
             low=0.0, high=100.0, unit="nats", applies=_objective_reads("free_bits")),
     Setting("epochs", "Epochs", "training epochs", int, low=1, high=10_000, headline=True),
     Setting("batch_size", "Batch size", "minibatch size", int, low=1, high=16_384, short="batch"),

@@ -24,12 +24,14 @@ def pixel_nll(kind: str, x: torch.Tensor, logits: torch.Tensor, log_var=None) ->
 
     bernoulli: softplus(l) - x l, the binary cross-entropy with logits, for x in [0, 1].
     gaussian: mean sigmoid(l), variance exp(log_var) clamped to LOG_VAR_RANGE, with its normaliser.
+    gaussian_identity: the same with mean l itself (linear models, data outside [0, 1]).
     """
     if kind == "bernoulli":
         return F.softplus(logits) - x * logits
-    if kind == "gaussian":
+    if kind in ("gaussian", "gaussian_identity"):
         log_var = log_var.clamp(*LOG_VAR_RANGE)
-        squared = (x - torch.sigmoid(logits)) ** 2
+        mean = logits if kind == "gaussian_identity" else torch.sigmoid(logits)
+        squared = (x - mean) ** 2
         return 0.5 * (squared * torch.exp(-log_var) + log_var + LOG_2PI)
     raise ValueError(f"unknown likelihood {kind!r}")
 
@@ -72,9 +74,22 @@ class GaussianLikelihood(nn.Module):
         return torch.sigmoid(logits)
 
 
-def make_likelihood(kind: str, std: float = 0.1, learn_variance: bool = False) -> nn.Module:
+class IdentityGaussianLikelihood(GaussianLikelihood):
+    """Gaussian whose mean is the decoder's output itself: a linear decoder stays linear (the
+    closed form of vae.learn.theory needs it), and data outside [0, 1] can be fitted."""
+
+    kind = "gaussian_identity"
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
+def make_likelihood(
+    kind: str, std: float = 0.1, learn_variance: bool = False, identity_mean: bool = False
+) -> nn.Module:
     if kind == "bernoulli":
         return BernoulliLikelihood()
     if kind == "gaussian":
-        return GaussianLikelihood(std, learn_variance)
+        cls = IdentityGaussianLikelihood if identity_mean else GaussianLikelihood
+        return cls(std, learn_variance)
     raise ValueError(f"unknown likelihood {kind!r}")

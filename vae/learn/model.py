@@ -1,7 +1,9 @@
 """VAE models: an encoder giving (mu, log sigma^2) and a decoder giving logits.
 
-Two architectures: an MLP (default 784-400-20-400-784) and the small conv net used for β-VAE on
-shapes (4 stride-2 convs of 32 channels at 64x64; 3 at 32x32 and at 28x28, which is padded to 32).
+Three architectures: an MLP (default 784-400-20-400-784), the small conv net used for β-VAE on
+shapes (4 stride-2 convs of 32 channels at 64x64; 3 at 32x32 and at 28x28, which is padded to 32),
+and a linear one (x -> (mu, log sigma^2) -> mean W z + b), whose optimum with a fixed-variance
+Gaussian likelihood is known in closed form (vae.learn.theory).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vae.learn.datasets import DATASETS
 from vae.learn.likelihood import make_likelihood
 from vae.learn.objective import LOGVAR_MAX, LOGVAR_MIN
 
@@ -122,9 +125,32 @@ class ConvVAE(VAE):
         return out.reshape(*batch, *self.image_shape)
 
 
+class LinearVAE(MLPVAE):
+    """One linear map to (mu, log sigma^2), one back: probabilistic PCA's model (Lucas et al. 2019).
+
+    An MLP without hidden layers, so it trains through the same stacked fast path. The encoder's
+    log-variance depends on x linearly; at the optimum it does not depend on x at all.
+    """
+
+    def __init__(self, image_shape, latent_dim: int, likelihood: nn.Module):
+        super().__init__(image_shape, latent_dim, [], likelihood)
+
+
+def identity_mean(config) -> bool:
+    """A Gaussian decoder whose mean is its output, not its sigmoid: for linear models (to stay
+    linear) and for data sets whose values leave [0, 1]."""
+    info = DATASETS.get(config.dataset)
+    unbounded = bool(info is not None and info.unbounded)
+    return config.likelihood == "gaussian" and (config.architecture == "linear" or unbounded)
+
+
 def build_model(config, image_shape: tuple[int, int, int]) -> VAE:
     """The model a RunConfig describes, for images of `image_shape` (C, H, W)."""
-    likelihood = make_likelihood(config.likelihood, config.gaussian_std, config.learn_variance)
+    likelihood = make_likelihood(
+        config.likelihood, config.gaussian_std, config.learn_variance, identity_mean(config)
+    )
+    if config.architecture == "linear":
+        return LinearVAE(image_shape, config.latent_dim, likelihood)
     if config.architecture == "mlp":
         return MLPVAE(image_shape, config.latent_dim, list(config.hidden_dims), likelihood)
     if config.architecture == "conv":

@@ -28,7 +28,7 @@ class BetaVAE:
     def __call__(self, distortion, kl, step: int) -> torch.Tensor:
         return distortion.mean(-1) + self.beta * kl.sum(-1).mean(-1)
 
-    def kl_weight(self, step: int) -> float | torch.Tensor:
+    def kl_weight(self, step: int, rate: float | None = None) -> float | torch.Tensor:
         return self.beta
 
 
@@ -47,8 +47,14 @@ class CapacityAnnealing:
         r = kl.sum(-1).mean(-1)
         return distortion.mean(-1) + self.gamma * (r - self.capacity(step)).abs()
 
-    def kl_weight(self, step: int) -> float:
-        return self.gamma
+    def kl_weight(self, step: int, rate: float | None = None) -> float:
+        """The effective weight on R: d/dR of γ·|R − C| is γ·sign(R − C) (γ when no rate given).
+
+        Negative while R is below the capacity: the loss then pushes the rate up."""
+        if rate is None:
+            return self.gamma
+        gap = float(rate) - self.capacity(step)
+        return self.gamma * (1.0 if gap > 0 else -1.0 if gap < 0 else 0.0)
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class KLWarmup:
     beta: float | torch.Tensor
     steps: int
 
-    def kl_weight(self, step: int) -> float | torch.Tensor:
+    def kl_weight(self, step: int, rate: float | None = None) -> float | torch.Tensor:
         return self.beta * min(1.0, step / self.steps)
 
     def __call__(self, distortion, kl, step: int) -> torch.Tensor:
@@ -67,7 +73,8 @@ class KLWarmup:
 
 @dataclass(frozen=True)
 class FreeBits:
-    """Kingma et al. 2016: each dimension's batch-mean KL is floored at lambda nats."""
+    """Kingma et al. 2016: each dimension's KL, averaged over the batch, is floored at lambda nats
+    (the batch-mean KLⱼ, not each data point's)."""
 
     beta: float | torch.Tensor
     lam: float
@@ -76,7 +83,7 @@ class FreeBits:
         floored = kl.mean(-2).clamp(min=self.lam)
         return distortion.mean(-1) + self.beta * floored.sum(-1)
 
-    def kl_weight(self, step: int) -> float | torch.Tensor:
+    def kl_weight(self, step: int, rate: float | None = None) -> float | torch.Tensor:
         return self.beta
 
 

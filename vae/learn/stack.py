@@ -64,7 +64,7 @@ class ParameterStack:
 
     def decoder_log_var(self) -> torch.Tensor | None:
         """The Gaussian decoder's log-variance, broadcastable against [K, B, n]; None otherwise."""
-        if self.likelihood != "gaussian":
+        if self.likelihood not in ("gaussian", "gaussian_identity"):
             return None
         learned = self.params.get("likelihood.log_var")
         if learned is None:  # fixed: a buffer, the same for every model

@@ -21,7 +21,7 @@ from vae.learn.data import load_dataset
 from vae.learn.evaluate import (
     grid,
     latent_traversal,
-    most_active_dims,
+    most_informative_dims,
     posterior_means,
     prior_samples,
     reconstructions,
@@ -182,7 +182,7 @@ def checkpoint_pictures(path: str | os.PathLike, seed: int = 0) -> Pictures:
     if not kl or len(kl) != config.latent_dim:  # an old checkpoint: measure it on the test split
         mu, logvar = posterior_means(model, x[:1000])
         kl = kl_per_dim(mu.double(), logvar.double()).mean(0).tolist()
-    top = most_active_dims(kl, 1)[0]
+    top = most_informative_dims(kl, 1)[0]
     with torch.no_grad():
         return Pictures(
             samples=grid(prior_samples(model, SAMPLES, seed=seed), nrow=4),

@@ -19,6 +19,7 @@ import pandas as pd
 
 from vae.learn.thresholds import ACTIVE_UNIT_THRESHOLD
 from vae.present.charts import dims_frame
+from vae.present.units import UNIT_CLASSES, UNIT_COLOURS
 
 # sigma values for the page's select slider: roughly log-spaced, and containing the round numbers
 # (0.1, 0.5, 1, 2) a student will want to land on exactly.
@@ -67,7 +68,8 @@ class KLGradients(NamedTuple):
 
 
 def kl_1d_grads(mu: ArrayLike, sigma: ArrayLike) -> KLGradients:
-    """All four gradients at (mu, sigma); every one of them vanishes only at mu=0, sigma=1."""
+    """All four gradients at (mu, sigma). d/d mu vanishes at mu = 0 whatever sigma is, the others
+    at sigma = 1 whatever mu is; all of them together only at (mu, sigma) = (0, 1)."""
     mu, sigma = _checked(mu, sigma)
     var = sigma**2
     return KLGradients(
@@ -273,7 +275,7 @@ def per_dim_frame(metrics: dict) -> pd.DataFrame:
         raise ValueError("the per-dimension statistics are empty or of different lengths")
     frame = dims_frame({"kl_per_dim": kl, "posterior_var": var, "mean_cov": cov})
     names = {"label": "dimension", "kl": "KL (nats)", "posterior_var": "posterior variance σ²"}
-    names |= {"mean_cov": "Cov_x(μ)", "active": "active"}
+    names |= {"mean_cov": "Cov_x(μ)", "active": "active", "unit": "unit"}
     return frame[list(names)].rename(columns=names)
 
 
@@ -288,8 +290,7 @@ def per_dim_chart(frame: pd.DataFrame) -> alt.VConcatChart:
         axis=alt.Axis(labelAngle=0),
     )
     width = min(720, max(320, 48 * len(frame)))
-    status = frame["active"].map({True: "active", False: "inactive"})
-    bars_data = frame.assign(status=status)
+    bars_data = frame.assign(status=frame["unit"])
     bars = (
         alt.Chart(bars_data)
         .mark_bar()
@@ -299,7 +300,8 @@ def per_dim_chart(frame: pd.DataFrame) -> alt.VConcatChart:
             alt.Color(
                 "status:N",
                 title="unit",
-                scale=alt.Scale(domain=["active", "inactive"], range=["#1f77b4", "#bbbbbb"]),
+                scale=alt.Scale(domain=list(UNIT_CLASSES), range=list(UNIT_COLOURS)),
+                legend=alt.Legend(orient="bottom", columns=1),
             ),
             tooltip=[
                 "dimension:N",

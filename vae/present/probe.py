@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from vae.learn.data import TEST_BINARIZATION_SEED, bernoulli_draw
-from vae.learn.evaluate import _images, model_device, most_active_dims
+from vae.learn.evaluate import _images, model_device, most_informative_dims
 from vae.learn.metrics import eval_mode
 from vae.learn.objective import kl_per_dim
 
@@ -240,7 +240,7 @@ def map_dims(kl_per_dim_values, latent_dim: int) -> list[int]:
     """The two dimensions a latent map shows: both for J = 2, else the two with the largest KL."""
     if latent_dim <= 2:
         return list(range(latent_dim))
-    return sorted(most_active_dims(kl_per_dim_values, 2))
+    return sorted(most_informative_dims(kl_per_dim_values, 2))
 
 
 def decode_point(model, dims: list[int], point: tuple[float, float], base=None) -> torch.Tensor:

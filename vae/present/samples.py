@@ -20,7 +20,7 @@ from vae.learn.evaluate import (
     grid,
     latent_map,
     latent_traversal,
-    most_active_dims,
+    most_informative_dims,
     prior_samples,
     reconstructions,
 )
@@ -65,7 +65,7 @@ def pictures(run: OpenRun, kl_per_dim: list[float], seed: int) -> SamplePictures
     """Prior draws for `seed`, the first test images beside their reconstructions, and a row of
     traversal from −3 to 3 for each of the dimensions with the largest KL."""
     x = run.dataset.test.x
-    dims = most_active_dims(kl_per_dim, TRAVERSED_DIMS)
+    dims = most_informative_dims(kl_per_dim, TRAVERSED_DIMS)
     return SamplePictures(
         prior=grid(prior_samples(run.model, PRIOR_SAMPLES, seed=seed), nrow=8),
         reconstructions=grid(reconstructions(run.model, x[:RECONSTRUCTED], RECONSTRUCTED), nrow=8),

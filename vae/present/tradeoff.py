@@ -21,6 +21,7 @@ from vae.execution.states import RunState
 from vae.execution.store import RunRecord
 from vae.learn.config import RunConfig, comparison_key
 from vae.learn.fields import OBJECTIVES, beta_text, set_label
+from vae.present.theory_view import frontier_layers
 from vae.present.units import unit_counts
 
 BETA_FLOOR = 1e-3  # β = 0 is drawn at this value on log scales
@@ -259,9 +260,12 @@ def slope_segments(frame: pd.DataFrame, x_domain: list[float], y_domain: list[fl
     return pd.DataFrame(rows, columns=["run_id", "beta_plot", "rate", "distortion"])
 
 
-def tradeoff_chart(frame: pd.DataFrame, show_slopes: bool = False) -> alt.LayerChart:
+def tradeoff_chart(
+    frame: pd.DataFrame, show_slopes: bool = False, theory: pd.DataFrame | None = None
+) -> alt.LayerChart:
     """R on x, D on y; colour β (log scale); lines through each sweep; dashed lines of equal ELBO;
-    optionally a segment of slope −β at each run (Alemi et al. 2018).
+    optionally a segment of slope −β at each run (Alemi et al. 2018), and the closed-form curve
+    (`theory`, from vae.present.theory_view.frontier_frame).
 
     The points layer carries a click selection named `pick` over `run_id`.
     """
@@ -318,6 +322,8 @@ def tradeoff_chart(frame: pd.DataFrame, show_slopes: bool = False) -> alt.LayerC
                 ],
             ),
         ]  # fmt: skip
+    if theory is not None and not theory.empty:
+        layers += frontier_layers(theory, x, y)
     if show_slopes:
         segments = slope_segments(frame, x_domain, y_domain)
         layers.append(
@@ -393,9 +399,10 @@ def slope_summary(slopes: pd.DataFrame) -> str:
     within = int(slopes["within"].sum())
     ratio = (slopes["slope"] / slopes["expected"]).to_numpy()
     return (
-        f"{within} of {len(slopes)} chords between neighbouring β have a slope between −β of "
-        f"their two ends, as a convex frontier at the optimum would; measured slope ÷ −√(β₁β₂) "
-        f"ranges from {ratio.min():.2f} to {ratio.max():.2f} (1 is exact)."
+        f"{within} of {len(slopes)} chords between neighbouring β have a slope between −β₂ and "
+        f"−β₁ of their two ends, as a convex frontier at the optimum must; measured slope ÷ "
+        f"−√(β₁β₂) ranges from {ratio.min():.2f} to {ratio.max():.2f} (only a guide: the ratio "
+        "is 1 exactly when D ∝ 1/R, and the bound is all the theory gives)."
     )
 
 
