@@ -24,17 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def cpu_line() -> str:
-    """The CPU's model name, read from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return "CPU: " + line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU: unknown"
+from bench.machine import cpu_name  # noqa: E402
 
 
 def test_elbo(config, state) -> float:
@@ -62,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"{cpu_line()}; torch {torch.__version__}, CPU capability "
+    print(f"CPU: {cpu_name()}; torch {torch.__version__}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; auto picks "
           f"{resolve_precision('auto', torch.device('cpu'))} here")  # fmt: skip
     results = {}

@@ -50,6 +50,7 @@ sys.path[:0] = [
 
 import altair as alt  # noqa: E402
 
+from bench.machine import cpu_name  # noqa: E402
 from vae.execution import listing as listing_module  # noqa: E402
 from vae.execution.series import Series, file_signature  # noqa: E402
 from vae.execution.store import RunStore, new_run_id  # noqa: E402
@@ -67,16 +68,6 @@ from vae.present.views import runs_frame  # noqa: E402
 
 SESSIONS = 20  # browser tabs opened at once
 IDLE_SECONDS = 45.0  # longer than the idle poll (20 s): at least two of its ticks
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def metrics_row(epoch: int, latent: int, beta: float) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from bench.machine import cpu_name, load_average  # noqa: E402
 from vae.learn.config import RunConfig  # noqa: E402
 from vae.learn.data import load_dataset  # noqa: E402
 from vae.learn.engine import train_models  # noqa: E402
@@ -34,16 +34,6 @@ from vae.learn.theory import covariance_spectrum, predict  # noqa: E402
 from vae.learn.thresholds import INFORMATIVE_KL_THRESHOLD  # noqa: E402
 
 NOISE_VAR = 0.1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def section(dataset: str, latent_dim: int, betas, epochs: int, batch_size: int, lr: float) -> None:
@@ -89,8 +79,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer epochs on the digits")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"CPU: {cpu_model()} · {os.cpu_count()} logical cores visible · load average {load}")
+    load = load_average()
+    print(f"CPU: {cpu_name()} · {os.cpu_count()} logical cores visible · load average {load}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32")
     section("gaussian", 8, (0.5, 1.0, 2.0), epochs=200, batch_size=500, lr=1e-2)
     # Adam's jitter costs the digits' 784×16 decoder nats of D: several at lr 1e-2, about 2 at

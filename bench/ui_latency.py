@@ -35,6 +35,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.g
 
 from live_app import IDLE, LiveApp, launch_chromium, stop_workers  # noqa: E402
 
+from bench.machine import cpu_name  # noqa: E402
 from vae.execution.store import RunStore  # noqa: E402
 from vae.execution.worker import JobControl, run_job  # noqa: E402
 from vae.learn.config import RunConfig  # noqa: E402
@@ -290,13 +291,6 @@ def idle_cpu(app: LiveApp, seconds: float) -> float:
     return 100 * (cpu_seconds(app.process.pid) - before) / (time.monotonic() - start)
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def run_interactions(page, repeats: int) -> dict[str, list[float] | str]:
     """Each interaction's latencies, or why it could not be measured (the rest still run)."""
     results: dict[str, list[float] | str] = {}
@@ -333,7 +327,7 @@ def main() -> int:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright  # deferred: only this script needs it
 
-    print(f"CPU: {cpu_model()} · {os.cpu_count()} cores · Python {platform.python_version()}")
+    print(f"CPU: {cpu_name()} · {os.cpu_count()} cores · Python {platform.python_version()}")
     with tempfile.TemporaryDirectory(prefix="ui-latency-") as tmp:
         root = Path(tmp) / "runs"
         store = make_store(root)
