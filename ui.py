@@ -25,6 +25,7 @@ from vae import settings
 from vae.execution import root_files
 from vae.execution.backends import backend_from_settings
 from vae.execution.jobs import JobManager, make_manager
+from vae.execution.layout import cache_dir
 from vae.execution.states import ACTIVE, RunState
 from vae.execution.store import RunRecord, RunStore, is_valid_run_id
 from vae.learn.fields import beta_text
@@ -81,7 +82,8 @@ def _server() -> tuple[JobManager, tuple[str, ...]]:
 def job_manager() -> JobManager:
     """The server's manager; the first call in each script run shows the setting warnings."""
     manager, problems = _server()
-    _warn_once_per_run((*problems, *root_files.problems()))
+    root_problems = root_files.problems(manager.store.root, cache_dir())
+    _warn_once_per_run((*problems, *root_problems))
     return manager
 
 

@@ -18,9 +18,7 @@ from vae.execution.store import StoreError
 from vae.learn.evaluate import MIG_NOTE
 from vae.present.film_view import run_gif
 from vae.present.text import code_span, plain_text, refusal_text
-from vae.present.views import metrics_csv, newest, runs_frame
-
-BROKEN_SHOWN = 20  # one warning per broken folder, up to this many
+from vae.present.views import BROKEN_SHOWN, metrics_csv, newest, runs_frame
 
 st.title("Checkpoints")
 st.caption(

@@ -73,6 +73,17 @@ def train_small(store, group: str | None = None, **settings) -> str:
     return run_id
 
 
+def train_sweep(store, betas, group: str, **settings) -> list[str]:
+    """Create a sweep of small fp32 runs (one per β, in `group`) and train it as one stack, as a
+    worker does; returns the run ids."""
+    config = RunConfig(**{**SMALL, "epochs": 1, "latent_dim": 3, "precision": "fp32", **settings})
+    ids = [
+        store.create_run(RunConfig(**{**config.to_dict(), "beta": b}), group=group) for b in betas
+    ]
+    assert set(run_job(store, ids, JobControl(store)).values()) == {"finished"}
+    return ids
+
+
 def chart_spec(chart) -> dict:
     return chart.to_dict()
 

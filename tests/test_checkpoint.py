@@ -271,7 +271,9 @@ def test_every_torch_load_passes_weights_only_true():
 
 
 def test_no_pickle_loading_in_app_code():
-    pattern = re.compile(r"\b(pickle|dill|cloudpickle|joblib)\.loads?\(|\bnp\.load\(.*allow_pickle")
+    pattern = re.compile(
+        r"\b(pickle|dill|cloudpickle|joblib)\.loads?\(|\bnp\.load\(.*allow_pickle\s*=\s*True"
+    )
     for path in APP_CODE:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not pattern.search(line), f"{path.name}:{number}: {line.strip()}"

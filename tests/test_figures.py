@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 
 import pytest
 from PIL import Image
 
-from tests.helpers import train_run
+from tests.helpers import train_run, train_sweep
 from vae.cli import main
-from vae.execution.worker import JobControl, run_job
+from vae.execution.store import RunStore
 from vae.present.charts import units_chart
 from vae.present.figures import FigureError, chart_figure, file_name, svg_figure
 from vae.present.gallery import gallery_frame, sweep_figure_svg, sweeps
@@ -46,17 +45,8 @@ def check(fmt: str, data: bytes) -> None:
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
     """Two runs of one sweep (β = 1 and 4), one epoch each, trained as one stack."""
-    from vae.execution.store import RunStore
-    from vae.learn.config import RunConfig
-
     store = RunStore(tmp_path_factory.mktemp("figures") / "runs")
-    config = RunConfig(
-        dataset="digits", hidden_dims=[32], latent_dim=3, epochs=1, batch_size=256, threads=1,
-        precision="fp32",
-    )  # fmt: skip
-    ids = [store.create_run(replace(config, beta=b), group="sweep-test") for b in (1.0, 4.0)]
-    outcomes = run_job(store, ids, JobControl(store))
-    assert set(outcomes.values()) == {"finished"}
+    train_sweep(store, (1.0, 4.0), "sweep-test", hidden_dims=[32])
     return store
 
 

@@ -95,12 +95,12 @@ def test_linear_demo_button_queues_the_sweep(monkeypatch, tmp_path):
     at = open_app(monkeypatch, store.root, "pages/train.py")
     at.button(key="linear_demo_button").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    runs = store.list_runs(with_metrics=False)
+    runs = store.list_runs()
     assert sorted(r.config.beta for r in runs) == sorted(LINEAR_DEMO_BETAS)
     assert {r.config.name for r in runs} == {LINEAR_DEMO_NAME}
     assert {r.config.architecture for r in runs} == {"linear"}
     manager = JobManager(store)
-    manager.wait(manager.active_run_ids(), timeout_s=120)  # 1 epoch each: let them finish
+    manager.wait([r.run_id for r in runs], timeout_s=120)  # 1 epoch each: let them finish
     st.cache_resource.clear()
 
 

@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import io
 import zlib
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.helpers import open_app
+from tests.helpers import open_app, train_sweep
 from vae.execution.checkpoint import load_run_checkpoint, model_from_checkpoint
-from vae.execution.worker import JobControl, run_job
+from vae.execution.store import RunStore
 from vae.learn.data import load_dataset
 from vae.present import probe as pr
 
 
 @pytest.fixture(scope="module")
 def sweep_store(tmp_path_factory):
-    from vae.execution.store import RunStore
-    from vae.learn.config import RunConfig
-
     store = RunStore(tmp_path_factory.mktemp("probe") / "runs")
-    config = RunConfig(
-        dataset="digits", hidden_dims=[32], latent_dim=3, epochs=1, batch_size=256, threads=1,
-        precision="fp32",
-    )  # fmt: skip
-    ids = [store.create_run(replace(config, beta=b), group="sweep-probe") for b in (0.5, 2.0, 8.0)]
-    assert set(run_job(store, ids, JobControl(store)).values()) == {"finished"}
+    train_sweep(store, (0.5, 2.0, 8.0), "sweep-probe", hidden_dims=[32])
     return store
 
 

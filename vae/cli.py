@@ -215,7 +215,7 @@ class EvalProgress:
         self.last = self.started
 
     def __call__(self, done: int, total: int) -> None:
-        from vae.present.views import format_seconds
+        from vae.present.views import format_seconds  # pandas: only while evaluating
 
         now = time.monotonic()
         if now - self.last < self.every_s and done < total:

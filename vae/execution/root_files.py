@@ -25,7 +25,7 @@ from vae.execution.safe_read import _kind
 _FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 LOG_MAX_BYTES = 64 * 1024**2  # the workers' shared log: started afresh beyond this
 _reported: set[str] = set()
-_problems: list[str] = []
+_problems: list[tuple[Path, str]] = []  # (the folder it was found in, what was wrong)
 _lock = threading.Lock()
 
 
@@ -36,14 +36,16 @@ def report(path: str | os.PathLike, problem: str) -> None:
         if text in _reported:
             return
         _reported.add(text)
-        _problems.append(text)
+        _problems.append((Path(path).parent, text))
     print(f"vae: {text}", file=sys.stderr, flush=True)
 
 
-def problems() -> list[str]:
-    """What was found damaged and replaced at a store root in this process, oldest first."""
+def problems(*folders: str | os.PathLike) -> list[str]:
+    """What this process found damaged and replaced in these folders (a store root, the layout
+    cache), oldest first: a page shows its own store's, not every store the process has seen."""
+    wanted = {Path(f) for f in folders}
     with _lock:
-        return list(_problems)
+        return [text for folder, text in _problems if folder in wanted]
 
 
 def _set_aside(path: Path) -> None:

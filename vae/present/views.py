@@ -24,6 +24,8 @@ from vae.learn.fields import LABEL, SEPARATES, SETTINGS, cell, differing, object
 if TYPE_CHECKING:  # only named in a hint: the chart objects come from charts.py
     import altair as alt
 
+BROKEN_SHOWN = 20  # Checkpoints warns once per broken run folder up to this many, then counts
+
 
 def progress(record: RunRecord) -> tuple[float, str]:
     """(fraction done, 'epoch 3/10 · 21,000 img/s · ETA 12 s') for a run's progress bar."""
