@@ -44,11 +44,14 @@ QUIET_MS = 250  # no change in the page for this long: it has settled
 TARGET_P50_MS, TARGET_P95_MS, TARGET_LOAD_MS, TARGET_IDLE_CPU = 300, 1000, 2000, 2.0
 PAGES = {  # title in the navigation -> its heading
     "Train": "Train β-VAEs",
+    "β gallery": "β gallery",
     "Tradeoff": "Rate–distortion tradeoff",
     "Posterior": "Posterior per latent dimension",
     "Samples": "Samples",
     "The KL term": "The KL term",
     "Checkpoints": "Checkpoints",
+    "Probe": "Probe a sweep",
+    "Runs": "Runs",
 }
 
 # Records, in the page, when the DOM last changed and when a script run last started. Changes
@@ -291,11 +294,23 @@ def idle_cpu(app: LiveApp, seconds: float) -> float:
     return 100 * (cpu_seconds(app.process.pid) - before) / (time.monotonic() - start)
 
 
+def gallery_paints(page, repeats: int) -> list[float]:
+    """From Train to the β gallery until every row of the sweep shows its pictures: the first
+    paint of the page a student opens after the demo (make_store's sweep: 4 rows × 3 images)."""
+    images = page.locator("[data-testid='stMainBlockContainer'] [data-testid='stImage']")
+    times = []
+    for _ in range(repeats):
+        go(page, "Train")
+        times.append(timed(page, lambda: nav(page, "β gallery"), lambda: images.count() >= 12))
+    return times
+
+
 def run_interactions(page, repeats: int) -> dict[str, list[float] | str]:
     """Each interaction's latencies, or why it could not be measured (the rest still run)."""
     results: dict[str, list[float] | str] = {}
     benches = [
         ("page switch", lambda: page_switches(page, max(repeats, len(PAGES)))),
+        ("β gallery first paint", lambda: gallery_paints(page, repeats)),
         ("KL-term slider step", lambda: kl_slider(page, repeats)),
         ("Tradeoff point click", lambda: tradeoff_clicks(page, repeats)),
         ("multiselect add/remove", lambda: multiselect(page, repeats)),
