@@ -12,6 +12,7 @@ from ui import (
     sweep_of_address_run,
 )
 from vae.execution.checkpoint import CheckpointError
+from vae.execution.film import FILM_FILE
 from vae.execution.states import RunState
 from vae.learn.data import DataError
 from vae.present.charts import units_chart
@@ -52,7 +53,7 @@ def films_of(folders: dict[str, str], modified: tuple) -> dict:
 
 
 def film_mtime(record) -> float:
-    path = record.path / "film.npz"
+    path = record.path / FILM_FILE
     return path.stat().st_mtime if path.exists() else 0.0
 
 
