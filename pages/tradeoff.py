@@ -181,7 +181,8 @@ def live_chart(chosen_set: str) -> None:
             ),
             hide_index=True, key="replicates_table",
         )  # fmt: skip
-    split = rate_split_frame([r for r in records if r.run_id in set(frame["run_id"])])
+    plotted_ids = set(frame["run_id"])  # once: a set per record took seconds at 10,000 runs
+    split = rate_split_frame([r for r in records if r.run_id in plotted_ids])
     if not split.empty:
         st.markdown("**Where the rate goes**")
         chart(rate_split_chart, split, figure="rate-split")

@@ -71,7 +71,9 @@ def comparable_sets(records: list[RunRecord]) -> list[ComparableSet]:
     newest: dict[str, float] = {}
     for r in usable:
         key = comparable_key(r)
-        sets.setdefault(key, ComparableSet(key, settings_label(r), [])).run_ids.append(r.run_id)
+        if key not in sets:  # the label once per set, not once per run
+            sets[key] = ComparableSet(key, settings_label(r), [])
+        sets[key].run_ids.append(r.run_id)
         newest[key] = max(newest.get(key, 0.0), r.status.get("created", 0.0))
     order = sorted(sets, key=lambda k: newest[k], reverse=True)
     swept = [r for r in usable if r.status.get("group")]
