@@ -10,6 +10,7 @@ import streamlit as st
 import ui
 from vae.present import kl_teaching as kt
 from vae.present.beta_conventions import conventions_table
+from vae.present.text import plain_text
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER, unit_counts
 
 
@@ -208,7 +209,7 @@ def trained_run_section() -> None:
     try:
         records = [r for r in ui.list_runs() if not r.broken and r.last_metrics]
     except OSError as exc:
-        st.error(f"The run store could not be read: {exc}")
+        st.error(f"The run store could not be read: {plain_text(exc)}")
         return
     if not records:
         st.info(
@@ -224,7 +225,7 @@ def trained_run_section() -> None:
     try:
         frame = kt.per_dim_frame(last)
     except ValueError as exc:
-        st.warning(f"This run's metrics cannot be shown: {exc}")
+        st.warning(f"This run's metrics cannot be shown: {plain_text(exc)}")
         return
     d = len(frame)
     counts = unit_counts(last)

@@ -35,6 +35,7 @@ from vae.present.probe import (
     to_picture,
 )
 from vae.present.probe_charts import PICK, clickable_map_chart, probe_kl_chart
+from vae.present.text import plain_text
 
 CANVAS_SIDE = 196  # 7 canvas pixels per image pixel
 MAP_POINTS = 1000
@@ -79,11 +80,13 @@ for record in sweep.runs:
     try:
         models.append((record, load_model(record.run_id, modified)))
     except CheckpointError as exc:
-        st.warning(f"β = {record.config.beta:g} ({record.run_id}) cannot be used: {exc}")
+        st.warning(
+            f"β = {record.config.beta:g} ({record.run_id}) cannot be used: {plain_text(exc)}"
+        )
 try:
     dataset = load_dataset(first.dataset, first.data_root)
 except DataError as exc:
-    st.error(f"Cannot load the sweep's data set: {exc}")
+    st.error(f"Cannot load the sweep's data set: {plain_text(exc)}")
     st.stop()
 if not models:
     st.info("No run of this sweep has a checkpoint yet: the first epoch is still training.")

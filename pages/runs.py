@@ -6,6 +6,7 @@ from ui import list_runs, refresh_on_change, run_store
 from vae.execution.labels import parse_tags
 from vae.execution.store import StoreError
 from vae.present import runs_table as rt
+from vae.present.text import plain_text
 from vae.present.views import newest
 
 st.title("Runs")
@@ -93,7 +94,7 @@ if ids:
                 store.write_labels(run_id, parse_tags(tag_text), note_text)
                 st.success(f"Saved for {run_id}")
             except (ValueError, StoreError) as exc:
-                st.error(f"Not saved: {exc}")
+                st.error(f"Not saved: {plain_text(exc)}")
     saved = labels_of(run_id)
     if saved.get("note"):
         st.caption("Note")

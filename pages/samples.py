@@ -8,6 +8,7 @@ from vae.execution.checkpoint import CheckpointError
 from vae.learn.data import DataError
 from vae.present.charts import latent_map_chart, latent_map_extent
 from vae.present.samples import OpenRun, open_run, pictures
+from vae.present.text import plain_text
 
 IMAGE_WIDTH = 560
 
@@ -51,7 +52,7 @@ for column, record in pick_runs(records, compare):
                 raise CheckpointError(f"run {record.run_id} has no checkpoint yet")
             shown.append((column, record, load_run(str(path), path.stat().st_mtime)))
         except (CheckpointError, DataError, OSError) as exc:
-            st.error(f"Cannot show this run: {exc}")
+            st.error(f"Cannot show this run: {plain_text(exc)}")
 extent = latent_map_extent([run.latent_map for *_, run in shown]) if compare else None
 
 for side, (column, record, run) in enumerate(shown):

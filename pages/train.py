@@ -94,7 +94,7 @@ with st.expander("Linear demo: runs that land on a curve predicted in closed for
             st.success(f"Queued the linear demo: {len(linear_ids)} runs (seconds each).")
             st.page_link("pages/tradeoff.py", label="Open Tradeoff", icon=":material/show_chart:")
         except (ValueError, StoreError, DemoSettingError) as exc:
-            st.error(f"Nothing was started: {exc}")
+            st.error(f"Nothing was started: {plain_text(exc)}")
 
 
 def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None = None):
@@ -123,7 +123,7 @@ def query_default(name: str, cast, fallback, bounds: tuple[float, float] | None 
         if limit_low is not None and not limit_low <= value <= limit_high:
             raise ValueError(f"must be between {limit_low:g} and {limit_high:g}")
     except ValueError as exc:
-        st.warning(f"Ignored `{name}` in the address ({code_span(raw)}): {exc}.")
+        st.warning(f"Ignored `{name}` in the address ({code_span(raw)}): {plain_text(exc)}.")
         return fallback
     if bounds is not None and not bounds[0] <= value <= bounds[1]:
         clamped = cast(min(max(value, bounds[0]), bounds[1]))
@@ -307,7 +307,7 @@ if missing_data and st.button("Download the files into the data root", key="down
             fetch_data(config)
         st.rerun()  # the files are there: the refusal goes
     except ValueError as exc:  # DataError: no connection, or a damaged download
-        st.error(f"Download failed: {str(exc)[:200]}")
+        st.error(f"Download failed: {plain_text(exc, 200)}")
 buttons = st.container(horizontal=True)  # buttons keep their full labels in a narrow window
 train_disabled = bool(errors) or refusal(run_found) is not None
 if buttons.button("Train", type="primary", key="train_button", disabled=train_disabled):
