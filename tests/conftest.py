@@ -8,6 +8,8 @@ import pytest
 # The app measures the job layout on first use on a machine (seconds of both cores); the tests
 # fix it instead, except where a test sets VAE_MAX_JOBS itself or measures on purpose.
 os.environ.setdefault("VAE_MAX_JOBS", "2")
+# The app keeps spare workers warm; the tests that want them say so (test_local_backend).
+os.environ.setdefault("VAE_WARM_WORKERS", "0")
 # A measured layout is kept per machine in a cache folder: the tests' own, never the user's.
 os.environ.setdefault("VAE_LAYOUT_CACHE", tempfile.mkdtemp(prefix="vae-layout-tests-"))
 

@@ -1,6 +1,6 @@
 """Every setting that comes from outside a run's config, each with its range.
 
-Environment variables (VAE_STORE, VAE_MAX_JOBS, VAE_BACKEND, VAE_RAY_ADDRESS) and command-line
+Environment variables (VAE_STORE, VAE_MAX_JOBS, VAE_WARM_WORKERS, VAE_BACKEND, VAE_RAY_ADDRESS) and command-line
 numbers (sweep --jobs, eval --iw-samples) are read here and nowhere else, so a zero, a word or a huge number gets the
 same kind of message everywhere: the setting's name, the value given and the range allowed.
 """
@@ -130,6 +130,9 @@ def _cores() -> int:
 
 MAX_JOBS = IntSetting(  # unset: the job layout measured on this machine (vae.execution.layout)
     "VAE_MAX_JOBS", 1, 64, lambda: None, "the number of jobs trained at once"
+)
+WARM_WORKERS = IntSetting(  # unset: one per job trained at once
+    "VAE_WARM_WORKERS", 0, 8, lambda: None, "the number of worker processes kept ready"
 )
 STORE = PathSetting("VAE_STORE", "the run store folder")
 SWEEP_JOBS = IntSetting("--jobs", 1, 64, lambda: 1, "runs trained at once")

@@ -75,3 +75,8 @@ class Backend(Protocol):
         """nodes, cpu_total, cpu_free, gpu_total, gpu_free: where jobs can train, for the pages
         (ConnectionError when the backend cannot be reached)."""
         ...
+
+    def keep_ready(self, jobs: int) -> None:
+        """Get ready to start up to `jobs` jobs at once without their start-up cost (e.g. warm
+        worker processes); a long-lived server calls it while none of its jobs trains."""
+        ...

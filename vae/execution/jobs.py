@@ -36,6 +36,7 @@ MAX_SEEDS = 32  # seeds per β in one sweep
 CANCEL_GRACE_S = 10.0  # a job asked to stop that still runs after this is killed
 CANCEL_POLL_S = 0.05  # how often `cancel(wait_s=…)` looks whether the run has stopped
 LAYOUT_LOOK_S = 5.0  # while no layout is measured, how often the cache is looked at again
+WARM_AFTER_S = 3.0  # spare workers start this long after the scheduler (not during first paint)
 
 
 @dataclass
@@ -178,6 +179,13 @@ class JobManager:
 
         start_background_measurement(landed)
 
+    def keep_ready(self) -> None:
+        """Let the backend get ready for the next jobs (warm workers), while nothing of ours
+        trains and no layout measurement could be disturbed by it."""
+        measured = self.max_concurrent is not None or self.backend.cluster
+        if not self.jobs and (measured or self.layout().images_per_s > 0):
+            self.backend.keep_ready(self.slots())
+
     def threads(self) -> int:
         return self.threads_per_job or self.layout().threads
 
@@ -308,11 +316,15 @@ class JobManager:
         if self._scheduler and self._scheduler.is_alive():
             return
 
+        started = time.monotonic()
+
         def loop():
             while not self._stop.wait(interval_s):
                 try:
                     self.reconcile()
                     self.measure_layout_in_background()  # in niced processes, while idle
+                    if time.monotonic() - started >= WARM_AFTER_S:
+                        self.keep_ready()
                 except Exception as exc:  # keep scheduling; a bad folder must not stop the queue
                     print(f"job manager: {exc}", file=sys.stderr)
 

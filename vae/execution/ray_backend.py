@@ -277,6 +277,9 @@ class RayBackend:
             self._capacity = (time.monotonic(), slots)
         return slots
 
+    def keep_ready(self, jobs: int) -> None:
+        """Nothing to prepare: the cluster starts each job's actor."""
+
     def resources(self) -> dict:
         """Total and free CPUs and GPUs, and the number of live nodes (for the sidebar)."""
         self.connect()

@@ -11,11 +11,15 @@ while the others train on.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -31,10 +35,11 @@ from vae.execution.evaluation import evaluate_run
 from vae.execution.film import FILM_FILE, FilmRecorder
 from vae.execution.lease import Lease
 from vae.execution.procs import keep_freed_memory, local_ref
+from vae.execution.root_files import LOG_MAX_BYTES, open_root_file
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
 from vae.learn.config import RunConfig, stack_key
-from vae.learn.data import DataError, Dataset, load_dataset
+from vae.learn.data import DataError, Dataset, DataSplit, load_dataset
 from vae.learn.engine import (
     NonFiniteLossError,
     TrainCallbacks,
@@ -44,6 +49,7 @@ from vae.learn.engine import (
     resolve_device,
     train_models,
 )
+from vae.learn.precision import resolve_precision
 
 Evaluate = Callable[[RunStore, str], object]
 
@@ -300,18 +306,85 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc} ({tail})"
 
 
+def warm_up() -> None:
+    """Do once, before any job is asked for, what costs a cold worker its first seconds.
+
+    The imports are done by now; the first optimizer imports torch's compiler stack (about a
+    second), and the first steps at each precision build the CPU's matrix-product kernels. One
+    epoch of the default model on 256 digits, in both precisions this machine may train in.
+    """
+    digits = load_dataset("digits")
+    few = Dataset(
+        digits.info, DataSplit(*_first(digits.train, 256)), DataSplit(*_first(digits.test, 64))
+    )
+    device, threads = torch.device("cpu"), torch.get_num_threads()
+    for precision in sorted({"fp32", resolve_precision("auto", device)}):
+        config = RunConfig(dataset="digits", epochs=1, threads=1, precision=precision)
+        train_models([config], dataset=few)
+    torch.set_num_threads(threads)  # the job sets its own; else what a cold worker would have
+
+
+def _first(split: DataSplit, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return split.x[:n], split.y[:n]
+
+
+def read_job(stream: TextIO) -> tuple[str, int, list[str]] | None:
+    """The job a server hands a warm worker: one JSON line {"store", "threads", "run_ids"}.
+
+    None at the end of input: the server that started this worker is gone, or closed it.
+    """
+    line = stream.readline(1 << 20)
+    if not line.strip():
+        return None
+    job = json.loads(line)
+    if not isinstance(job, dict) or not {"store", "threads", "run_ids"} <= job.keys():
+        raise ValueError("a job is a JSON object with store, threads and run_ids")
+    store, threads, run_ids = job["store"], job["threads"], job["run_ids"]
+    if not (isinstance(store, str) and isinstance(threads, int) and threads >= 0):
+        raise ValueError("a job needs a store path and a thread count")
+    if not (isinstance(run_ids, list) and run_ids and all(isinstance(r, str) for r in run_ids)):
+        raise ValueError("a job needs a list of run ids")
+    return store, threads, run_ids
+
+
+def log_to(store_root: Path) -> None:
+    """Send this process's output to the store's worker log, as a cold worker's is."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log = open_root_file(store_root / ".worker.log", LOG_MAX_BYTES, append=True)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", required=True, help="run store root folder")
+    parser.add_argument("--store", help="run store root folder (required without --wait)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: config's)")
     parser.add_argument(
         "--nice", type=int, default=0, help="lower this process's priority by this much (0–19)"
     )
-    parser.add_argument("run_ids", nargs="+")
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="start warm: warm up, then read the job from stdin (one JSON line: store, threads, "
+        "run_ids); exit at the end of input",
+    )
+    parser.add_argument("run_ids", nargs="*")
     args = parser.parse_args(argv)
     if args.nice > 0:
         os.nice(min(args.nice, 19))
     keep_freed_memory()  # started by hand, without the manager's environment: the same tuning
+    if args.wait:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel's wake-up before the job is
+        warm_up()  # heard: its note is looked for at the first step
+        job = read_job(sys.stdin)
+        if job is None:
+            return 0
+        args.store, args.threads, args.run_ids = job
+        log_to(Path(args.store))
+    if not args.store or not args.run_ids:
+        parser.error("give --store and at least one run id (or --wait)")
     store = RunStore(args.store)
     control = JobControl(store.folders)
     control.install()

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from vae.learn.data import test_inputs
@@ -268,7 +267,7 @@ def most_informative_dims(kl_per_dim: Sequence[float], n: int) -> list[int]:
     return sorted(range(len(kl)), key=lambda j: (-kl[j], j))[: max(0, n)]
 
 
-def latent_map(model, x: torch.Tensor, y, method: str = "auto") -> pd.DataFrame:
+def latent_map(model, x: torch.Tensor, y, method: str = "auto"):
     """2-D picture of the latent means: columns z1, z2, label; df.attrs["method"] says how.
 
     "auto": the latent itself when latent_dim is 2 ("latent"), else the two dims with the largest
@@ -301,6 +300,8 @@ def latent_map(model, x: torch.Tensor, y, method: str = "auto") -> pd.DataFrame:
         if coords.shape[1] < 2:  # latent_dim 1: a strip
             coords = torch.cat([coords, torch.zeros(len(coords), 1, dtype=coords.dtype)], 1)
         attrs = {"method": name, "dims": dims}
+    import pandas as pd  # late import: a worker never draws a map, and pandas costs it 0.5 s
+
     labels = np.asarray(torch.as_tensor(y).cpu()) if y is not None else np.full(len(mu), -1)
     df = pd.DataFrame({"z1": coords[:, 0].numpy(), "z2": coords[:, 1].numpy(), "label": labels})
     df.attrs.update(attrs)

@@ -1,0 +1,132 @@
+"""The local backend's warm workers: spares that wait on a pipe, take one job, end with the server."""
+
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from vae.execution.jobs import JobManager
+from vae.execution.local import LocalProcessBackend
+from vae.execution.procs import PROJECT_ROOT, is_running, process_start_time
+from vae.execution.states import RunState
+from vae.execution.worker import read_job
+
+
+def wait_until(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+
+
+def test_a_spare_worker_trains_the_job_it_is_handed_and_logs_into_the_store(store, tiny_config):
+    backend = LocalProcessBackend(warm=1)
+    backend.keep_ready(jobs=2)  # warm=1 caps it
+    spares = backend.spares()
+    assert len(spares) == 1
+    manager = JobManager(store, max_concurrent=1, backend=backend)
+    try:
+        run_id = manager.submit(tiny_config)
+        assert manager.jobs[run_id].pid == spares[0]  # the spare took it
+        assert backend.spares() == []  # and is a spare no more
+        manager.wait([run_id], timeout_s=120, poll_s=0.1)
+        assert store.read_status(run_id)["state"] == RunState.FINISHED
+        assert len(store.read_metrics(run_id)) == tiny_config.epochs
+        assert (store.root / ".worker.log").exists()
+    finally:
+        backend.close()
+
+
+def test_a_job_starts_cold_when_no_spare_is_left(store, tiny_config):
+    backend = LocalProcessBackend(warm=1)
+    backend.keep_ready(jobs=1)
+    manager = JobManager(store, max_concurrent=2, backend=backend)
+    try:
+        first = manager.submit(tiny_config)
+        second = manager.submit(tiny_config)
+        assert manager.jobs[first].pid != manager.jobs[second].pid
+        manager.wait([first, second], timeout_s=120, poll_s=0.1)
+        assert [store.read_status(r)["state"] for r in (first, second)] == [RunState.FINISHED] * 2
+    finally:
+        backend.close()
+
+
+def test_warm_zero_keeps_no_spare():
+    backend = LocalProcessBackend(warm=0)
+    backend.keep_ready(jobs=4)
+    assert backend.spares() == []
+
+
+def test_the_scheduler_makes_spares_only_while_nothing_trains(store, tiny_config, monkeypatch):
+    monkeypatch.setattr("vae.execution.jobs.WARM_AFTER_S", 0.0)
+    backend = LocalProcessBackend(warm=None)  # one per job at once
+    manager = JobManager(store, max_concurrent=1, backend=backend)
+    try:
+        manager.start_scheduler(interval_s=0.2)
+        wait_until(lambda: len(backend.spares()) == 1, 30, "one spare for one slot")
+        run_id = manager.submit(dataclasses.replace(tiny_config, epochs=3))
+        assert backend.spares() == []
+        while store.read_status(run_id)["state"] in (RunState.QUEUED, RunState.RUNNING):
+            assert backend.spares() == [], "a spare was started while a run trained"
+            time.sleep(0.1)
+        wait_until(lambda: len(backend.spares()) == 1, 30, "a new spare once the run ended")
+    finally:
+        manager.shutdown()
+        backend.close()
+
+
+def test_a_spare_ends_when_the_server_that_started_it_is_killed(tmp_path):
+    server = textwrap.dedent(
+        """
+        import sys, time
+        from vae.execution.local import LocalProcessBackend
+        backend = LocalProcessBackend(warm=1)
+        backend.keep_ready(jobs=1)
+        print(backend.spares()[0], flush=True)
+        time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", server], stdout=subprocess.PIPE, text=True, env=env
+    )
+    spare = int(process.stdout.readline())
+    start = process_start_time(spare)
+    assert is_running(spare, start)
+    process.kill()
+    process.wait()
+    # It finishes warming up (seconds), reads the end of its input and exits.
+    wait_until(lambda: not is_running(spare, start), 120, "the orphaned spare ended")
+
+
+def test_close_ends_the_spares():
+    backend = LocalProcessBackend(warm=2)
+    backend.keep_ready(jobs=2)
+    pids = backend.spares()
+    starts = [process_start_time(p) for p in pids]
+    backend.close()
+    assert backend.spares() == []
+    assert not any(is_running(p, s) for p, s in zip(pids, starts, strict=True))
+
+
+def test_read_job_takes_one_json_line_and_refuses_anything_else():
+    line = '{"store": "/tmp/runs", "threads": 1, "run_ids": ["a", "b"]}\n'
+    assert read_job(io.StringIO(line)) == ("/tmp/runs", 1, ["a", "b"])
+    assert read_job(io.StringIO("")) is None  # the server is gone
+    for bad in (
+        '{"store": 3, "threads": 1, "run_ids": ["a"]}',
+        '{"store": "s", "threads": 1, "run_ids": []}',
+        '{"store": "s", "threads": -1, "run_ids": ["a"]}',
+        "not json",
+        '{"threads": 1}',
+        "[1, 2]",
+    ):
+        with pytest.raises(ValueError):
+            read_job(io.StringIO(bad + "\n"))
