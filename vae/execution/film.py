@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +51,18 @@ class Film:
         return int(earlier[-1]) if len(earlier) else None
 
     def to_bytes(self) -> bytes:
+        """An .npz archive, deflated at level 1: it is rewritten after every epoch, and level 1
+        costs a third of np.savez_compressed's time for a file a few percent larger."""
+        arrays = {
+            "epochs": self.epochs, "samples": self.samples,
+            "reconstructions": self.reconstructions, "inputs": self.inputs,
+            "stride": np.array(self.stride, dtype=np.int64),
+        }  # fmt: skip
         buffer = io.BytesIO()
-        np.savez_compressed(
-            buffer, epochs=self.epochs, samples=self.samples,
-            reconstructions=self.reconstructions, inputs=self.inputs,
-            stride=np.array(self.stride, dtype=np.int64),
-        )  # fmt: skip
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+            for name, array in arrays.items():
+                with archive.open(f"{name}.npy", "w") as entry:
+                    np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
         return buffer.getvalue()
 
 
