@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui import cluster_sidebar, job_manager, warm_up
+from ui import cluster_sidebar, job_manager, one_torch_thread, warm_up
 
 # Served by this server (a material icon would make the browser fetch the favicon from a font host).
 ICON = str(Path(__file__).resolve().parent / "static" / "favicon.png")
@@ -47,6 +47,7 @@ manager = job_manager()
 if manager.backend.cluster:  # the cluster's free CPUs and GPUs; no sidebar otherwise
     with st.sidebar:
         cluster_sidebar(manager)
+one_torch_thread()
 try:
     page.run()
 finally:  # also after st.stop(): torch and the model code, in the background, for later pages

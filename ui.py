@@ -10,6 +10,7 @@ import contextlib
 import gc
 import importlib
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -123,6 +124,16 @@ def cluster_sidebar(manager: JobManager) -> None:
         st.caption(f"… and {len(running) - 8} more running")
 
 
+def one_torch_thread() -> None:
+    """The server's own torch work (a few decoded samples, a probe, a latent map) in one thread:
+    while workers train on every core, a second intra-op thread waits for a core at each
+    parallel region, and a page's small tensor work then takes several times as long. Called
+    before each page runs and after the warm-up's imports; a no-op until torch is imported."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @st.cache_resource
 def warm_up() -> threading.Thread:
     """Load WARM_UP_MODULES once per server in a background thread (call it after the page has
@@ -132,6 +143,7 @@ def warm_up() -> threading.Thread:
         time.sleep(WARM_UP_DELAY_S)
         for name in WARM_UP_MODULES:
             importlib.import_module(name)  # a preload, not a deferred import: the pages import it
+        one_torch_thread()
         gc.freeze()  # as above, for what these modules keep
 
     thread = threading.Thread(target=load, name="vae-warm-up", daemon=True)

@@ -40,7 +40,17 @@ RATE = 100  # samples per second per process
 DEMO_BETAS = ("0.5", "1", "2", "4", "8", "16")
 
 WORKLOADS = {
-    "demo": ["sweep", "--betas", *DEMO_BETAS, "--latent-dim", "16", "--epochs", "30", "--seed", "0"],
+    "demo": [
+        "sweep",
+        "--betas",
+        *DEMO_BETAS,
+        "--latent-dim",
+        "16",
+        "--epochs",
+        "30",
+        "--seed",
+        "0",
+    ],
     "sweep": ["sweep", "--betas", "0.25", "0.5", "1", "2", "4", "8", "--epochs", "5"],
     "one run": ["train", "--epochs", "5"],
 }
@@ -57,7 +67,10 @@ CATEGORIES = [
     ("final evaluation (IWAE k=100, rate split)", lambda s: _any(s, "evaluate_run", "finish_run")),
     ("per epoch: test summary", lambda s: _any(s, "epoch_metrics")),
     ("per epoch: checkpoint, film, metrics, status", lambda s: _any(s, "RunFiles.on_epoch")),
-    ("set-up: data, models, optimizer", lambda s: _any(s, "_prepare", "load_dataset", "LiveStack.of")),
+    (
+        "set-up: data, models, optimizer",
+        lambda s: _any(s, "_prepare", "load_dataset", "LiveStack.of"),
+    ),
     ("step: optimizer (Adam)", lambda s: _any(s, "Adam.step", "fused_adam", "zero_grad")),
     ("step: matrix products", lambda s: _in_step(s) and _leaf_gemm(s)),
     ("step: element-wise work", lambda s: _in_step(s) and bool(ELEMENTWISE.search(s[-1]))),

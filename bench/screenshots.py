@@ -25,9 +25,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # live_app: the app server the browser tests use
 
-from bench.machine import cpu_name, load_average  # noqa: E402
 from live_app import CHROMIUM, CHROMIUM_ARGS, IDLE, LiveApp, stop_workers  # noqa: E402
 
+from bench.machine import cpu_name, load_average  # noqa: E402
 from vae.execution.states import ACTIVE  # noqa: E402
 from vae.execution.store import RunStore  # noqa: E402
 from vae.present.demo import DEMO_EPOCHS_ENV, DEMO_NAME  # noqa: E402

@@ -14,7 +14,7 @@ def test_demo_config_is_valid_and_uses_the_measured_epochs():
     assert config.epochs == demo.DEMO_EPOCHS
     assert config.latent_dim == demo.DEMO_LATENT_DIM and config.name == demo.DEMO_NAME
     assert config.dataset == "digits" and config.objective == "beta"
-    assert config.precision == "fp32"  # the README's table must not depend on the CPU's bf16
+    assert config.precision == "auto"  # the machine's fastest; the README gives both tables
 
 
 def test_linear_demo_config_has_a_closed_form():
