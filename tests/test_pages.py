@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import threading
 import time
 
 import pandas as pd
@@ -474,3 +475,22 @@ def test_pages_list_only_the_newest_runs_of_a_large_store(monkeypatch, tmp_path)
     runs_table = next(d.value for d in at.dataframe if "run" in d.value.columns)
     assert list(runs_table["run"]) == newest_three  # (five equal runs: replicates, tabled after)
     assert not at.exception and not at.warning
+
+
+def test_a_page_run_leaves_the_servers_torch_on_one_thread(monkeypatch, trained_store):
+    """Workers hold the cores while they train: the server's own tensor work must not wait for a
+    second one (ui.one_torch_thread, before every page)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        at = open_app(monkeypatch, trained_store.root, "pages/samples.py")
+        assert not at.exception
+        seen = []  # torch's thread count is per thread, taken from the process's on first use
+        reader = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        reader.start()
+        reader.join()
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(threads)
