@@ -40,6 +40,16 @@ def test_max_jobs_in_range_and_default():
     assert "VAE_MAX_JOBS=0" in problem and "Using" in problem
 
 
+@pytest.mark.parametrize("raw", ["-1", "9", "two"])
+def test_the_app_opens_with_a_bad_warm_workers_and_says_so(monkeypatch, tmp_path, raw):
+    monkeypatch.setenv("VAE_WARM_WORKERS", raw)
+    at = open_app(monkeypatch, tmp_path / "runs", PAGES[0])
+    assert not at.exception, at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert "VAE_WARM_WORKERS" in warnings and "from 0 to 8" in warnings
+    assert "one warm worker per job slot" in warnings
+
+
 def test_store_setting_refuses_a_file_and_junk(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("x")

@@ -174,6 +174,8 @@ def read_or_default(
         used = f"{default}" if default is not None else "the default folder"
         if setting is RAY_ADDRESS:
             used = "local processes"  # the caller trains locally rather than guess a cluster
+        if setting is WARM_WORKERS:
+            used = "one warm worker per job slot"
         return default, f"{exc}. Using {used} instead."
 
 

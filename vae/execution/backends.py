@@ -10,8 +10,6 @@ checked by vae.settings, like every other setting.
 
 from __future__ import annotations
 
-import sys
-
 from vae import settings
 from vae.execution.backend import Backend
 from vae.execution.local import LocalProcessBackend
@@ -42,13 +40,11 @@ def backend_from_settings() -> tuple[Backend, list[str]]:
         address, address_problem = settings.read_or_default(settings.RAY_ADDRESS)
         if address_problem is None:
             return make_backend("ray", address), []
-        return _warm_local(), [address_problem]
-    return _warm_local(), [problem] if problem else []
+        return _warm_local([address_problem])
+    return _warm_local([problem] if problem else [])
 
 
-def _warm_local() -> LocalProcessBackend:
+def _warm_local(problems: list[str]) -> tuple[Backend, list[str]]:
     """Local processes for a long-lived server: VAE_WARM_WORKERS spares kept ready."""
     warm, problem = settings.read_or_default(settings.WARM_WORKERS)
-    if problem:
-        print(problem, file=sys.stderr)
-    return LocalProcessBackend(warm=warm)
+    return LocalProcessBackend(warm=warm), [*problems, *([problem] if problem else [])]
