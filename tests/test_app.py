@@ -13,6 +13,7 @@ servers (by process group) and the workers started on that store (by their comma
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -164,3 +165,46 @@ def test_html_run_name_stays_text_and_malicious_upload_is_refused(tmp_path, serv
     refusal.first.wait_for()
     assert "nothing in it was run" in refusal.first.inner_text()
     assert not marker.exists()
+
+
+def spares_of(server_pid: int) -> list[int]:
+    """The warm workers (`vae.execution.worker --wait`) that the server process started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            ours = b"vae.execution.worker" in argv and b"--wait" in argv and parent == server_pid
+            if ours and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_the_app_hands_a_run_to_a_warm_worker_and_its_spares_end_with_it(
+    tmp_path, monkeypatch, page
+):
+    monkeypatch.setenv("VAE_WARM_WORKERS", "1")
+    store = RunStore(tmp_path / "runs")
+    server = LiveApp(store.root, tmp_path / "streamlit.log", max_jobs=1)
+    try:
+        open_page(page, server.url)  # the first script run starts the scheduler
+        spare = wait_for(lambda: spares_of(server.process.pid), 60, what="a spare worker")[0]
+        run_id = store.create_run(RunConfig(**TINY, epochs=2, name="warm"))
+        status = wait_for(
+            lambda: (s := store.read_status(run_id))["state"] == "running" and s.get("job") and s,
+            60,
+            what="the run handed to a worker",
+        )
+        assert worker_pid(status) == spare  # the spare took it: no cold start
+        wait_for(lambda: store.read_status(run_id)["state"] == "finished", 120, what="finished")
+        assert [m["epoch"] for m in store.read_metrics(run_id)] == [1, 2]
+        replacement = wait_for(
+            lambda: [p for p in spares_of(server.process.pid) if p != spare], 60, what="a new spare"
+        )  # started once nothing trains; the old one has exited with its job done
+        server.kill()  # a crash: the spares are told nothing but the end of their input
+        wait_for(lambda: not any(alive(p) for p in replacement), 120, what="the spares ended")
+    finally:
+        server.stop()
+        stop_workers(store.root, grace_s=2.0)
