@@ -20,6 +20,7 @@ from vae import cli
 from vae.execution.backends import make_backend
 from vae.execution.checkpoint import load_run_checkpoint
 from vae.execution.jobs import JobManager, make_manager
+from vae.execution.local import WORKER_NICENESS
 from vae.execution.ray_backend import NAMESPACE, RayBackend
 from vae.execution.states import RunState
 from vae.execution.store import RunStore
@@ -69,6 +70,14 @@ def _job_actors() -> list[str]:
     return [a["name"] for a in names if a["namespace"] == NAMESPACE]
 
 
+def _actor(name: str):
+    return ray.get_actor(name, namespace=NAMESPACE)
+
+
+def _held_jobs(name: str) -> list[str]:
+    return ray.get(_actor(name).held_jobs.remote(), timeout=30)
+
+
 def test_sweep_on_ray_matches_local_processes(ray_sweep, tmp_path):
     store, run_ids = ray_sweep
     local_store = RunStore(tmp_path / "local")
@@ -87,14 +96,47 @@ def test_sweep_on_ray_matches_local_processes(ray_sweep, tmp_path):
         ray_eval, local_eval = store.read_eval(ray_id), local_store.read_eval(local_id)
         assert _numbers(ray_eval) == _numbers(local_eval)
         assert load_run_checkpoint(store, ray_id)["epoch"] == 2
-    wait_for(lambda: not _job_actors(), timeout=60, what="job actors to end")
+    # The actors stay, warm, for the next job; every job's node-local store is closed.
+    wait_for(lambda: all(not _held_jobs(a) for a in _job_actors()), 60, what="jobs to close")
 
 
-def test_cancel_one_run_of_a_stack_on_ray(ray_backend, store):
+def test_a_second_sweep_trains_on_the_warm_actors_with_the_same_numbers(ray_sweep, ray_backend):
+    first_store, first_ids = ray_sweep
+    actors = set(_job_actors())
+    pids = {ray.get(_actor(a).ready.remote())["pid"] for a in actors}
+    store = RunStore(first_store.root.parent / "again")
+    manager = make_manager(store, ray_backend, max_concurrent=2)
+    run_ids = manager.submit_sweep(_config(epochs=2), BETAS)
+    assert {job.actor_name for job in manager.jobs.values()} <= actors  # no new actor started
+    manager.wait(run_ids, timeout_s=300)
+    assert set(_job_actors()) == actors
+    assert {ray.get(_actor(a).ready.remote())["pid"] for a in actors} == pids  # same processes
+    for first_id, run_id in zip(first_ids, run_ids, strict=True):
+        assert store.read_status(run_id)["state"] == RunState.FINISHED
+        first_rows, rows = first_store.read_metrics(first_id), store.read_metrics(run_id)
+        assert [_numbers(r) for r in rows] == [_numbers(r) for r in first_rows]
+        assert _numbers(store.read_eval(run_id)) == _numbers(first_store.read_eval(first_id))
+        assert load_run_checkpoint(store, run_id)["epoch"] == 2
+
+
+def test_ray_workers_run_at_the_local_workers_priority(ray_sweep):
+    for name in _job_actors():
+        pid = ray.get(_actor(name).ready.remote())["pid"]
+        assert os.getpriority(os.PRIO_PROCESS, pid) == WORKER_NICENESS
+
+
+def test_idle_warm_actors_count_as_free_cpus(ray_sweep, ray_backend):
+    wait_for(lambda: all(not _held_jobs(a) for a in _job_actors()), 60, what="jobs to close")
+    assert ray_backend.resources()["cpu_free"] == 2
+
+
+def test_cancel_one_run_of_a_stack_on_ray(ray_sweep, ray_backend, store):
+    warm = set(_job_actors())  # the sweep's actors, idle now
     manager = make_manager(store, ray_backend, max_concurrent=2)
     run_ids = manager.submit_sweep(_config(epochs=6, batch_size=64), BETAS)
     job = manager.jobs.get(run_ids[0])
     assert job is not None and job.run_ids == run_ids[:2]  # 3 runs, 2 CPUs: stacks of 2 and 1
+    assert job.actor_name in warm  # cancelled on an actor that trained a job before
     wait_for(lambda: manager.reconcile() or store.read_metrics(run_ids[0]), 120, what="epoch 1")
     manager.cancel(run_ids[0])
     manager.wait(run_ids, timeout_s=300)
