@@ -146,6 +146,23 @@ def test_cancel_one_run_of_a_stack_on_ray(ray_sweep, ray_backend, store):
     assert [len(store.read_metrics(r)) for r in run_ids[1:]] == [6, 6]
 
 
+def test_cancel_sent_as_a_job_is_handed_to_a_warm_actor(ray_sweep, ray_backend, store):
+    manager = make_manager(store, ray_backend, max_concurrent=2)
+    run_id = manager.submit(_config(epochs=30, batch_size=64))
+    job = manager.jobs[run_id]
+    manager.cancel(run_id)  # before the manager has seen the actor take the job
+    manager.wait([run_id], timeout_s=120)
+    status = store.read_status(run_id)
+    assert status["state"] == RunState.CANCELLED, status
+    assert status["reason"].startswith("cancelled before it started") or status[
+        "reason"
+    ].startswith("cancelled after epoch"), (
+        status
+    )  # the actor heard it: not killed after the grace period
+    assert job.actor_name in _job_actors()
+    assert len(store.read_metrics(run_id)) < 30
+
+
 def test_killed_ray_worker_interrupts_and_the_run_resumes(ray_backend, store):
     manager = make_manager(store, ray_backend, max_concurrent=2)
     run_id = manager.submit(_config(epochs=5, batch_size=64))

@@ -190,11 +190,13 @@ class JobActor:
             if woken:
                 time.sleep(BATCH_S)  # the worker writes an epoch's files one after another
 
-    def cancel(self, job_id: str, run_id: str) -> None:
+    def cancel(self, job_id: str, run_id: str, _after: object = None) -> None:
+        """Stop one run of the job (`_after`: the job's `take`, which Ray resolves first, so a
+        cancel sent at once is not lost on a threaded actor that runs calls out of order)."""
         if job_id in self.jobs:
             self.jobs[job_id].control.cancel(run_id)
 
-    def stop(self, job_id: str) -> None:
+    def stop(self, job_id: str, _after: object = None) -> None:
         if job_id in self.jobs:
             self.jobs[job_id].control.stop()
 
@@ -378,13 +380,13 @@ class RayJob:
             ray.kill(self.actor, no_restart=True)
 
     def cancel_run(self, run_id: str) -> None:
-        self.actor.cancel.remote(self.job_id, run_id)
+        self.actor.cancel.remote(self.job_id, run_id, self._taken)
 
     def stop(self, force: bool = False) -> None:
         if force:
             ray.kill(self.actor, no_restart=True)  # never handed on: it is not released
         else:
-            self.actor.stop.remote(self.job_id)
+            self.actor.stop.remote(self.job_id, self._taken)
 
     def describe_exit(self) -> str:
         return self.ended or "the Ray job is gone"
