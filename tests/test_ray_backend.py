@@ -21,7 +21,7 @@ from vae.execution.backends import make_backend
 from vae.execution.checkpoint import load_run_checkpoint
 from vae.execution.jobs import JobManager, make_manager
 from vae.execution.local import WORKER_NICENESS
-from vae.execution.ray_backend import NAMESPACE, RayBackend
+from vae.execution.ray_backend import NAMESPACE, JobActor, RayBackend
 from vae.execution.states import RunState
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
@@ -229,6 +229,18 @@ def test_cli_sweep_on_ray(ray_backend, tmp_path, capsys):
     assert [r.state for r in records] == [RunState.FINISHED] * 2
     assert all(r.status["where"].startswith("ray node ") for r in records)
     assert "(2 slots, one job each)" in capsys.readouterr().out  # the cluster's 2 CPUs
+
+
+def test_an_idle_actor_ends_itself_and_frees_its_name(ray_backend):
+    """So an app that left a cluster does not hold its CPUs for good (a zero-CPU actor here, so
+    that it is placed beside the warm ones and takes nothing from them)."""
+    name = f"vae-worker-idle-test-{os.getpid()}"
+    options = {"name": name, "namespace": NAMESPACE, "lifetime": "detached", "num_cpus": 0}
+    actor = ray.remote(JobActor).options(**options).remote((0, 0), idle_exit_s=0.5)
+    assert ray.get(actor.ready.remote(), timeout=60)["pid"] > 0
+    wait_for(lambda: name not in _job_actors(), timeout=60, what="the idle actor to end")
+    warm = set(_job_actors())
+    assert warm and all(not _held_jobs(a) for a in warm)  # the pool's actors (5 min) stay
 
 
 def test_bad_backend_settings_are_named(monkeypatch):

@@ -137,8 +137,9 @@ class JobActor:
     warm, for its next job, and ends itself after IDLE_EXIT_S without one.
     """
 
-    def __init__(self, shape: Shape):
+    def __init__(self, shape: Shape, idle_exit_s: float = IDLE_EXIT_S):
         self.shape = tuple(shape)
+        self.idle_exit_s = idle_exit_s
         self.jobs: dict[str, NodeJob] = {}
         self.changed = threading.Condition()
         self.version = 0  # counts the writes into the jobs' stores (what a pull waits on)
@@ -216,9 +217,9 @@ class JobActor:
     def _end_when_idle(self) -> None:
         """End this worker process once it has held no job for IDLE_EXIT_S (frees its CPUs)."""
         while True:
-            time.sleep(IDLE_CHECK_S)
+            time.sleep(min(IDLE_CHECK_S, self.idle_exit_s))
             with self.changed:
-                if not self.jobs and time.monotonic() - self.idle_since > IDLE_EXIT_S:
+                if not self.jobs and time.monotonic() - self.idle_since > self.idle_exit_s:
                     self.ending = True  # `take` refuses from now on
                     break
         os._exit(0)  # a detached actor with max_restarts=0: Ray frees its name and resources
