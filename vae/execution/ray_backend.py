@@ -450,7 +450,9 @@ class RayBackend:
         first job: a job then starts without a new worker process."""
         shape = (self.threads_per_job, 0)
         slots = int(ray.cluster_resources().get("CPU", 0) // self.threads_per_job)
-        warm = [self._new_actor(shape) for _ in range(max(0, slots))]
+        warm = [self._new_actor(shape) for _ in range(slots)]
+        if not warm:
+            return  # an instance without CPUs: its jobs wait for one, as before
         ray.wait([w.actor.ready.remote() for w in warm], num_returns=len(warm),
                  timeout=WARM_WAIT_S)  # fmt: skip
         for actor in warm:
