@@ -366,7 +366,8 @@ def run_child(kind: str, args: dict, *, threads: int, malloc: bool, timeout: flo
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             result = json.loads(line[7:])
-            result["wall"] = wall
+            result["process_wall"] = wall
+            result.setdefault("wall", wall)  # a child that times its own part says so
             return result
     raise RuntimeError(f"child {kind} failed (code {proc.returncode}):\n{proc.stderr[-3000:]}")
 
@@ -497,9 +498,12 @@ def ray_overhead_rows(tmp: Path, epochs: int, reps: int, say) -> None:
     say()
     say("Start-up: choosing the backend (for Ray: `ray.init`, starting a local instance). Sweep "
         "wall: from submitting the sweep to its last run finished; overhead and × local compare "
-        "it with the local-process sweep of the same repeat. Ray runs its workers at niceness "
-        "15, so on a machine busy with other work they get less of the CPU than local "
-        "processes do; compare the load average above.")  # fmt: skip
+        "it with the local-process sweep of the same repeat (the child's own timing: Python's and "
+        "Ray's start-up and shutdown are not in it). A local Ray instance runs its workers at "
+        "the local workers' niceness (10) and starts one warm actor per slot during start-up; "
+        "the load average is printed before and after.")  # fmt: skip
+    say()
+    say(f"Load average after section 4: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     say()
 
 

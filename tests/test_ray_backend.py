@@ -20,7 +20,8 @@ from vae import cli
 from vae.execution.backends import make_backend
 from vae.execution.checkpoint import load_run_checkpoint
 from vae.execution.jobs import JobManager, make_manager
-from vae.execution.ray_backend import NAMESPACE, RayBackend
+from vae.execution.local import WORKER_NICENESS
+from vae.execution.ray_backend import NAMESPACE, JobActor, RayBackend
 from vae.execution.states import RunState
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
@@ -69,6 +70,14 @@ def _job_actors() -> list[str]:
     return [a["name"] for a in names if a["namespace"] == NAMESPACE]
 
 
+def _actor(name: str):
+    return ray.get_actor(name, namespace=NAMESPACE)
+
+
+def _held_jobs(name: str) -> list[str]:
+    return ray.get(_actor(name).held_jobs.remote(), timeout=30)
+
+
 def test_sweep_on_ray_matches_local_processes(ray_sweep, tmp_path):
     store, run_ids = ray_sweep
     local_store = RunStore(tmp_path / "local")
@@ -87,14 +96,47 @@ def test_sweep_on_ray_matches_local_processes(ray_sweep, tmp_path):
         ray_eval, local_eval = store.read_eval(ray_id), local_store.read_eval(local_id)
         assert _numbers(ray_eval) == _numbers(local_eval)
         assert load_run_checkpoint(store, ray_id)["epoch"] == 2
-    wait_for(lambda: not _job_actors(), timeout=60, what="job actors to end")
+    # The actors stay, warm, for the next job; every job's node-local store is closed.
+    wait_for(lambda: all(not _held_jobs(a) for a in _job_actors()), 60, what="jobs to close")
 
 
-def test_cancel_one_run_of_a_stack_on_ray(ray_backend, store):
+def test_a_second_sweep_trains_on_the_warm_actors_with_the_same_numbers(ray_sweep, ray_backend):
+    first_store, first_ids = ray_sweep
+    actors = set(_job_actors())
+    pids = {ray.get(_actor(a).ready.remote())["pid"] for a in actors}
+    store = RunStore(first_store.root.parent / "again")
+    manager = make_manager(store, ray_backend, max_concurrent=2)
+    run_ids = manager.submit_sweep(_config(epochs=2), BETAS)
+    assert {job.actor_name for job in manager.jobs.values()} <= actors  # no new actor started
+    manager.wait(run_ids, timeout_s=300)
+    assert set(_job_actors()) == actors
+    assert {ray.get(_actor(a).ready.remote())["pid"] for a in actors} == pids  # same processes
+    for first_id, run_id in zip(first_ids, run_ids, strict=True):
+        assert store.read_status(run_id)["state"] == RunState.FINISHED
+        first_rows, rows = first_store.read_metrics(first_id), store.read_metrics(run_id)
+        assert [_numbers(r) for r in rows] == [_numbers(r) for r in first_rows]
+        assert _numbers(store.read_eval(run_id)) == _numbers(first_store.read_eval(first_id))
+        assert load_run_checkpoint(store, run_id)["epoch"] == 2
+
+
+def test_ray_workers_run_at_the_local_workers_priority(ray_sweep):
+    for name in _job_actors():
+        pid = ray.get(_actor(name).ready.remote())["pid"]
+        assert os.getpriority(os.PRIO_PROCESS, pid) == WORKER_NICENESS
+
+
+def test_idle_warm_actors_count_as_free_cpus(ray_sweep, ray_backend):
+    wait_for(lambda: all(not _held_jobs(a) for a in _job_actors()), 60, what="jobs to close")
+    assert ray_backend.resources()["cpu_free"] == 2
+
+
+def test_cancel_one_run_of_a_stack_on_ray(ray_sweep, ray_backend, store):
+    warm = set(_job_actors())  # the sweep's actors, idle now
     manager = make_manager(store, ray_backend, max_concurrent=2)
     run_ids = manager.submit_sweep(_config(epochs=6, batch_size=64), BETAS)
     job = manager.jobs.get(run_ids[0])
     assert job is not None and job.run_ids == run_ids[:2]  # 3 runs, 2 CPUs: stacks of 2 and 1
+    assert job.actor_name in warm  # cancelled on an actor that trained a job before
     wait_for(lambda: manager.reconcile() or store.read_metrics(run_ids[0]), 120, what="epoch 1")
     manager.cancel(run_ids[0])
     manager.wait(run_ids, timeout_s=300)
@@ -102,6 +144,23 @@ def test_cancel_one_run_of_a_stack_on_ray(ray_backend, store):
     assert states == [RunState.CANCELLED, RunState.FINISHED, RunState.FINISHED]
     assert len(store.read_metrics(run_ids[0])) < 6
     assert [len(store.read_metrics(r)) for r in run_ids[1:]] == [6, 6]
+
+
+def test_cancel_sent_as_a_job_is_handed_to_a_warm_actor(ray_sweep, ray_backend, store):
+    manager = make_manager(store, ray_backend, max_concurrent=2)
+    run_id = manager.submit(_config(epochs=30, batch_size=64))
+    job = manager.jobs[run_id]
+    manager.cancel(run_id)  # before the manager has seen the actor take the job
+    manager.wait([run_id], timeout_s=120)
+    status = store.read_status(run_id)
+    assert status["state"] == RunState.CANCELLED, status
+    assert status["reason"].startswith("cancelled before it started") or status[
+        "reason"
+    ].startswith("cancelled after epoch"), (
+        status
+    )  # the actor heard it: not killed after the grace period
+    assert job.actor_name in _job_actors()
+    assert len(store.read_metrics(run_id)) < 30
 
 
 def test_killed_ray_worker_interrupts_and_the_run_resumes(ray_backend, store):
@@ -170,6 +229,18 @@ def test_cli_sweep_on_ray(ray_backend, tmp_path, capsys):
     assert [r.state for r in records] == [RunState.FINISHED] * 2
     assert all(r.status["where"].startswith("ray node ") for r in records)
     assert "(2 slots, one job each)" in capsys.readouterr().out  # the cluster's 2 CPUs
+
+
+def test_an_idle_actor_ends_itself_and_frees_its_name(ray_backend):
+    """So an app that left a cluster does not hold its CPUs for good (a zero-CPU actor here, so
+    that it is placed beside the warm ones and takes nothing from them)."""
+    name = f"vae-worker-idle-test-{os.getpid()}"
+    options = {"name": name, "namespace": NAMESPACE, "lifetime": "detached", "num_cpus": 0}
+    actor = ray.remote(JobActor).options(**options).remote((0, 0), idle_exit_s=0.5)
+    assert ray.get(actor.ready.remote(), timeout=60)["pid"] > 0
+    wait_for(lambda: name not in _job_actors(), timeout=60, what="the idle actor to end")
+    warm = set(_job_actors())
+    assert warm and all(not _held_jobs(a) for a in warm)  # the pool's actors (5 min) stay
 
 
 def test_bad_backend_settings_are_named(monkeypatch):
