@@ -513,7 +513,8 @@ class RayBackend:
         return slots
 
     def keep_ready(self, jobs: int) -> None:
-        """Nothing to prepare: the cluster starts each job's actor."""
+        """Nothing more to prepare: a local instance starts its warm actors as it connects, and
+        an actor freed by a job stays warm for the next (a cluster's are made per job)."""
 
     def resources(self) -> dict:
         """Total and free CPUs and GPUs, and the number of live nodes (for the sidebar). What
