@@ -78,6 +78,7 @@ def run_demo(page, url: str, store: RunStore, out: Path) -> dict:
     if any(s != "finished" for s in states.values()):
         raise SystemExit(f"not every demo run finished: {states}")
     print_demo(store, runs)
+    print_timeline(store, runs, time.time() - (time.monotonic() - started))
     return {r.config.beta: r.run_id for r in runs}
 
 
@@ -118,6 +119,20 @@ def print_demo(store: RunStore, runs) -> None:
             f"{record.config.beta:>6g} {m['epoch']:>5} {m['rate']:>7.2f} {m['distortion']:>8.2f} "
             f"{counts.informative:>7} / {counts.latent_dim:<3} {counts.active:>10} / "
             f"{counts.latent_dim}"
+        )
+
+
+def print_timeline(store: RunStore, runs, pressed: float) -> None:
+    """Where the demo's seconds went, per run, counted from the button press."""
+    print(f"{'β':>6} {'started':>8} {'epoch 1':>8} {'epoch 30':>8} {'evaluation':>10} {'ended':>6}")
+    for record in sorted(runs, key=lambda r: r.config.beta):
+        status = store.read_status(record.run_id)
+        metrics = store.read_metrics(record.run_id)
+        evaluation = store.read_eval(record.run_id) or {}
+        print(
+            f"{record.config.beta:>6g} {status['started'] - pressed:>8.1f} "
+            f"{metrics[0]['time'] - pressed:>8.1f} {metrics[-1]['time'] - pressed:>8.1f} "
+            f"{evaluation.get('eval_seconds', float('nan')):>9.1f}s {status['ended'] - pressed:>6.1f}"
         )
 
 
