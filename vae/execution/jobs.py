@@ -183,8 +183,9 @@ class JobManager:
         """Let the backend get ready for the next jobs (warm workers), while nothing of ours
         trains and no layout measurement could be disturbed by it."""
         measured = self.max_concurrent is not None or self.backend.cluster
-        if not self.jobs and (measured or self.layout().images_per_s > 0):
-            self.backend.keep_ready(self.slots())
+        with self._lock:  # never while a reconcile hands a spare its job
+            if not self.jobs and (measured or self.layout().images_per_s > 0):
+                self.backend.keep_ready(self.slots())
 
     def threads(self) -> int:
         return self.threads_per_job or self.layout().threads

@@ -118,7 +118,8 @@ class LocalProcessBackend:
     def keep_ready(self, jobs: int) -> None:
         """Start spare workers until `warm` (None: `jobs`) are ready or warming up.
 
-        The manager calls this while none of its jobs trains, so warming up never slows a run.
+        The manager calls this while none of its jobs trains, so warming up never slows a run,
+        and under the lock its `start` runs under (the spares' list is not shared unguarded).
         """
         wanted = jobs if self.warm is None else self.warm
         self._spares = [p for p in self._spares if p.poll() is None]
@@ -149,7 +150,7 @@ class LocalProcessBackend:
             try:
                 spare.stdin.write(job + "\n")
                 spare.stdin.close()  # one job per spare; it needs nothing more from here
-            except OSError:  # it ended before it read its job: try the next
+            except (OSError, ValueError):  # it ended before it read its job: try the next
                 continue
             return spare
         return None
