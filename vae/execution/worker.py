@@ -311,13 +311,15 @@ def warm_up() -> None:
 
     The imports are done by now; the first optimizer imports torch's compiler stack (about a
     second), and the first steps at each precision build the CPU's matrix-product kernels. One
-    epoch of the default model on 256 digits, in both precisions this machine may train in.
+    epoch of the default model on 256 digits, in both precisions this machine may train in, on
+    the device a run of the defaults would take (so a GPU's context exists too).
     """
     digits = load_dataset("digits")
     few = Dataset(
         digits.info, DataSplit(*_first(digits.train, 256)), DataSplit(*_first(digits.test, 64))
     )
-    device, threads = torch.device("cpu"), torch.get_num_threads()
+    threads = torch.get_num_threads()
+    device = resolve_device(RunConfig())
     for precision in sorted({"fp32", resolve_precision("auto", device)}):
         config = RunConfig(dataset="digits", epochs=1, threads=1, precision=precision)
         train_models([config], dataset=few)
