@@ -61,8 +61,9 @@ class Film:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
             for name, array in arrays.items():
-                with archive.open(f"{name}.npy", "w") as entry:
-                    np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+                entry = io.BytesIO()
+                np.lib.format.write_array(entry, np.asanyarray(array), allow_pickle=False)
+                archive.writestr(f"{name}.npy", entry.getvalue())
         return buffer.getvalue()
 
 
