@@ -130,3 +130,19 @@ def test_read_job_takes_one_json_line_and_refuses_anything_else():
     ):
         with pytest.raises(ValueError):
             read_job(io.StringIO(bad + "\n"))
+
+
+def test_a_spare_that_dies_before_its_job_is_not_started_again_and_again(monkeypatch, capsys):
+    """A spare whose warm-up fails (here: a worker that exits at once) must not be respawned on
+    every scheduler tick: the backend makes no more and jobs start cold."""
+    monkeypatch.setattr(
+        LocalProcessBackend, "_worker_command", staticmethod(lambda: [sys.executable, "-c", "1"])
+    )
+    backend = LocalProcessBackend(warm=1)
+    backend.keep_ready(jobs=1)
+    first = backend._spares[0]
+    first.wait(timeout=30)
+    for _ in range(3):
+        backend.keep_ready(jobs=1)
+    assert backend.spares() == [] and backend._spares == []
+    assert "jobs start cold" in capsys.readouterr().err

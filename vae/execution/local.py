@@ -86,6 +86,7 @@ class LocalProcessBackend:
     def __init__(self, warm: int | None = 0):
         self.warm = warm  # spare workers kept ready: None, one per job at once; 0, none
         self._spares: list[subprocess.Popen] = []
+        self._spare_failed = False  # a spare died before its job: make no more (jobs start cold)
 
     def start(self, store: RunStore, run_ids: list[str], threads: int) -> LocalJob:
         process = self._hand_to_spare(store, run_ids, threads) or self._start_cold(
@@ -122,8 +123,13 @@ class LocalProcessBackend:
         and under the lock its `start` runs under (the spares' list is not shared unguarded).
         """
         wanted = jobs if self.warm is None else self.warm
+        for spare in self._spares:
+            if spare.poll() is not None and not self._spare_failed:
+                self._spare_failed = True  # e.g. its warm-up failed: never respawn in a loop
+                print(f"local backend: a spare worker exited ({spare.returncode}) before its "
+                      "job; jobs start cold from now on", file=sys.stderr)  # fmt: skip
         self._spares = [p for p in self._spares if p.poll() is None]
-        while len(self._spares) < wanted:
+        while len(self._spares) < wanted and not self._spare_failed:
             try:
                 spare = subprocess.Popen(
                     [*self._worker_command(), "--wait"], env=project_env(os.environ),
