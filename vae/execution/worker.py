@@ -353,7 +353,10 @@ def log_to(store_root: Path) -> None:
     """Send this process's output to the store's worker log, as a cold worker's is."""
     sys.stdout.flush()
     sys.stderr.flush()
-    log = open_root_file(store_root / ".worker.log", LOG_MAX_BYTES, append=True)
+    try:
+        log = open_root_file(store_root / ".worker.log", LOG_MAX_BYTES, append=True)
+    except OSError:  # e.g. a read-only store: the job's own writes will say so in its runs
+        return
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
