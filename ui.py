@@ -128,9 +128,13 @@ def one_torch_thread() -> None:
     """The server's own torch work (a few decoded samples, a probe, a latent map) in one thread:
     while workers train on every core, a second intra-op thread waits for a core at each
     parallel region, and a page's small tensor work then takes several times as long. Called
-    before each page runs and after the warm-up's imports; a no-op until torch is imported."""
+    before each page runs and after the warm-up's imports; a no-op until torch is imported, and
+    while another thread is still importing it (half a module has no get_num_threads yet)."""
     torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != 1:
+    spec = getattr(torch, "__spec__", None)
+    if torch is None or getattr(spec, "_initializing", False):  # the warm-up thread imports it
+        return  # now: it sets the thread count itself once the import is done
+    if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
 
 

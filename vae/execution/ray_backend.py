@@ -73,9 +73,8 @@ ACTOR_CONCURRENCY = 8  # a pull may wait on the node: take, cancel, stop and clo
 _CONNECT_LOCK = threading.Lock()  # two sessions of the app must not start two instances
 WORKER_ENV = TRAINING_ENV  # as the local backend: keep glibc from returning each step's memory
 
-Shape = tuple[
-    int, int
-]  # (CPUs, GPUs) an actor holds: a job is handed only to an actor of its shape
+# (CPUs, GPUs) an actor holds: a job is handed only to an actor of its shape
+Shape = tuple[int, int]
 
 
 class NodeJob:
