@@ -164,6 +164,25 @@ def test_default_chunks_are_sized_by_the_largest_decoder_tensor():
     assert not mlp._forward_hooks and not any(m._forward_hooks for m in conv.modules())
 
 
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_iwae_decoded_in_blocks_is_the_bound_decoded_all_at_once(monkeypatch, architecture):
+    """The blocks only bound how much is decoded at a time: the same draws give the same bound,
+    whether one block holds a single sample or every sample of the call (up to float32 rounding:
+    a one-row product sums in another order)."""
+    from vae.learn import evaluate
+
+    torch.manual_seed(0)
+    config = RunConfig(architecture=architecture, hidden_dims=[32], latent_dim=3)
+    model = build_model(config, (1, 28, 28))
+    x = (torch.rand(23, 1, 28, 28) < 0.3).float()
+    bounds = []
+    for block in (1, 10**9):  # one sample per block; everything in one
+        monkeypatch.setattr(evaluate, "DECODE_BLOCK", block)
+        bounds.append(iwae_bound(model, x, k=17, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(bounds[0], bounds[1], atol=0, rtol=1e-6)
+    assert not torch.equal(bounds[0], iwae_bound(model, x, k=17))  # the draws matter
+
+
 # ---- MIG ------------------------------------------------------------------------------------
 SIZES = (4, 5, 3)
 

@@ -168,6 +168,31 @@ def brute_force_mutual_info(mu: np.ndarray, var: np.ndarray) -> float:
     return float(np.trapezoid(integrand, z, axis=1).mean())
 
 
+def test_the_rate_splits_one_matrix_product_is_every_log_density():
+    """[z², z, 1] @ weights is log N(z; μₘ, σₘ²) for every pair, as the direct sum over j gives."""
+    from vae.learn.theory import _features, _log_normal, _log_normal_weights
+
+    g = torch.Generator().manual_seed(0)
+    mu = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    logvar = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    z = 2 * torch.randn(11, 5, generator=g, dtype=torch.float64)
+    direct = _log_normal(z[:, None, :], mu[None], logvar[None])  # [11, 7]
+    torch.testing.assert_close(_features(z) @ _log_normal_weights(mu, logvar), direct)
+
+
+def test_rate_split_is_the_same_whatever_its_block_of_rows(monkeypatch):
+    from vae.learn import theory
+
+    g = torch.Generator().manual_seed(1)
+    mu, logvar = torch.randn(300, 4, generator=g), torch.randn(300, 4, generator=g) - 1
+    splits = []
+    for rows_in_cache in (1, 2**30):  # one row per block; all rows in one
+        monkeypatch.setattr(theory, "ROWS_IN_CACHE", rows_in_cache)
+        splits.append(rate_split(mu, logvar, generator=torch.Generator().manual_seed(2)))
+    assert splits[0]["mutual_info"] == pytest.approx(splits[1]["mutual_info"], abs=1e-12)
+    assert 0 < splits[0]["mutual_info"] <= math.log(300)
+
+
 def test_mutual_info_matches_brute_force_on_a_tiny_case():
     mu = np.array([-1.0, 0.2, 1.5])
     var = np.array([0.3, 0.5, 0.2])

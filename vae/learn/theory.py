@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 LOG_2PI = math.log(2.0 * math.pi)
+ROWS_IN_CACHE = 2**18  # float64 elements of one block of log-densities in rate_split (2 MB)
 
 
 # ---- when the closed form holds ------------------------------------------------------------------
@@ -133,15 +134,25 @@ def _log_normal(z, mu, logvar):
     return -0.5 * (((z - mu) ** 2) * (-logvar).exp() + logvar + LOG_2PI).sum(-1)
 
 
-def _log_normal_every(z, mu, logvar):
-    """log N(z[i]; mu[m], diag exp(logvar[m])) for every i and m: [I, M], as matrix products.
+def _log_normal_weights(mu, logvar):
+    """[2J+1, M] weights w such that [z², z, 1] @ w = log N(z; mu[m], diag exp(logvar[m])).
 
-    Σⱼ (zⱼ − μⱼ)²/σⱼ² = z²·a − 2 z·(μa) + Σⱼ μⱼ²aⱼ with a = 1/σ²: three products instead of an
-    [I, M, J] tensor, about forty times faster on the CPU (float64 keeps the cancellation harmless).
+    Σⱼ (zⱼ − μⱼ)²/σⱼ² = z²·a − 2 z·(μa) + Σⱼ μⱼ²aⱼ with a = 1/σ²: one matrix product gives the
+    log-density of every z under every component, with no [I, M, J] tensor (float64 keeps the
+    cancellation harmless).
     """
+    import torch
+
     inv_var = (-logvar).exp()  # [M, J]
-    quad = (z * z) @ inv_var.T - 2.0 * z @ (mu * inv_var).T + (mu * mu * inv_var).sum(-1)
-    return -0.5 * (quad + logvar.sum(-1) + mu.shape[-1] * LOG_2PI)
+    constant = (mu * mu * inv_var).sum(-1) + logvar.sum(-1) + mu.shape[-1] * LOG_2PI
+    return torch.cat([-0.5 * inv_var, mu * inv_var, -0.5 * constant.unsqueeze(-1)], -1).T
+
+
+def _features(z):
+    """[z², z, 1] for the rows of z: [I, 2J+1]."""
+    import torch
+
+    return torch.cat([z * z, z, torch.ones_like(z[:, :1])], -1)
 
 
 def rate_split(
@@ -169,6 +180,8 @@ def rate_split(
         return {"mutual_info": 0.0, "marginal_kl": 0.0, "log_n": 0.0, "split_rate": 0.0}
     rate = float((0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)).sum(-1).mean())
     std = torch.exp(0.5 * logvar)
+    weights = _log_normal_weights(mu, logvar).contiguous()  # [2J+1, N]
+    rows = max(1, ROWS_IN_CACHE // n)  # [rows, N] blocks of log q(z|xₘ) stay in the cache
     total = 0.0
     for start in range(0, n, chunk):
         m, s, lv = (
@@ -179,9 +192,11 @@ def rate_split(
         eps = torch.randn((samples, *m.shape), generator=generator, dtype=torch.float64)
         z = m + s * eps  # [S, c, J]
         own = _log_normal(z, m, lv)  # [S, c]
-        every = _log_normal_every(z.reshape(-1, j), mu, logvar)  # [S·c, N]
-        log_qz = (torch.logsumexp(every, dim=-1) - math.log(n)).reshape(own.shape)
-        total += float((own - log_qz).sum())
+        features = _features(z.reshape(-1, j))  # [S·c, 2J+1]
+        log_qz = torch.empty(len(features), dtype=torch.float64)
+        for r in range(0, len(features), rows):
+            log_qz[r : r + rows] = torch.logsumexp(features[r : r + rows] @ weights, dim=-1)
+        total += float((own - (log_qz - math.log(n)).reshape(own.shape)).sum())
     mutual_info = total / (n * samples)
     return {
         "mutual_info": mutual_info,
