@@ -282,6 +282,36 @@ def test_cancelling_one_member_stops_only_it(store, tiny_config):
     assert [m["epoch"] for m in store.read_metrics(victim)] == [1, 2, 3]
 
 
+def test_a_member_whose_files_cannot_be_written_fails_alone_and_stays_failed(store, tiny_config):
+    """The epoch's files are written behind the step loop: a run whose write fails (its
+    metrics.jsonl turned into a folder after epoch 1) fails with the store's words, no queued
+    write lands after its final status, and the others train to their end."""
+    from vae.execution.lease import is_held
+
+    config = RunConfig.from_dict({**tiny_config.to_dict(), "epochs": 3})
+    run_ids = [store.create_run(c) for c in with_betas(config)]
+    victim = run_ids[1]
+
+    def break_victim(run_id, metrics):
+        if run_id == victim and metrics["epoch"] == 1:
+            path = store.path(victim, "metrics.jsonl")
+            path.unlink(missing_ok=True)
+            path.mkdir()
+
+    outcomes = run_job(store, run_ids, Control(store), threads=1, progress=break_victim)
+    assert outcomes == {
+        run_ids[0]: RunState.FINISHED,
+        victim: RunState.FAILED,
+        run_ids[2]: RunState.FINISHED,
+    }
+    status = store.read_status(victim)
+    assert status["state"] == "failed" and "could not save metrics" in status["reason"], status
+    assert not is_held(store.run_dir(victim))
+    for other in (run_ids[0], run_ids[2]):
+        assert [m["epoch"] for m in store.read_metrics(other)] == [1, 2, 3]
+        assert store.read_status(other)["state"] == "finished"
+
+
 def test_compatible_runs_train_as_one_stack_others_one_by_one(store, tiny_config, monkeypatch):
     import vae.execution.worker as worker
 

@@ -32,7 +32,7 @@ from vae.present.gallery import sweeps
 
 def save_to(folder):
     """What the worker's store does with a film, for a recorder outside a run store."""
-    return lambda data: atomic_write_bytes(folder / FILM_FILE, data)
+    return lambda film: atomic_write_bytes(folder / FILM_FILE, film.to_bytes())
 
 
 def test_training_keeps_one_frame_per_epoch(store, tiny_config):

@@ -117,8 +117,10 @@ def read_film(run_dir: str | Path) -> Film | None:
 class FilmRecorder:
     """Adds one frame per epoch to a run's film; never stops training (errors are printed)."""
 
-    def __init__(self, run_dir: str | Path, test_x: torch.Tensor, save: Callable[[bytes], None]):
-        self.save = save  # writes film.npz through the run store (RunFolders.write_file)
+    def __init__(self, run_dir: str | Path, test_x: torch.Tensor, save: Callable[[Film], None]):
+        # Writes film.npz through the run store (Film.to_bytes, then RunFolders.write_file). It
+        # gets the frames, not the file, so a writer thread can do the compression too.
+        self.save = save
         self.test_x = test_x[:INPUTS]
         self.film: Film | None = None
         try:
@@ -151,4 +153,4 @@ class FilmRecorder:
                 film.stride,
             )
         )
-        self.save(self.film.to_bytes())
+        self.save(self.film)  # a new Film each epoch: what was saved never changes

@@ -26,18 +26,20 @@ import torch
 from vae.execution.cancel import JobControl, take_note
 from vae.execution.checkpoint import (
     CheckpointError,
+    checkpoint_bytes,
     load_run_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
     save_run_checkpoint,
 )
 from vae.execution.evaluation import evaluate_run
-from vae.execution.film import FILM_FILE, FilmRecorder
+from vae.execution.film import FILM_FILE, Film, FilmRecorder
 from vae.execution.lease import Lease
 from vae.execution.procs import keep_freed_memory, local_ref
 from vae.execution.root_files import LOG_MAX_BYTES, open_root_file
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
+from vae.execution.write_behind import WriteBehind
 from vae.learn.config import RunConfig, stack_key
 from vae.learn.data import DataError, Dataset, DataSplit, load_dataset
 from vae.learn.engine import (
@@ -66,8 +68,11 @@ class Member:
 class RunFiles(TrainCallbacks):
     """Writes each run's files as the engine trains a stack, and passes on the job's stops.
 
-    A run that leaves the stack early (cancelled alone, its files unwritable, its loss NaN) gets
-    its final status at once and gives up its lease, so it can be resumed while the others train.
+    The writes go through a WriteBehind thread: the step loop only snapshots what an epoch leaves
+    (the checkpoint's bytes, the metrics line, the film's frames) and goes on. A run that leaves
+    the stack early (cancelled alone, its files unwritable, its loss NaN) gets its final status
+    once its pending writes are done, and gives up its lease, so it can be resumed while the
+    others train. `close` (the end of the stack) waits for every write.
     """
 
     def __init__(self, store, members: list[Member], dataset, control, leases, progress=None):
@@ -75,28 +80,47 @@ class RunFiles(TrainCallbacks):
         self.leases: dict[str, Lease] = leases
         self.shape = dataset.info.image_shape
         self.run_ids = [m.run_id for m in members]
-        self.write_errors: dict[int, str] = {}
         self.settled: dict[int, RunState] = {}  # runs whose outcome is already written
+        self.writes = WriteBehind(len(members))
         self.films = [
-            FilmRecorder(store.run_dir(m.run_id), dataset.test.x, self._film_writer(m.run_id))
-            for m in members
+            FilmRecorder(store.run_dir(m.run_id), dataset.test.x, self._film_writer(i))
+            for i, m in enumerate(members)
         ]
 
-    def _film_writer(self, run_id: str):
-        return lambda data: self.store.write_file(run_id, FILM_FILE, data, "save the film")
+    @property
+    def write_errors(self) -> dict[int, str]:
+        """Runs whose files could not be written, with the reason."""
+        return self.writes.failed()
+
+    def _film_writer(self, index: int):
+        run_id = self.run_ids[index]
+
+        def write(film: Film) -> None:
+            try:
+                self.store.write_file(run_id, FILM_FILE, film.to_bytes(), "save the film")
+            except Exception as exc:  # noqa: BLE001 - a picture must never cost a run
+                print(f"film of {run_id} not saved: {exc}", file=sys.stderr)
+
+        return lambda film: self.writes.submit(index, lambda: write(film))
 
     def on_epoch(self, index: int, metrics: dict, state: TrainState) -> None:
-        member = self.members[index]
-        try:
-            self.store.append_metrics(member.run_id, metrics)
-            checkpoint = make_checkpoint(member.config, state, self.shape, metrics)
-            save_run_checkpoint(self.store, member.run_id, checkpoint)
-            self.films[index].record(state.model, state.epoch)  # never raises
-            self.store.update_status(member.run_id, RunState.RUNNING, epoch=state.epoch)
-        except StoreError as exc:
-            self.write_errors[index] = str(exc)
+        member, run_id, epoch = self.members[index], self.run_ids[index], state.epoch
+        checkpoint = checkpoint_bytes(make_checkpoint(member.config, state, self.shape, metrics))
+        self.writes.submit(index, lambda: self._save_epoch(run_id, metrics, checkpoint))
+        self.films[index].record(state.model, epoch)  # never raises; its write is queued
+        self.writes.submit(
+            index, lambda: self.store.update_status(run_id, RunState.RUNNING, epoch=epoch)
+        )
         if self.progress is not None:
-            self.progress(member.run_id, metrics)
+            self.progress(run_id, metrics)
+
+    def _save_epoch(self, run_id: str, metrics: dict, checkpoint: bytes) -> None:
+        self.store.append_metrics(run_id, metrics)
+        self.store.write_checkpoint(run_id, checkpoint)
+
+    def close(self) -> None:
+        """Wait for every queued write (the outcomes that follow read them)."""
+        self.writes.close()
 
     def stop_all(self) -> bool:
         return self.control.stop_requested
@@ -108,9 +132,10 @@ class RunFiles(TrainCallbacks):
         return set(self.write_errors) | {i for i, r in enumerate(self.run_ids) if r in cancelled}
 
     def on_dropped(self, index: int, error: Exception | None) -> None:
-        run_id = self.run_ids[index]
-        if index in self.write_errors:
-            self.settled[index] = fail(self.store, run_id, self.write_errors[index])
+        self.writes.flush()  # its last epoch's files land before its final status
+        run_id, write_errors = self.run_ids[index], self.write_errors
+        if index in write_errors:
+            self.settled[index] = fail(self.store, run_id, write_errors[index])
         elif error is not None:
             self.settled[index] = fail(self.store, run_id, str(error))
         else:
@@ -234,7 +259,9 @@ def _train_stack(store, members: list[Member], control, leases, evaluate, progre
             callbacks=files,
         )
     except Exception as exc:  # every run of the stack fails with the same reason
+        files.close()
         return outcomes | {m.run_id: fail(store, m.run_id, _describe(exc)) for m in members}
+    files.close()  # every epoch's files are written before a run's outcome
     for index, member in enumerate(members):
         run_id, state = member.run_id, result.states[index]
         if index in files.settled:
