@@ -71,7 +71,10 @@ CATEGORIES = [
     ("Python's garbage collector", lambda s: _any(s, "gc_collect_main")),
     ("final evaluation (IWAE k=100, rate split)", lambda s: _any(s, "evaluate_run", "finish_run")),
     ("per epoch: test summary", lambda s: _any(s, "epoch_metrics")),
-    ("per epoch: checkpoint, film, metrics, status", lambda s: _any(s, "RunFiles.on_epoch")),
+    (
+        "per epoch: checkpoint, film, metrics, status",
+        lambda s: _any(s, "RunFiles.on_epoch", "WriteBehind._run"),  # the writer thread's work
+    ),
     (
         "set-up: data, models, optimizer",
         lambda s: _any(s, "_prepare", "load_dataset", "LiveStack.of"),
@@ -88,6 +91,12 @@ CATEGORIES = [
 
 def _any(stack: list[str], *names: str) -> bool:
     return any(name in frame for frame in stack for name in names)
+
+
+def _waiting_writer(stack: list[str]) -> bool:
+    """The worker's epoch writer (vae.execution.write_behind) blocked on its queue: py-spy's
+    native sampling reports such a thread, but it waits in the kernel."""
+    return _any(stack, "WriteBehind._work") and not _any(stack, "WriteBehind._run")
 
 
 def _in_step(stack: list[str]) -> bool:
@@ -112,6 +121,8 @@ def categorise(raw: Path) -> tuple[Counter, int]:
             continue
         in_parent = sum(f.startswith("process ") for f in frames) <= 1
         frames = [f for f in frames if not f.startswith("process ")]
+        if _waiting_writer(frames):
+            continue  # the epoch writer waiting for work uses no CPU
         name = next(name for name, test in CATEGORIES if test(frames))
         if in_parent and name == OTHER:
             name = PARENT
