@@ -49,6 +49,18 @@ def test_training_keeps_one_frame_per_epoch(store, tiny_config):
     assert gif.format == "GIF" and gif.n_frames == 3
 
 
+def test_a_film_that_cannot_be_saved_never_costs_the_run(store, tiny_config, capsys):
+    """film.npz is written behind the step loop; a folder in its place fails each write, which
+    is printed, while the run trains, saves its other files and finishes."""
+    run_id = store.create_run(replace(tiny_config, epochs=2))
+    store.path(run_id, FILM_FILE).mkdir()
+    assert train_run(store, run_id) == "finished"
+    assert [m["epoch"] for m in store.read_metrics(run_id)] == [1, 2]
+    assert store.read_eval(run_id) is not None
+    assert store.path(run_id, FILM_FILE).is_dir()
+    assert capsys.readouterr().err.count(f"film of {run_id} not saved") == 2
+
+
 def test_the_film_stays_bounded_on_a_long_run(tmp_path):
     """10,000 epochs: at most DISPLAY_POINTS + 1 frames, evenly spaced, the latest kept."""
     config = RunConfig(hidden_dims=[8], latent_dim=2)
