@@ -26,7 +26,7 @@ PENDING_PER_RUN = 8  # writes a run may have waiting before the training thread 
 
 
 class WriteBehind:
-    """Runs writes in submission order on one thread; records the first StoreError per key."""
+    """Runs writes in submission order on one thread; records each key's first failure."""
 
     def __init__(self, runs: int = 1, name: str = "epoch-writes"):
         self._queue: queue.Queue[tuple[Hashable, Write] | None] = queue.Queue(

@@ -150,8 +150,9 @@ def iwae_bound(
     number of z samples drawn per call (data points x importance samples); by default the largest
     tensor they would make in one decoder call (logits or a hidden layer) takes at most 64 MB, so
     k=5000 fits anywhere. They are decoded in blocks of DECODE_BLOCK elements, which changes
-    nothing in the result (the same draws, each decoded alone). Returns float64 [N] on the CPU. `generator` (on the model's device) makes the draw
-    reproducible. `progress(done, total)` is called after each chunk of data points.
+    nothing in the result (the same draws, each decoded alone). Returns float64 [N] on the CPU.
+    `generator` (on the model's device) makes the draw reproducible. `progress(done, total)` is
+    called after each chunk of data points.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
