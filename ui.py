@@ -236,14 +236,15 @@ def altair_chart(chart: alt.TopLevelMixin, name: str, figure_key: str = "", **op
     return event
 
 
-def refresh_on_change(run_ids: list[str] | None = None) -> None:
+def refresh_on_change(run_ids: list[str] | None = None, *, added_or_removed: bool = False) -> None:
     """Rerun the page when the runs it shows change on disk (all runs when run_ids is None).
 
     Call it once, at the end of a page that drew from `list_runs()`. An invisible fragment asks
     the store, every 2 s while a watched run is queued or running and every 20 s otherwise,
     whether its listing changed since the page drew (one number, whatever the store's size), and
     only then whether a watched run's record did; it reruns the page only in that case. The
-    timer never changes while the page shows.
+    timer never changes while the page shows. With `added_or_removed`, only a run added to or
+    deleted from the store reruns the page (the page's `live_fragment` follows the runs' progress).
     """
     pending = st.session_state.pop(_PENDING, set())  # runs named in the address, not drawn yet
     if run_ids is not None and pending:
@@ -251,15 +252,27 @@ def refresh_on_change(run_ids: list[str] | None = None) -> None:
     active = st.session_state.get(_ACTIVE, set())
     watched_active = bool(active) if run_ids is None else bool(active.intersection(run_ids))
     every = POLL_ACTIVE_S if watched_active else POLL_IDLE_S
-    st.fragment(_watch_store, run_every=every)(None if run_ids is None else list(run_ids))
+    watched = None if run_ids is None else list(run_ids)
+    st.fragment(_watch_store, run_every=every)(watched, added_or_removed)
 
 
-def _watch_store(run_ids: list[str] | None) -> None:
-    if _store_changed(run_ids):
+def live_fragment(draw: Callable[[], None]) -> None:
+    """Draw `draw` as a fragment that redraws itself every 2 s while a run is queued or running.
+
+    For a page whose only live part is one panel (Train's jobs): its progress redraws alone, and
+    the rest of the page (dozens of settings) is neither rerun nor redrawn by the browser. Call
+    it after `list_runs()`; pair it with `refresh_on_change(added_or_removed=True)`.
+    """
+    active = bool(st.session_state.get(_ACTIVE))
+    st.fragment(draw, run_every=POLL_ACTIVE_S if active else None)()
+
+
+def _watch_store(run_ids: list[str] | None, added_or_removed: bool = False) -> None:
+    if _store_changed(run_ids, added_or_removed):
         st.rerun()
 
 
-def _store_changed(run_ids: list[str] | None) -> bool:
+def _store_changed(run_ids: list[str] | None, added_or_removed: bool = False) -> bool:
     drawn = st.session_state.get(_SEEN)
     if drawn is None:
         return False
@@ -269,8 +282,10 @@ def _store_changed(run_ids: list[str] | None) -> bool:
         return False
     current = {r.run_id: r for r in records}
     watched = current if run_ids is None else run_ids
-    changed = current.keys() != drawn_records.keys() or any(
-        current.get(run_id) is not drawn_records.get(run_id) for run_id in watched
+    changed = (
+        current.keys() != drawn_records.keys()
+        or not added_or_removed
+        and any(current.get(run_id) is not drawn_records.get(run_id) for run_id in watched)
     )  # a run added or deleted (the pickers change), or a watched run re-read
     if not changed:  # others changed: remember this generation, so the next look is cheap again
         st.session_state[_SEEN] = (now, current)

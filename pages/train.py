@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import job_manager, list_runs, refresh_on_change, run_label
+from ui import job_manager, list_runs, live_fragment, refresh_on_change, run_label
 from vae.execution.jobs import MAX_SEEDS
 from vae.execution.preflight import fetch_data, refusal, run_findings, sweep_findings
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
@@ -376,10 +376,10 @@ def _run_row(record, job_size: int = 1) -> None:
             )  # fmt: skip
 
 
-@st.fragment
 def jobs_panel() -> None:
     """Running jobs (a stacked sweep group is one job, shown with its runs), the queue, recent
-    runs. A click here reruns only this panel; the page reruns when the store changes."""
+    runs. A click here reruns only this panel, and so does its progress while runs train; the
+    page reruns when a run is added or deleted anywhere."""
     records = list_runs()
     st.subheader("Jobs")
     if ACTION_ERROR in st.session_state:
@@ -414,5 +414,6 @@ def jobs_panel() -> None:
         st.dataframe(runs_frame(listed), hide_index=True)
 
 
-jobs_panel()
-refresh_on_change()
+list_runs()  # what the page drew: the panel's timer and the page's watch start from it
+live_fragment(jobs_panel)
+refresh_on_change(added_or_removed=True)

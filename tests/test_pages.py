@@ -494,3 +494,39 @@ def test_a_page_run_leaves_the_servers_torch_on_one_thread(monkeypatch, trained_
         assert seen == [1]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_trains_page_reruns_for_a_new_run_and_leaves_progress_to_its_jobs_panel(
+    monkeypatch, tmp_path
+):
+    """Train reruns whole only when a run is added or deleted (its settings do not change with a
+    run's progress); its jobs panel redraws itself every 2 s while a run is queued or running."""
+    store = RunStore(tmp_path / "runs")
+    config = RunConfig(hidden_dims=[32], latent_dim=3, epochs=3, batch_size=256)
+    first = store.create_run(config)
+    monkeypatch.setenv("VAE_STORE", str(store.root))
+    st.cache_resource.clear()
+
+    def script():
+        import streamlit as st
+
+        import ui
+
+        if "drawn" in st.session_state:
+            every_change = ui._store_changed(None, False)  # first: the other call remembers
+            st.text(f"{every_change} {ui._store_changed(None, True)}")
+        else:
+            st.session_state.drawn = True
+            ui.list_runs()
+            ui.live_fragment(lambda: st.text("panel"))
+            ui.refresh_on_change(added_or_removed=True)
+
+    at = AppTest.from_function(script, default_timeout=30).run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.text] == ["panel"]
+    store.update_status(first, RunState.RUNNING, epoch=1)  # a run's progress
+    at.run()
+    assert [t.value for t in at.text] == ["True False"]  # Train's whole-page watch ignores it
+    store.create_run(config)  # a run added
+    at.run()
+    assert [t.value for t in at.text] == ["True True"]
