@@ -268,6 +268,12 @@ def test_demo_button_on_an_empty_store_queues_the_demo_sweep(monkeypatch, tmp_pa
         (DEMO_NAME, 1, DEMO_LATENT_DIM)
     }
     assert any("Queued the demo" in s.value for s in at.success)
+    # The page does not rerun on the runs' progress, so the welcome block stays until the next
+    # interaction; a second press of its button is that interaction, and starts nothing.
+    at.button(key="demo_button").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert len(store.list_runs()) == len(DEMO_BETAS)
+    assert not any("β demo" in h.value for h in at.subheader)
     at = open_app(monkeypatch, store.root, "pages/train.py")  # a later visit: no welcome block
     assert not any("β demo" in h.value for h in at.subheader)
     with pytest.raises(KeyError):
