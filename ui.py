@@ -260,10 +260,10 @@ def live_fragment(draw: Callable[[], None]) -> None:
     """Draw `draw` as a fragment that redraws itself every 2 s while a run is queued or running.
 
     For a page whose only live part is one panel (Train's jobs): its progress redraws alone, and
-    the rest of the page (dozens of settings) is neither rerun nor redrawn by the browser. Call
-    it after `list_runs()`; pair it with `refresh_on_change(added_or_removed=True)`.
+    the rest of the page (dozens of settings) is neither rerun nor redrawn by the browser. Pair
+    it with `refresh_on_change(added_or_removed=True)`, which watches from the listing read here.
     """
-    active = bool(st.session_state.get(_ACTIVE))
+    active = any(r.state in ACTIVE for r in list_runs())
     st.fragment(draw, run_every=POLL_ACTIVE_S if active else None)()
 
 
@@ -282,11 +282,11 @@ def _store_changed(run_ids: list[str] | None, added_or_removed: bool = False) ->
         return False
     current = {r.run_id: r for r in records}
     watched = current if run_ids is None else run_ids
-    changed = (
-        current.keys() != drawn_records.keys()
-        or not added_or_removed
+    added_or_deleted = current.keys() != drawn_records.keys()  # the pickers change
+    changed = added_or_deleted or (
+        not added_or_removed
         and any(current.get(run_id) is not drawn_records.get(run_id) for run_id in watched)
-    )  # a run added or deleted (the pickers change), or a watched run re-read
+    )  # or a watched run re-read
     if not changed:  # others changed: remember this generation, so the next look is cheap again
         st.session_state[_SEEN] = (now, current)
     return changed

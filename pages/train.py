@@ -414,6 +414,5 @@ def jobs_panel() -> None:
         st.dataframe(runs_frame(listed), hide_index=True)
 
 
-list_runs()  # what the page drew: the panel's timer and the page's watch start from it
 live_fragment(jobs_panel)
 refresh_on_change(added_or_removed=True)
