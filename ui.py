@@ -236,6 +236,15 @@ def altair_chart(chart: alt.TopLevelMixin, name: str, figure_key: str = "", **op
     return event
 
 
+def lazy_expander(label: str, key: str):
+    """An expander whose content is computed and sent only while it is open: the container
+    while open, else None. For content a reader opens rarely (a long derivation, a full table,
+    a chart of its own): a page switch neither runs nor draws it, and a live panel does not
+    resend it every refresh. Opening it reruns the script (or the fragment it is in) once."""
+    box = st.expander(label, key=key, on_change="rerun")
+    return box if box.open else None
+
+
 def refresh_on_change(run_ids: list[str] | None = None, *, added_or_removed: bool = False) -> None:
     """Rerun the page when the runs it shows change on disk (all runs when run_ids is None).
 

@@ -24,8 +24,11 @@ def formula_section() -> None:
         "$\\log\\sigma_j^2$) for each of the $d$ latent dimensions. This term is the **rate**: "
         "how many nats the code spends on $x$ beyond what the prior already says."
     )
-    with st.expander("Where the formula comes from (one dimension, then sum)"):
-        st.markdown(DERIVATION)  # one element: a page switch draws it in one go
+    derivation = ui.lazy_expander(
+        "Where the formula comes from (one dimension, then sum)", key="kl_derivation"
+    )
+    if derivation:  # its KaTeX is a tenth of the page's drawing: only once asked for
+        derivation.markdown(DERIVATION)  # one element: drawn in one go
 
 
 DERIVATION = r"""
@@ -242,8 +245,9 @@ def trained_run_section() -> None:
         "up to 1 (at large β many sit between 0.93 and 1); **collapsed** ones sit at the prior "
         f"(σⱼ² ≈ 1, KLⱼ ≈ 0). {WHY_COUNTS_DIFFER} Larger β switches more of them off."
     )
-    with st.expander("Table"):
-        st.dataframe(frame, hide_index=True)
+    table = ui.lazy_expander("Table", key="kl_dims_table")
+    if table:
+        table.dataframe(frame, hide_index=True)
     st.page_link(
         "pages/posterior.py",
         label="More on this run on the Posterior page",

@@ -2,7 +2,14 @@
 
 import streamlit as st
 
-from ui import job_manager, list_runs, live_fragment, refresh_on_change, run_label
+from ui import (
+    job_manager,
+    lazy_expander,
+    list_runs,
+    live_fragment,
+    refresh_on_change,
+    run_label,
+)
 from vae.execution.jobs import MAX_SEEDS
 from vae.execution.preflight import fetch_data, refusal, run_findings, sweep_findings
 from vae.execution.states import ACTIVE, RESUMABLE, RunState
@@ -407,11 +414,12 @@ def jobs_panel() -> None:
         r for r in rest if r.state != RunState.QUEUED
     ][-12:][::-1]:
         _run_row(record)
-    with st.expander(f"All runs ({len(records):,})"):
+    everything = lazy_expander(f"All runs ({len(records):,})", key="all_runs")
+    if everything:  # closed, the panel's refresh neither builds nor resends the table
         listed, note = newest(records)
         if note:
-            st.caption(note)
-        st.dataframe(runs_frame(listed), hide_index=True)
+            everything.caption(note)
+        everything.dataframe(runs_frame(listed), hide_index=True)
 
 
 live_fragment(jobs_panel)

@@ -468,6 +468,8 @@ def test_pages_list_only_the_newest_runs_of_a_large_store(monkeypatch, tmp_path)
     newest_three = run_ids[-3:]
 
     at = open_app(monkeypatch, store.root, "pages/train.py")
+    at.session_state["all_runs"] = True  # the reader opens "All runs"
+    at.run()
     assert list(at.dataframe[-1].value["run"]) == newest_three
     assert any("newest 3 of 5 runs" in c.value for c in at.caption)
 
@@ -500,6 +502,18 @@ def test_a_page_run_leaves_the_servers_torch_on_one_thread(monkeypatch, trained_
         assert seen == [1]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_trains_all_runs_table_is_built_only_while_it_is_open(monkeypatch, trained_store):
+    """Closed, the jobs panel's refresh neither builds nor resends the table of every run."""
+    at = open_app(monkeypatch, trained_store.root, "pages/train.py")
+    runs = {r.run_id for r in trained_store.list_runs()}
+    assert f"All runs ({len(runs)})" in [e.label for e in at.expander]
+    assert not at.dataframe
+    at.session_state["all_runs"] = True
+    at.run()
+    assert not at.exception
+    assert set(at.dataframe[-1].value["run"]) == runs
 
 
 def test_trains_page_reruns_for_a_new_run_and_leaves_progress_to_its_jobs_panel(

@@ -83,6 +83,28 @@ def test_a_trained_run_shows_its_per_dimension_bars(store_root):
     assert not at.info
 
 
+def test_the_derivation_and_the_run_table_are_drawn_once_opened(store_root):
+    """Both sit in expanders that a page switch neither runs nor draws until a reader opens them."""
+    store = RunStore(store_root)
+    config = RunConfig(dataset="digits", hidden_dims=[32], latent_dim=3, epochs=1, threads=1)
+    assert train_run(store, store.create_run(config)) == "finished"
+    at = open_page()
+    expanders = [e.label for e in at.expander]
+    assert "Where the formula comes from (one dimension, then sum)" in expanders
+    assert "Table" in expanders
+    assert not any("Substituting them" in m.value for m in at.markdown)
+    assert len(at.dataframe) == 1  # the conventions table only
+
+    at.session_state["kl_derivation"] = True  # the reader opens both
+    at.session_state["kl_dims_table"] = True
+    at.run()
+    assert not at.exception
+    assert any("Substituting them" in m.value for m in at.markdown)
+    assert len(at.dataframe) == 2
+    table = at.dataframe[-1].value
+    assert table.columns[0] == "dimension" and len(table) == 3
+
+
 def test_broken_and_incomplete_runs_do_not_crash_the_page(store_root):
     store = RunStore(store_root)
     broken = store.create_run(RunConfig(dataset="digits", latent_dim=3, epochs=1))
