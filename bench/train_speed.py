@@ -487,15 +487,18 @@ def _worker_results(store_root: Path) -> list[dict]:
     return [json.loads(line[7:]) for line in text.splitlines() if line.startswith("RESULT ")]
 
 
-def sweep_with_job_runner(data: str, root: Path, epochs: int, layout, warm: bool = False) -> dict:
+def sweep_with_job_runner(
+    data: str, root: Path, epochs: int, layout, warm: bool = False, evaluate: bool = True
+) -> dict:
     """The sweep as the app runs it: pressing Sweep (submit_sweep) to the last run finished,
-    through the job runner with `layout`, each run's final evaluation included. `warm`: the
+    through the job runner with `layout`, each run's final evaluation included unless
+    `evaluate` is False (the like-for-like row: the canonical loop has none). `warm`: the
     workers are started and warmed before the press, as the app's spare workers are."""
     from vae.execution.jobs import JobManager
     from vae.execution.store import RunStore
 
     store = RunStore(root)
-    backend = BenchBackend(data, evaluate=True)
+    backend = BenchBackend(data, evaluate=evaluate)
     manager = JobManager(
         store, max_concurrent=layout.processes, threads_per_job=layout.threads, backend=backend
     )
@@ -510,6 +513,7 @@ def sweep_with_job_runner(data: str, root: Path, epochs: int, layout, warm: bool
     size = -(-len(BETAS) // layout.processes)
     how = f"{layout.processes} job(s) × stack of {size}, {layout.threads} thread(s) each"
     how += ", warm workers" if warm else ""
+    how += "" if evaluate else ", no final evaluation"
     return _sweep_outcome(store, run_ids, wall, how)
 
 
@@ -763,6 +767,9 @@ def main(argv=None) -> int:
         warm_key = ("warm", chosen.processes, chosen.threads)
         ways[warm_key] = (f"job runner, the layout it chose, warm workers (started before the "
                           f"press, as the app keeps them), {precision}, evaluation included")  # fmt: skip
+        bare_key = ("bare", chosen.processes, chosen.threads)
+        ways[bare_key] = (f"job runner, the layout it chose, warm workers, {precision}, final "
+                          f"evaluation left out (like for like: the canonical loop has none)")  # fmt: skip
         sweeps = {k: [] for k in ways}
         for rep in range(sweep_reps):
             sweeps["canonical"].append(run_child(
@@ -776,6 +783,9 @@ def main(argv=None) -> int:
             sweeps[warm_key].append(
                 sweep_with_job_runner(data, tmp / f"sweep{rep}-warm", sweep_epochs, chosen, True)
             )
+            sweeps[bare_key].append(sweep_with_job_runner(
+                data, tmp / f"sweep{rep}-bare", sweep_epochs, chosen, warm=True, evaluate=False
+            ))  # fmt: skip
         say(f"## 3. β sweep: β ∈ {{{', '.join(f'{b:g}' for b in BETAS)}}}, {sweep_epochs} epoch(s) each "
             f"on {N_TRAIN:,} images; wall time from process start to the last run finished, "
             f"{sweep_reps} repeat(s)")  # fmt: skip
@@ -783,7 +793,7 @@ def main(argv=None) -> int:
         say("| way | how | wall s | × faster than canonical | model-images/s | % of ceiling | peak RSS MB / process | final loss β=1 |")  # fmt: skip
         say("|---|---|---|---|---|---|---|---|")
         work = len(BETAS) * sweep_epochs * N_TRAIN
-        best = chosen_row = warm_row = None
+        best = chosen_row = warm_row = bare_row = None
         slowest = float("inf")
         for key, label in ways.items():
             runs = sweeps[key]
@@ -798,6 +808,8 @@ def main(argv=None) -> int:
             how = runs[0].get("how", f"1 process, {cores} threads")
             if key == warm_key:
                 warm_row = speedup
+            elif key == bare_key:
+                bare_row = speedup
             elif key != "canonical":  # the layouts the runner chooses from, cold as before
                 slowest = min(slowest, speedup[0])
                 if best is None or speedup[0] > best[1][0]:
@@ -832,6 +844,10 @@ def main(argv=None) -> int:
             if warm_row is not None:
                 say(f"- The same with warm workers, as the app runs it once it has been idle: "
                     f"**{warm_row[0]:.2f}×** " + ("(met)." if warm_row[0] >= 3 else f"(missed: {3 / warm_row[0]:.2f}× short)."))  # fmt: skip
+            if bare_row is not None:
+                say(f"- Training alone, like for like (warm workers, the final evaluation left out "
+                    f"as the canonical loop has none): **{bare_row[0]:.2f}×** "
+                    + ("(at 3×)." if bare_row[0] >= 3 else f"({3 / bare_row[0]:.2f}× short)."))  # fmt: skip
             say(f"- The runner's choice is the fastest layout measured here: "
                 f"{'yes' if chosen_row[1][0] >= best[1][0] else 'no (fastest: ' + best[0] + ')'}; "
                 f"no layout it can choose is slower than the canonical loop: "

@@ -41,6 +41,8 @@ from vae.execution.worker import JobControl, run_job  # noqa: E402
 from vae.learn.config import RunConfig  # noqa: E402
 
 QUIET_MS = 250  # no change in the page for this long: it has settled
+UNSEEN_RUN_QUIET_MS = 1000  # ... for this long, when its script run was never seen running
+UNSEEN_RUNS: list[float] = []  # interactions settled that way (reported with the table)
 TARGET_P50_MS, TARGET_P95_MS, TARGET_LOAD_MS, TARGET_IDLE_CPU = 300, 1000, 2000, 2.0
 PAGES = {  # title in the navigation -> its heading
     "Train": "Train β-VAEs",
@@ -124,6 +126,15 @@ def settle(
     while time.monotonic() < deadline:
         s = page.evaluate(STATE_JS)
         ran = s["runStart"] > t0 and s["state"] == "notRunning"
+        # Rarely the page never shows its run as running (3 times in about 400 page switches,
+        # likely a run too short for a frame; the bench then waited 20 s for the next idle
+        # poll's run, or gave up): a page that changed after the input, shows what it should
+        # and has been still for a second has settled all the same, at its last change.
+        unseen = not ran and s["state"] == "notRunning" and s["last"] > t0
+        if unseen and s["now"] - s["last"] >= UNSEEN_RUN_QUIET_MS and done():
+            UNSEEN_RUNS.append(s["last"] - t0)
+            start = s["input"] if s["input"] > t0 else t0
+            return s["last"] - start
         if ran and (not quiet or s["now"] - s["last"] >= QUIET_MS) and done():
             start = s["input"] if s["input"] > t0 else t0  # the input event, once it happened
             return (s["last"] if quiet else s["now"]) - start
@@ -411,6 +422,7 @@ def main() -> int:
     )
     print(f"load of a second tab: {warm_load:,.0f} ms")
     print(f"requests to other hosts than the app: {len(outside)}")
+    print(f"interactions whose script run was never seen running: {len(UNSEEN_RUNS)}")
     print()
     print(f"{'interaction':26} {'condition':16} {'n':>3} {'p50 ms':>8} {'p95 ms':>8}  target")
     for name, condition, n, p50, p95, result in rows:
