@@ -20,7 +20,10 @@ from vae.execution.store import RunStore
 pytestmark = pytest.mark.browser
 
 BETAS = [0.5, 1.0, 4.0]
-EPOCHS, LATENT_DIM, HIDDEN = 2, 4, 64
+# Enough epochs that the runs still train when the test comes back to Train to see their
+# progress (two epochs of 64 hidden units were over, evaluation included, in about a second,
+# and the check raced them); still a few seconds per run.
+EPOCHS, LATENT_DIM, HIDDEN = 30, 4, 64
 RUNS_TIMEOUT_S = 150
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
 
@@ -95,7 +98,7 @@ def test_beta_sweep_end_to_end(app_server, page, tmp_path):
     by_beta = {r.config.beta: r.run_id for r in records}
     run_ids = list(by_beta.values())
 
-    # 4. The jobs panel (a fragment redrawn every second) lists the three runs.
+    # 4. The jobs panel (a fragment redrawn every 2 s while runs train) lists the three runs.
     for beta, run_id in by_beta.items():
         check(
             page.get_by_text(re.compile(rf"^{run_id} · β = {beta:g} · z={LATENT_DIM}"))
