@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 from streamlit.runtime import Runtime
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -236,7 +237,7 @@ def altair_chart(chart: alt.TopLevelMixin, name: str, figure_key: str = "", **op
     return event
 
 
-def lazy_expander(label: str, key: str):
+def lazy_expander(label: str, key: str) -> DeltaGenerator | None:
     """An expander whose content is computed and sent only while it is open: the container
     while open, else None. For content a reader opens rarely (a long derivation, a full table,
     a chart of its own): a page switch neither runs nor draws it, and a live panel does not
