@@ -321,6 +321,10 @@ def test_workers_run_below_the_priority_of_the_process_that_starts_them(store, s
 
         expected = min(19, os.nice(0) + WORKER_NICENESS)
         wait_for(lambda: niceness() == expected, what=f"niceness {expected}")  # set at its start
+        if Path("/proc/self/autogroup").exists():  # CPU time shared out by session first
+            group = Path(f"/proc/{pid}/autogroup")  # e.g. "/autogroup-4223 nice 10"
+            assert group.read_text().split()[-1] == str(expected), group.read_text()
+            assert Path("/proc/self/autogroup").read_text().split()[-1] == str(os.nice(0))
     finally:
         manager.cancel(run_id, wait_s=30)
     assert store.read_status(run_id)["state"] == "cancelled"

@@ -195,6 +195,7 @@ STORE_WRITERS = {
     "vae/execution/root_files.py": "the store root's own small files (.changes, locks, .worker.log)",
     "vae/present/upload.py": "removes an upload's temporary file once it is inspected",
     "ui.py": "removes an upload's temporary file when the user clears it",
+    "vae/execution/procs.py": "its own session's nice (/proc/self/autogroup), not a file at all",
 }
 WRITE_CALLS = {  # by any name: the store's primitives and pathlib's writers
     "atomic_write_bytes", "atomic_write_json", "overwrite_in_place", "append_bytes", "touch",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,50 @@ def test_a_spare_that_dies_before_its_job_is_not_started_again_and_again(monkeyp
         backend.keep_ready(jobs=1)
     assert backend.spares() == [] and backend._spares == []
     assert "jobs start cold" in capsys.readouterr().err
+
+
+LOWER = textwrap.dedent(
+    """
+    import os, sys
+    from vae.execution.procs import lower_priority
+    group = "/proc/self/autogroup"
+    set_group = lower_priority(int(sys.argv[1]))
+    print(set_group, os.nice(0), open(group).read().split()[-1] if os.path.exists(group) else "-")
+    """
+)
+
+
+def lowered(increment: int, new_session: bool) -> tuple[str, str, str]:
+    """(whether lower_priority set the session's nice, the process's nice, its group's nice)."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOWER, str(increment)], cwd=PROJECT_ROOT, capture_output=True,
+        text=True, check=True, start_new_session=new_session,
+    )  # fmt: skip
+    return tuple(out.stdout.split())
+
+
+AUTOGROUP = Path("/proc/self/autogroup").exists()
+
+
+def test_a_process_leading_its_own_session_nices_the_session_too():
+    """Where CPU time is shared out by session (sched_autogroup), a worker's nice counts only
+    within its own session; its session's nice is what makes it yield to the browser."""
+    base = os.nice(0)
+    set_group, nice, group = lowered(10, new_session=True)
+    assert int(nice) == min(19, base + 10)
+    if AUTOGROUP:
+        assert (set_group, group) == ("True", nice)
+    else:
+        assert (set_group, group) == ("False", "-")
+
+
+def test_lowering_priority_leaves_a_shared_session_alone():
+    """A process in its starter's session (the server's) must not nice the starter's group."""
+    group_file = Path("/proc/self/autogroup")
+    before = group_file.read_text() if AUTOGROUP else "-"
+    set_group, nice, group = lowered(10, new_session=False)
+    assert set_group == "False"
+    assert int(nice) == min(19, os.nice(0) + 10)
+    if AUTOGROUP:
+        assert group_file.read_text() == before
+        assert group == before.split()[-1]  # the child is in this session's group, unchanged

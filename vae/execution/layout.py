@@ -223,6 +223,7 @@ def measure(layout: Layout, limit_s: float = PROBE_LIMIT_S) -> Layout:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # its nice then holds against the browser too (lower_priority)
     ) as probe:
         try:
             out, err = probe.communicate(timeout=limit_s + 10)

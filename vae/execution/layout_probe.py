@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from vae.execution.procs import lower_priority
 from vae.learn.config import RunConfig
 from vae.learn.data import Dataset, DataSplit
 from vae.learn.datasets import DatasetInfo
@@ -25,7 +26,8 @@ from vae.learn.engine import TrainCallbacks, train_models
 
 SWEEP = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # the β values of the measured sweep
 STEPS = 40  # training steps per measurement, after a warm-up epoch of 10
-# Below the server, as training workers are: a server measuring on its first start still answers.
+# Below the server and the browser, as training workers are: a server measuring on its first start
+# still answers (the probe leads a session of its own, so its nice holds against every other one).
 PROBE_NICENESS = 10
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -106,5 +108,5 @@ if __name__ == "__main__":
     expected = os.environ.get("VAE_PROBE_PARENT")
     die_with_parent(int(expected) if expected and expected.isdigit() else None)
     signal.alarm(int(sys.argv[3]) if len(sys.argv) > 3 else 180)  # default action: terminate
-    os.nice(PROBE_NICENESS)  # its children inherit it
+    lower_priority(PROBE_NICENESS)  # its children inherit it (and its session, their group)
     print(images_per_s(int(sys.argv[1]), int(sys.argv[2])))

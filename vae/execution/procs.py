@@ -51,6 +51,29 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_trim_threshold, 256 << 20)) & bool(mallopt(m_mmap_threshold, 256 << 20))
 
 
+def lower_priority(increment: int) -> bool:
+    """Make this process yield the CPU to interactive work (the app, the browser): nice it by
+    `increment` (to at most 19).
+
+    Where the kernel shares CPU time out by session first (sched_autogroup, on in many
+    distributions and on this project's machines), nice ranks a process only among those of its
+    own session. A worker started in a session of its own (so that it can be stopped as a group)
+    then weighs as much as the browser whatever its nice: measured here, a nice-0 process kept
+    60 % of a core beside two such workers, 97 % once their sessions were niced too. So a
+    process that leads its own session sets its session's nice as well (/proc/self/autogroup).
+    Returns whether it did (False: no autogroup here, or a session shared with other processes).
+    """
+    niceness = os.nice(max(0, min(increment, 19)))  # the kernel stops at 19
+    if os.getsid(0) != os.getpid():  # others share this session: theirs to set, not ours
+        return False
+    try:
+        with open("/proc/self/autogroup", "w") as handle:
+            handle.write(str(niceness))
+    except OSError:  # no autogroup in this kernel, or not allowed
+        return False
+    return True
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name, or None if there is no such process."""
     try:

@@ -35,7 +35,7 @@ from vae.execution.checkpoint import (
 from vae.execution.evaluation import evaluate_run
 from vae.execution.film import FILM_FILE, Film, FilmRecorder
 from vae.execution.lease import Lease
-from vae.execution.procs import keep_freed_memory, local_ref
+from vae.execution.procs import keep_freed_memory, local_ref, lower_priority
 from vae.execution.root_files import LOG_MAX_BYTES, open_root_file
 from vae.execution.states import IllegalTransition, RunState
 from vae.execution.store import RunStore, StoreError
@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_ids", nargs="*")
     args = parser.parse_args(argv)
     if args.nice > 0:
-        os.nice(min(args.nice, 19))
+        lower_priority(args.nice)
     keep_freed_memory()  # started by hand, without the manager's environment: the same tuning
     if args.wait:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a cancel's wake-up before the job is
