@@ -56,8 +56,8 @@ def lower_priority(increment: int) -> bool:
     `increment` (to at most 19).
 
     Where the kernel shares CPU time out by session first (sched_autogroup, on in many
-    distributions and on this project's machines), nice ranks a process only among those of its
-    own session. A worker started in a session of its own (so that it can be stopped as a group)
+    distributions and on the machine this was measured on), nice ranks a process only among
+    those of its own session. A worker started in a session of its own (so that it can be stopped as a group)
     then weighs as much as the browser whatever its nice: measured here, a nice-0 process kept
     60 % of a core beside two such workers, 97 % once their sessions were niced too. So a
     process that leads its own session sets its session's nice as well (/proc/self/autogroup).
