@@ -241,8 +241,15 @@ def lazy_expander(label: str, key: str) -> DeltaGenerator | None:
     """An expander whose content is computed and sent only while it is open: the container
     while open, else None. For content a reader opens rarely (a long derivation, a full table,
     a chart of its own): a page switch neither runs nor draws it, and a live panel does not
-    resend it every refresh. Opening it reruns the script (or the fragment it is in) once."""
-    box = st.expander(label, key=key, on_change="rerun")
+    resend it every refresh. Opening it reruns the script (or the fragment it is in) once.
+
+    Streamlit tells expanders apart by label as well as key, so one whose label changes (a count
+    in it) is a new expander; it opens as the last one was left, not closed under the reader."""
+    was_open = f"_{key}_was_open"
+    box = st.expander(
+        label, expanded=st.session_state.get(was_open, False), key=key, on_change="rerun"
+    )
+    st.session_state[was_open] = box.open
     return box if box.open else None
 
 

@@ -516,6 +516,37 @@ def test_trains_all_runs_table_is_built_only_while_it_is_open(monkeypatch, train
     assert set(at.dataframe[-1].value["run"]) == runs
 
 
+def test_a_lazy_expander_stays_as_the_reader_left_it_when_its_label_changes():
+    """Train's "All runs (N)" gains a run: Streamlit sees a new expander (the label is part of
+    its identity), which must not close under a reader who opened it, nor open by itself."""
+
+    def script():
+        import streamlit as st
+
+        import ui
+
+        box = ui.lazy_expander(f"All runs ({st.session_state.get('runs', 1)})", key="all_runs")
+        if box:
+            box.text("table")
+
+    at = AppTest.from_function(script, default_timeout=30).run()
+    assert [e.label for e in at.expander] == ["All runs (1)"] and not at.text
+    at.session_state["all_runs"] = True  # the reader opens it
+    at.run()
+    assert [t.value for t in at.text] == ["table"]
+    at.session_state["runs"] = 2  # a run is added: a new label
+    at.run()
+    assert [e.label for e in at.expander] == ["All runs (2)"]
+    assert [t.value for t in at.text] == ["table"]
+    at.run()  # and it stays so
+    assert [t.value for t in at.text] == ["table"]
+    at.session_state["all_runs"] = False  # the reader closes it
+    at.run()
+    at.session_state["runs"] = 3
+    at.run()
+    assert [e.label for e in at.expander] == ["All runs (3)"] and not at.text
+
+
 def test_trains_page_reruns_for_a_new_run_and_leaves_progress_to_its_jobs_panel(
     monkeypatch, tmp_path
 ):
