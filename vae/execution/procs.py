@@ -11,9 +11,11 @@ import contextlib
 import ctypes
 import functools
 import os
+import random
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -51,6 +53,10 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_trim_threshold, 256 << 20)) & bool(mallopt(m_mmap_threshold, 256 << 20))
 
 
+# How long a process waits for its turn to set its session's nice (see lower_priority).
+AUTOGROUP_WAIT_S = 3.0
+
+
 def lower_priority(increment: int) -> bool:
     """Make this process yield the CPU to interactive work (the app, the browser): nice it by
     `increment` (to at most 19).
@@ -62,16 +68,25 @@ def lower_priority(increment: int) -> bool:
     60 % of a core beside two such workers, 97 % once their sessions were niced too. So a
     process that leads its own session sets its session's nice as well (/proc/self/autogroup).
     Returns whether it did (False: no autogroup here, or a session shared with other processes).
+
+    Without CAP_SYS_ADMIN (any user but root) the kernel takes one such write per 100 ms from the
+    whole machine and refuses the rest with EAGAIN: workers started together then take turns.
     """
     niceness = os.nice(max(0, min(increment, 19)))  # the kernel stops at 19
     if os.getsid(0) != os.getpid():  # others share this session: theirs to set, not ours
         return False
-    try:
-        with open("/proc/self/autogroup", "w") as handle:
-            handle.write(str(niceness))
-    except OSError:  # no autogroup in this kernel, or not allowed
-        return False
-    return True
+    deadline = time.monotonic() + AUTOGROUP_WAIT_S
+    while True:
+        try:
+            with open("/proc/self/autogroup", "w") as handle:
+                handle.write(str(niceness))
+            return True
+        except BlockingIOError:  # another process's turn in this 100 ms
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(random.uniform(0.02, 0.11))
+        except OSError:  # no autogroup in this kernel, or not allowed
+            return False
 
 
 def _stat_fields(pid: int) -> list[str] | None:
