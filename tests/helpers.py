@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import time
+import zipfile
 from pathlib import Path
 
 import streamlit as st
@@ -90,3 +92,18 @@ def chart_spec(chart) -> dict:
 
 def chart_layers(spec: dict) -> list[dict]:
     return spec.get("layer", [spec])
+
+
+def with_byte_changed(data: bytes, entry_suffix: str, at: int) -> bytes:
+    """`data` with one bit flipped `at` bytes into the entry whose name ends with the suffix."""
+    info = next(e for e in zipfile.ZipFile(io.BytesIO(data)).infolist()
+                if e.filename.endswith(entry_suffix))  # fmt: skip
+    header = data[info.header_offset : info.header_offset + 30]
+    name_length, extra_length = (
+        int.from_bytes(header[26:28], "little"),
+        int.from_bytes(header[28:30], "little"),
+    )
+    start = info.header_offset + 30 + name_length + extra_length
+    changed = bytearray(data)
+    changed[start + at] ^= 0x40
+    return bytes(changed)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import with_byte_changed
 from PIL import Image
 
 from vae.execution.checkpoint import (
@@ -162,6 +163,34 @@ def test_truncated_file_on_disk_is_refused(tmp_path, good):
     path.write_bytes(checkpoint_bytes(good)[:5000])
     refused(path, "truncated or damaged")
     refused(tmp_path / "missing.pt", "does not exist")
+
+
+@pytest.mark.parametrize("entry, at", [("/data/0", 5), ("/data.pkl", 40)], ids=["weight", "pickle"])
+@pytest.mark.parametrize("as_path", [False, True, "mapped"], ids=["bytes", "path", "mapped"])
+def test_a_byte_changed_on_disk_is_refused_not_loaded_as_another_model(
+    tmp_path, good, entry, at, as_path
+):
+    """torch.load ignores the archive's checksums: a flipped bit in a weight loads silently."""
+    damaged = with_byte_changed(checkpoint_bytes(good), entry, at)
+    source = damaged
+    if as_path:
+        source = tmp_path / "model.pt"
+        source.write_bytes(damaged)
+    refused(
+        source, f"damaged: archive{entry} does not match the checksum", mapped=as_path == "mapped"
+    )
+
+
+def test_a_checkpoint_saved_without_checksums_still_loads(good):
+    """torch.save writes CRC 0 everywhere with compute_crc32 off: nothing to check, not damage."""
+    import torch.utils.serialization.config as serialization
+
+    with serialization.patch({"save.compute_crc32": False}):
+        data = checkpoint_bytes(good)
+    assert {e.CRC for e in zipfile.ZipFile(io.BytesIO(data)).infolist()} == {0}
+    loaded = read_checkpoint(data)
+    weight = "decoder.2.weight"
+    assert torch.equal(loaded["model_state"][weight], good["model_state"][weight])
 
 
 def test_oversized_file_is_refused(good):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import worker_pid
+from helpers import with_byte_changed, worker_pid
 
 from vae.execution.checkpoint import (
     CheckpointError,
@@ -100,6 +100,24 @@ def test_checkpoint_round_trip_and_truncation(store, tiny_config):
         read_checkpoint(path)
     assert "model.pt" in checkpoint_problem(store, run_id)
     assert load_run_checkpoint(store, run_id)["epoch"] == 0  # final.pt still loads
+
+
+def test_a_run_whose_final_checkpoint_changed_on_disk_is_reported_not_used(store, tiny_config):
+    from vae.execution.checkpoint import make_checkpoint
+    from vae.learn.engine import new_state
+
+    run_id = store.create_run(tiny_config)
+    state = new_state(tiny_config, (1, 28, 28), torch.device("cpu"))
+    save_run_checkpoint(
+        store, run_id, make_checkpoint(tiny_config, state, (1, 28, 28), {}), final=True
+    )
+    path = store.path(run_id, "final.pt")
+    path.write_bytes(with_byte_changed(path.read_bytes(), "/data/0", at=20))  # one bit of a weight
+    assert torch.load(path, weights_only=True)  # torch alone loads it as another model
+    problem = checkpoint_problem(store, run_id)
+    assert problem.startswith("final.pt: the file is damaged: archive/data/0"), problem
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        load_run_checkpoint(store, run_id)
 
 
 def test_delete_run(store, tiny_config):
