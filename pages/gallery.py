@@ -20,8 +20,8 @@ from vae.present.film_view import frame_pictures, read_films, sweep_gif
 from vae.present.gallery import (
     Pictures,
     Sweep,
-    checkpoint_pictures,
     gallery_frame,
+    run_pictures,
     shown_rows,
     sweep_figure_svg,
     sweeps,
@@ -41,9 +41,9 @@ store = run_store()
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def pictures(path: str, modified: float, seed: int) -> Pictures:
-    """Images of one checkpoint file, recomputed only when the file changes (mtime in the key)."""
-    return checkpoint_pictures(path, seed=seed)
+def pictures(run_id: str, path: str, modified: float, seed: int) -> Pictures:
+    """A run's images, recomputed only when its checkpoint file changes (path, mtime in the key)."""
+    return run_pictures(store, run_id, seed=seed)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -131,7 +131,7 @@ def row(index: int, record, numbers, replicated: bool = False) -> None:
             samples.caption("no checkpoint yet")
             return
         try:
-            shown = pictures(str(path), path.stat().st_mtime, int(seed))
+            shown = pictures(record.run_id, str(path), path.stat().st_mtime, int(seed))
         except (CheckpointError, DataError, OSError) as exc:
             samples.warning(f"Cannot draw this run: {exc}")
             return

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
+from xml.etree import ElementTree
+
 import numpy as np
+import pytest
 import torch
 from helpers import SMALL
 
-from vae.execution.checkpoint import model_from_checkpoint, read_checkpoint
+from vae.execution.checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint
 from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 from vae.learn.data import load_dataset
 from vae.learn.evaluate import posterior_means
 from vae.learn.objective import kl_per_dim
-from vae.present.gallery import checkpoint_pictures, gallery_frame, sweeps
+from vae.present.gallery import (
+    checkpoint_pictures,
+    gallery_frame,
+    run_pictures,
+    sweep_figure_svg,
+    sweeps,
+)
 from vae.present.units import (
     unit_counts,
 )
@@ -51,8 +61,7 @@ def test_gallery_frame_has_both_counts_per_beta(lesson_store):
 def test_checkpoint_pictures_show_the_dimension_with_the_largest_kl(lesson_store):
     sweep = sweeps(lesson_store.list_runs())[0]
     record = sweep.runs[0]
-    path = lesson_store.checkpoint_path(record.run_id)
-    pictures = checkpoint_pictures(path, seed=0)
+    pictures = run_pictures(lesson_store, record.run_id, seed=0)
     kl = record.last_metrics["kl_per_dim"]
     assert pictures.traversal_dim == int(np.argmax(kl))
     tile = 28 + 2
@@ -61,8 +70,8 @@ def test_checkpoint_pictures_show_the_dimension_with_the_largest_kl(lesson_store
     assert pictures.traversal.shape == (tile + 2, 9 * tile + 2, 3)  # one row of 9 values
     assert pictures.samples.dtype == np.uint8
     assert pictures.epoch == record.last_metrics["epoch"]
-    again = checkpoint_pictures(path, seed=0)
-    other = checkpoint_pictures(path, seed=1)
+    again = run_pictures(lesson_store, record.run_id, seed=0)
+    other = run_pictures(lesson_store, record.run_id, seed=1)
     assert np.array_equal(again.samples, pictures.samples)  # same seed: same draws
     assert not np.array_equal(other.samples, pictures.samples)
     # The traversal row really varies: its first and last images differ.
@@ -74,9 +83,23 @@ def test_checkpoint_pictures_of_an_old_checkpoint_measure_the_kl(lesson_store, t
     record = sweeps(lesson_store.list_runs())[0].runs[0]
     checkpoint = read_checkpoint(lesson_store.checkpoint_path(record.run_id))
     checkpoint["metrics"] = {}  # as written before per-dimension KL was kept in checkpoints
-    old = tmp_path / "old.pt"
-    torch.save(checkpoint, old)
     model = model_from_checkpoint(checkpoint)
     mu, logvar = posterior_means(model, load_dataset("digits").test.x[:1000])
     expected = int(torch.argmax(kl_per_dim(mu.double(), logvar.double()).mean(0)))
-    assert checkpoint_pictures(old).traversal_dim == expected
+    assert checkpoint_pictures(checkpoint).traversal_dim == expected
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_not_drawn_in_its_row(lesson_store, tmp_path):
+    """Another β's final.pt in a run's folder would show another model under this run's β."""
+    shutil.copytree(lesson_store.root, tmp_path / "runs")
+    store = RunStore(tmp_path / "runs")
+    low, high = sweeps(store.list_runs())[0].runs[0], sweeps(store.list_runs())[0].runs[-1]
+    shutil.copyfile(store.path(low.run_id, "final.pt"), store.path(high.run_id, "final.pt"))
+    with pytest.raises(CheckpointError, match="final.pt was not trained by this run.*beta"):
+        run_pictures(store, high.run_id)
+    svg = sweep_figure_svg(sweeps(store.list_runs())[0], store)
+    root = ElementTree.fromstring(svg)
+    texts = [t.text or "" for t in root.iter() if t.tag.endswith("text")]
+    assert any(t.startswith("cannot draw this run: final.pt was not trained") for t in texts)
+    images = [e for e in root.iter() if e.tag.endswith("image")]
+    assert len(images) == 2 * 3  # the other two rows keep their pictures

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import shutil
 import threading
 import time
 
@@ -301,6 +302,20 @@ def test_gallery_has_one_row_per_beta_in_order(monkeypatch, sweep_store):
         text = f"informative: **{counts.informative}** / {counts.latent_dim}"
         assert any(text in m.value for m in at.markdown), text
     assert at.get("vega_lite_chart"), "expected the units-against-β chart"
+
+
+def test_gallery_row_with_another_runs_checkpoint_says_so_and_draws_nothing(
+    monkeypatch, sweep_store, tmp_path
+):
+    shutil.copytree(sweep_store.root, tmp_path / "runs")
+    store = RunStore(tmp_path / "runs")
+    low, *_, high = _sweep(store)
+    shutil.copyfile(store.path(low.run_id, "final.pt"), store.path(high.run_id, "final.pt"))
+    at = open_app(monkeypatch, store.root, "pages/gallery.py")
+    assert not at.exception, [e.message for e in at.exception]
+    warnings = [w.value for w in at.warning if "Cannot draw this run" in w.value]
+    assert warnings and "final.pt was not trained by this run" in warnings[0], warnings
+    assert len(at.get("image")) == 2 * 3  # the other rows keep their pictures
 
 
 def test_gallery_seed_redraws_the_prior_samples(monkeypatch, sweep_store):

@@ -6,18 +6,17 @@ Pictures come from a checkpoint file, so the page can cache them by that file's 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from vae.execution.checkpoint import model_from_checkpoint, read_checkpoint
+from vae.execution.checkpoint import CheckpointError, load_run_checkpoint, model_from_checkpoint
 from vae.execution.states import RunState
-from vae.execution.store import RunRecord
+from vae.execution.store import RunRecord, RunStore
 from vae.learn.config import RunConfig
-from vae.learn.data import load_dataset
+from vae.learn.data import DataError, load_dataset
 from vae.learn.evaluate import (
     grid,
     latent_traversal,
@@ -166,14 +165,19 @@ class Pictures:
     epoch: int
 
 
-def checkpoint_pictures(path: str | os.PathLike, seed: int = 0) -> Pictures:
+def run_pictures(store: RunStore, run_id: str, seed: int = 0) -> Pictures:
+    """A run's row pictures from its own checkpoint: one copied in from another run (another β)
+    is refused, never drawn in this run's row. Raises CheckpointError, DataError or OSError."""
+    return checkpoint_pictures(load_run_checkpoint(store, run_id), seed)
+
+
+def checkpoint_pictures(checkpoint: dict, seed: int = 0) -> Pictures:
     """Prior samples, reconstructions of the first test images, and a traversal of the dimension
-    with the largest KL, from one checkpoint file (opened with weights_only=True).
+    with the largest KL, from one checkpoint (as read_checkpoint checked it).
 
     Every run of a sweep shows the same test images and the same prior draws (same seed), so rows
     differ only by what β did to the model.
     """
-    checkpoint = read_checkpoint(path)
     config = RunConfig.from_dict(checkpoint["config"])
     model = model_from_checkpoint(checkpoint)
     dataset = load_dataset(config.dataset, config.data_root)
@@ -193,7 +197,7 @@ def checkpoint_pictures(path: str | os.PathLike, seed: int = 0) -> Pictures:
         )
 
 
-def sweep_figure_svg(sweep: Sweep, store, seed: int = 0) -> str:
+def sweep_figure_svg(sweep: Sweep, store: RunStore, seed: int = 0) -> str:
     """The whole gallery of a sweep as one labelled SVG (figures.svg_figure makes PNG or PDF).
 
     One row per β with its numbers and the same three pictures as the page; a run without a
@@ -212,15 +216,18 @@ def sweep_figure_svg(sweep: Sweep, store, seed: int = 0) -> str:
             ]
         else:
             lines.append(str(numbers.state))
-        path = store.checkpoint_path(record.run_id)
         row = FigureRow(lines)
-        if path is not None:
-            shown = checkpoint_pictures(path, seed=seed)
-            row.pictures = [
-                ("prior samples", shown.samples),
-                ("inputs | reconstructions", shown.reconstructions),
-                (f"z{shown.traversal_dim} (largest KL) from −3 to 3", shown.traversal),
-            ]
+        if store.checkpoint_path(record.run_id) is not None:
+            try:
+                shown = run_pictures(store, record.run_id, seed=seed)
+            except (CheckpointError, DataError, OSError) as exc:  # the row says so, as the page
+                row.lines.append(f"cannot draw this run: {exc}"[:160])
+            else:
+                row.pictures = [
+                    ("prior samples", shown.samples),
+                    ("inputs | reconstructions", shown.reconstructions),
+                    (f"z{shown.traversal_dim} (largest KL) from −3 to 3", shown.traversal),
+                ]
         rows.append(row)
     first = sweep.runs[0].config
     title = f"β gallery · {first.dataset} {first.architecture} z={first.latent_dim}"
