@@ -196,7 +196,7 @@ def lowered_together(
             stderr=subprocess.PIPE,
             start_new_session=new_session,
             preexec_fn=without_sys_admin if as_user else None,
-        )  # fmt: skip
+        )
         for _ in range(processes)
     ]
     for child in children:
