@@ -111,7 +111,7 @@ def cluster_sidebar(manager: JobManager) -> None:
     try:
         res = manager.backend.resources()
     except ConnectionError as exc:
-        st.error(str(exc))
+        st.error(plain_text(exc, 300))
         return
     gpus = f" · {res['gpu_free']:g} of {res['gpu_total']:g} GPUs free" if res["gpu_total"] else ""
     st.markdown(

@@ -58,7 +58,7 @@ def delete_run(run_id: str, then: str | None) -> None:
 
 if DELETED in st.session_state:
     kind, message = st.session_state.pop(DELETED)
-    (st.success if kind == "success" else st.error)(message)
+    (st.success if kind == "success" else st.error)(plain_text(message, 300))
 
 if not records:
     st.info("No runs yet. Start one on the Train page.")

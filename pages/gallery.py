@@ -27,6 +27,7 @@ from vae.present.gallery import (
     sweeps,
     unit_ranges,
 )
+from vae.present.text import plain_text
 from vae.present.units import ACTIVE_RULE, INFORMATIVE_RULE, WHY_COUNTS_DIFFER
 
 st.title("β gallery")
@@ -133,7 +134,7 @@ def row(index: int, record, numbers, replicated: bool = False) -> None:
         try:
             shown = pictures(record.run_id, str(path), path.stat().st_mtime, int(seed))
         except (CheckpointError, DataError, OSError) as exc:
-            samples.warning(f"Cannot draw this run: {exc}")
+            samples.warning(f"Cannot draw this run: {plain_text(exc, 300)}")
             return
         samples.image(shown.samples, caption="prior samples", width="stretch")
         recon.image(shown.reconstructions, caption="inputs | reconstructions", width="stretch")

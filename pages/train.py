@@ -288,7 +288,7 @@ try:
     betas = sweep_betas(parse_number_list(sweep_text))  # range and repeats: the CLI checks the same
 except ValueError as exc:
     sweep_problem = str(exc)
-    sweep_error.error(f"Sweep: {sweep_problem}")
+    sweep_error.error(f"Sweep: {plain_text(sweep_problem)}")
 
 st.caption(f"Will train: {config.describe()}, {epochs} epochs, batch {batch_size}, lr {lr:g}")
 

@@ -3,6 +3,9 @@ each warning shows once per page: AppTest on the pages, one real server and Chro
 
 from __future__ import annotations
 
+import zipfile
+from dataclasses import replace
+
 import pytest
 from helpers import PAGES, open_app, train_run
 from live_app import IDLE, LiveApp, launch_chromium
@@ -37,6 +40,32 @@ def test_the_text_helpers():
     assert code_span("a`b") == "``a`b``" and code_span("`x") == "`` `x ``"
     assert plain_text(LINK) == r"\[Log in again\]\(https\://e.vil/x\)"
     assert plain_text("see www.e.vil") == r"see www\.e.vil"
+
+
+LINK_TOKEN = "[Log-in](https://e.vil/x)"  # one word: a list of numbers splits at spaces
+
+
+def test_a_typed_sweep_value_is_echoed_as_text(monkeypatch, tmp_path):
+    at = open_app(monkeypatch, tmp_path / "runs", "pages/train.py")
+    sweep = next(w for w in at.text_input if w.label.startswith("β values"))
+    sweep.input(f"1 {LINK_TOKEN}").run()
+    assert not at.exception, at.exception
+    (error,) = [m for m in messages(at) if m.startswith("Sweep:")]
+    assert plain_text(repr(LINK_TOKEN)) in error, error
+
+
+def test_a_hostile_name_inside_a_runs_checkpoint_is_shown_as_text(monkeypatch, store, tiny_config):
+    """An archive entry's name reaches the gallery's warning through the refusal's text."""
+    runs = [store.create_run(replace(tiny_config, beta=b), group="sweep-h") for b in (1.0, 2.0)]
+    for run_id in runs:
+        train_run(store, run_id)
+    with zipfile.ZipFile(store.path(runs[1], "final.pt"), "w") as archive:
+        archive.writestr("archive/data.pkl", b"x")
+        archive.writestr(LINK_TOKEN, b"y" * 100, compress_type=zipfile.ZIP_DEFLATED)
+    at = open_app(monkeypatch, store.root, "pages/gallery.py")
+    assert not at.exception, at.exception
+    (warning,) = [m for m in messages(at) if m.startswith("Cannot draw this run")]
+    assert plain_text(LINK_TOKEN) in warning and LINK_TOKEN not in warning, warning
 
 
 def test_a_broken_run_named_in_the_address_is_called_broken(monkeypatch, store, tiny_config):
