@@ -27,9 +27,10 @@ if not records:
 
 
 @st.cache_resource(max_entries=8)
-def load_run(path: str, modified: float) -> OpenRun:
-    """The run's model, data and latent map, reloaded when its checkpoint file changes."""
-    return open_run(path)
+def load_run(run_id: str, path: str, modified: float) -> OpenRun:
+    """The run's model, data and latent map, reloaded when its checkpoint file changes (path,
+    mtime in the key)."""
+    return open_run(store, run_id)
 
 
 def redraw() -> None:
@@ -50,7 +51,7 @@ for column, record in pick_runs(records, compare):
         try:
             if path is None:
                 raise CheckpointError(f"run {record.run_id} has no checkpoint yet")
-            shown.append((column, record, load_run(str(path), path.stat().st_mtime)))
+            shown.append((column, record, load_run(record.run_id, str(path), path.stat().st_mtime)))
         except (CheckpointError, DataError, OSError) as exc:
             st.error(f"Cannot show this run: {plain_text(exc)}")
 extent = latent_map_extent([run.latent_map for *_, run in shown]) if compare else None

@@ -359,6 +359,21 @@ def test_samples_redraw_changes_the_seed_without_a_crash(monkeypatch, sweep_stor
     assert not at.exception and at.number_input(key="sample_seed").value == 3
 
 
+def test_samples_of_a_run_holding_another_runs_checkpoint_say_so(
+    monkeypatch, sweep_store, tmp_path
+):
+    shutil.copytree(sweep_store.root, tmp_path / "runs")
+    store = RunStore(tmp_path / "runs")
+    newest = max(store.list_runs(), key=lambda r: r.status["created"])  # the page's first pick
+    other = _sweep(store)[0]
+    shutil.copyfile(store.path(other.run_id, "final.pt"), store.path(newest.run_id, "final.pt"))
+    at = open_app(monkeypatch, store.root, "pages/samples.py")
+    assert not at.exception, [e.message for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert any("final.pt was not trained by this run" in e for e in errors), errors
+    assert not at.get("image")  # no other run's model drawn under this run's name
+
+
 def test_samples_compare_shares_the_latent_map_axes(monkeypatch, sweep_store):
     at = open_app(monkeypatch, sweep_store.root, "pages/samples.py")
     at.toggle[0].set_value(True).run()

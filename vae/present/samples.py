@@ -7,13 +7,13 @@ does with vae.present.gallery, it only puts the results on screen.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from vae.execution.checkpoint import model_from_checkpoint, read_checkpoint
+from vae.execution.checkpoint import load_run_checkpoint, model_from_checkpoint
+from vae.execution.store import RunStore
 from vae.learn.config import RunConfig
 from vae.learn.data import Dataset, load_dataset
 from vae.learn.evaluate import (
@@ -51,9 +51,10 @@ class SamplePictures:
     traversal_dims: list[int]
 
 
-def open_run(path: str | os.PathLike) -> OpenRun:
-    """The model of one checkpoint file (opened with weights_only=True) and its data set."""
-    checkpoint = read_checkpoint(path)
+def open_run(store: RunStore, run_id: str) -> OpenRun:
+    """A run's model, from its own checkpoint (another run's, copied into its folder, is refused),
+    and its data set. Raises CheckpointError, DataError or OSError."""
+    checkpoint = load_run_checkpoint(store, run_id)
     config = RunConfig.from_dict(checkpoint["config"])
     model = model_from_checkpoint(checkpoint)
     dataset = load_dataset(config.dataset, config.data_root)
