@@ -1,13 +1,15 @@
 """A real `streamlit run app.py` on a temporary store, for browser tests and the screenshot script.
 
 The server runs in a session of its own, so it can be killed alone (a crash) or stopped as a
-group; the training workers it starts lead sessions of their own and are found by the store path
+group, and it is sent SIGTERM when the process that started it ends however it ends (a killed
+pytest would otherwise leave a server behind); the training workers it starts lead sessions of their own and are found by the store path
 on their command line. Chromium is Debian's (/usr/bin/chromium): Playwright's download is not used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -27,6 +29,15 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: a forked child must not load libraries
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _end_with_the_starter() -> None:
+    """In the server's process before exec: SIGTERM when the starting thread ends."""
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"  # a script run has ended
 
 
@@ -75,6 +86,7 @@ class LiveApp:
             self.process = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_end_with_the_starter,
             )  # fmt: skip
         try:
             self._wait_healthy(timeout_s=90)
