@@ -120,7 +120,7 @@ def cluster_sidebar(manager: JobManager) -> None:
     )
     running = [r for r in manager.store.list_runs() if r.state == RunState.RUNNING]
     for record in running[:8]:
-        st.caption(f"{record.run_id}: {record.status.get('where', 'starting')}")
+        st.caption(f"{record.run_id}: {plain_text(record.status.get('where') or 'starting')}")
     if len(running) > 8:
         st.caption(f"… and {len(running) - 8} more running")
 

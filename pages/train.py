@@ -395,7 +395,7 @@ def jobs_panel() -> None:
     queued = [r for r in records if r.state == RunState.QUEUED]
     st.caption(
         slots_text(manager.slots(), len(jobs), sum(map(len, jobs)), len(queued))
-        + f" · {manager.threads()} thread(s) per job · run store `{manager.store.root}`"
+        + f" · {manager.threads()} thread(s) per job · run store {code_span(manager.store.root, 300)}"
     )
     if not records:
         st.info("No runs yet. Press **Train** or **Sweep β** above.")

@@ -54,6 +54,14 @@ def test_a_typed_sweep_value_is_echoed_as_text(monkeypatch, tmp_path):
     assert plain_text(repr(LINK_TOKEN)) in error, error
 
 
+def test_a_store_path_with_markup_is_shown_literally(monkeypatch, tmp_path):
+    root = tmp_path / f"runs`{LINK_TOKEN}`"  # a backtick would close a plain code span early
+    at = open_app(monkeypatch, root, "pages/train.py")
+    assert not at.exception, at.exception
+    (caption,) = [m for m in messages(at) if "run store" in m]
+    assert code_span(root, 300) in caption, caption
+
+
 def test_a_hostile_name_inside_a_runs_checkpoint_is_shown_as_text(monkeypatch, store, tiny_config):
     """An archive entry's name reaches the gallery's warning through the refusal's text."""
     runs = [store.create_run(replace(tiny_config, beta=b), group="sweep-h") for b in (1.0, 2.0)]
