@@ -372,8 +372,8 @@ def _run_row(record, job_size: int = 1) -> None:
         reason = record.status.get("reason", "")
         short = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS].rstrip() + "…"
         bar_col.caption(  # a long reason (a data error) in full behind the (?) only
-            f"{record.state} · {text}" + (f" · {short}" if reason else ""),
-            help=reason if short != reason else None,
+            f"{record.state} · {text}" + (f" · {plain_text(short)}" if reason else ""),
+            help=plain_text(reason) if short != reason else None,
         )
         resumable = record.state in RESUMABLE
         if resumable:

@@ -10,6 +10,7 @@ import pytest
 from helpers import PAGES, open_app, train_run
 from live_app import IDLE, LiveApp, launch_chromium
 
+from vae.execution.states import RunState
 from vae.present.text import SHOWN_CHARS, code_span, plain_text, shorten
 
 LINK = "[Log in again](https://e.vil/x)"
@@ -60,6 +61,16 @@ def test_a_store_path_with_markup_is_shown_literally(monkeypatch, tmp_path):
     assert not at.exception, at.exception
     (caption,) = [m for m in messages(at) if "run store" in m]
     assert code_span(root, 300) in caption, caption
+
+
+def test_a_runs_end_reason_is_shown_as_text(monkeypatch, store, tiny_config):
+    """A reason comes from status.json: an error's text, or whatever a damaged file holds."""
+    run_id = store.create_run(tiny_config)
+    store.update_status(run_id, RunState.FAILED, reason=f"data error in {LINK_TOKEN}")
+    at = open_app(monkeypatch, store.root, "pages/train.py")
+    assert not at.exception, at.exception
+    (caption,) = [m for m in messages(at) if "data error in" in m]
+    assert plain_text(LINK_TOKEN) in caption and LINK_TOKEN not in caption, caption
 
 
 def test_a_hostile_name_inside_a_runs_checkpoint_is_shown_as_text(monkeypatch, store, tiny_config):
