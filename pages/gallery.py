@@ -124,9 +124,14 @@ def row(index: int, record, numbers, replicated: bool = False) -> None:
             f"active (Burda): **{numbers.active}** / {numbers.latent_dim}"
         )
         text.caption(f"{epoch} · {numbers.state}")
-        if film_epoch < (numbers.epoch or 0) and record.run_id in films:
-            film_row(films[record.run_id], samples, recon, traversal)
-            return
+        if film_epoch < (numbers.epoch or 0):
+            if record.run_id in films:
+                film_row(films[record.run_id], samples, recon, traversal)
+                return
+            text.caption(  # its latest pictures follow, each captioned with their epoch
+                f"No film of this run (its {FILM_FILE} is missing or unreadable): its pictures "
+                f"are of its latest epoch, not of epoch {film_epoch}."
+            )
         path = store.checkpoint_path(record.run_id)
         if path is None:
             samples.caption("no checkpoint yet")
@@ -136,11 +141,12 @@ def row(index: int, record, numbers, replicated: bool = False) -> None:
         except (CheckpointError, DataError, OSError) as exc:
             samples.warning(f"Cannot draw this run: {plain_text(exc, 300)}")
             return
-        samples.image(shown.samples, caption="prior samples", width="stretch")
-        recon.image(shown.reconstructions, caption="inputs | reconstructions", width="stretch")
+        at = f" · epoch {shown.epoch}"  # every picture says which epoch it shows
+        samples.image(shown.samples, caption=f"prior samples{at}", width="stretch")
+        recon.image(shown.reconstructions, caption=f"inputs | reconstructions{at}", width="stretch")
         traversal.image(
             shown.traversal,
-            caption=f"z{shown.traversal_dim} (largest KL) from −3 to 3",
+            caption=f"z{shown.traversal_dim} (largest KL) from −3 to 3{at}",
             width="stretch",
         )
 

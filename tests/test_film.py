@@ -149,3 +149,22 @@ def test_checkpoints_offers_the_runs_film(store, tiny_config, monkeypatch):
     assert not at.exception, at.exception
     keys = [b.key for b in at.get("download_button")]
     assert "download-film" in keys and "download-export" in keys
+
+
+def test_a_row_without_a_film_says_its_pictures_are_of_its_latest_epoch(
+    store, tiny_config, monkeypatch
+):
+    ids = [
+        store.create_run(replace(tiny_config, beta=b, epochs=2), group="sweep-no-film")
+        for b in (1.0, 4.0)
+    ]
+    assert set(run_job(store, ids, JobControl(store)).values()) == {"finished"}
+    store.path(ids[1], FILM_FILE).write_bytes(b"not a film")  # damaged: the row has no frames
+    at = open_app(monkeypatch, store.root, "pages/gallery.py")
+    at.slider(key="gallery_epoch").set_value(1).run()
+    assert not at.exception, at.exception
+    captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
+    assert captions.count("prior samples · epoch 1") == 1  # the run with a film
+    assert captions.count("prior samples · epoch 2") == 1  # the other, saying so
+    notes = [c.value for c in at.caption if c.value.startswith("No film of this run")]
+    assert len(notes) == 1 and "not of epoch 1" in notes[0], notes
