@@ -393,9 +393,10 @@ def jobs_panel() -> None:
         st.error(plain_text(st.session_state.pop(ACTION_ERROR)))
     jobs = active_jobs(manager.jobs, records)
     queued = [r for r in records if r.state == RunState.QUEUED]
+    store_root = code_span(manager.store.root, 300)  # a path may hold backticks or markup
     st.caption(
         slots_text(manager.slots(), len(jobs), sum(map(len, jobs)), len(queued))
-        + f" · {manager.threads()} thread(s) per job · run store {code_span(manager.store.root, 300)}"
+        + f" · {manager.threads()} thread(s) per job · run store {store_root}"
     )
     if not records:
         st.info("No runs yet. Press **Train** or **Sweep β** above.")

@@ -2,8 +2,9 @@
 
 The server runs in a session of its own, so it can be killed alone (a crash) or stopped as a
 group, and it is sent SIGTERM when the process that started it ends however it ends (a killed
-pytest would otherwise leave a server behind); the training workers it starts lead sessions of their own and are found by the store path
-on their command line. Chromium is Debian's (/usr/bin/chromium): Playwright's download is not used.
+pytest would otherwise leave a server behind); the training workers it starts lead sessions of
+their own and are found by the store path on their command line. Chromium is Debian's
+(/usr/bin/chromium): Playwright's download is not used.
 """
 
 from __future__ import annotations

@@ -157,8 +157,8 @@ LOWER = textwrap.dedent(
     sys.stdin.readline()  # all the children are started: now they ask at once
     set_group = lower_priority(int(sys.argv[1]))
     group = "/proc/self/autogroup"
-    words = open(group).read().split() if os.path.exists(group) else []
-    print(set_group, os.nice(0), words[-1] if words else "-")
+    print(set_group, os.nice(0))
+    print(open(group).read() if os.path.exists(group) else "", end="")  # group_nice reads it
     """
 )
 
@@ -206,7 +206,8 @@ def lowered_together(
     for child in children:
         out, err = child.communicate(timeout=60)
         assert child.returncode == 0, err
-        results.append(tuple(out.split()))
+        first_line, _, group_text = out.partition("\n")
+        results.append((*first_line.split(), group_nice(group_text)))
     return results
 
 

@@ -63,11 +63,12 @@ def lower_priority(increment: int) -> bool:
 
     Where the kernel shares CPU time out by session first (sched_autogroup, on in many
     distributions and on the machine this was measured on), nice ranks a process only among
-    those of its own session. A worker started in a session of its own (so that it can be stopped as a group)
-    then weighs as much as the browser whatever its nice: measured here, a nice-0 process kept
-    60 % of a core beside two such workers, 97 % once their sessions were niced too. So a
-    process that leads its own session sets its session's nice as well (/proc/self/autogroup).
-    Returns whether it did (False: no autogroup here, or a session shared with other processes).
+    those of its own session. A worker started in a session of its own (so that it can be
+    stopped as a group) then weighs as much as the browser whatever its nice: measured here, a
+    nice-0 process kept 60 % of a core beside two such workers, 97 % once their sessions were
+    niced too. So a process that leads its own session sets its session's nice as well
+    (/proc/self/autogroup). Returns whether it did (False: no autogroup here, or a session
+    shared with other processes).
 
     Without CAP_SYS_ADMIN (any user but root) the kernel takes one such write per 100 ms from the
     whole machine and refuses the rest with EAGAIN: workers started together then take turns.
